@@ -1,0 +1,2 @@
+"""placeholder, being written."""
+def kernel(*a, **k): raise NotImplementedError

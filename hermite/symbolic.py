@@ -1,0 +1,2 @@
+"""placeholder, being written."""
+def exact_coefficients(*a, **k): raise NotImplementedError

@@ -1,0 +1,189 @@
+"""Network = a sequence of blocks of layers; `mlp` builds the common MLPs.
+
+Both engines read this one description: `meanfield.propagate` (infinite width) and `meanfield.simulate`
+(finite width). A trajectory records the input and the output of every block.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from meanfield.layers import (
+    Activation,
+    BatchNorm,
+    Block,
+    Center,
+    Dense,
+    GroupLayerNorm,
+    Layer,
+    LayerNorm,
+    Residual,
+    RMSNorm,
+    WeightNormDense,
+    layer_from_dict,
+)
+
+__all__ = ["Network", "mlp", "NORMS", "PLACEMENTS"]
+
+NORMS = (None, "ln", "rms", "bn", "gln", "wn")
+PLACEMENTS = ("pre", "post")
+
+
+@dataclass(frozen=True, eq=True, repr=False)
+class Network:
+    """An immutable sequence of blocks.
+
+    ``Network([...])`` accepts layers and `Block`s; every layer outside a Block is a block of its own.
+    ``net.to_dict()`` / ``Network.from_dict(d)`` round-trip through plain JSON-safe dicts; ``==``
+    compares descriptions.
+
+    Examples
+    --------
+    >>> import meanfield
+    >>> net = meanfield.Network([meanfield.Block([meanfield.Dense(2.0**0.5), meanfield.Activation("relu")])])
+    >>> net.depth
+    1
+    """
+
+    blocks: tuple
+
+    def __init__(self, layers):
+        if isinstance(layers, (Layer, Network)):
+            layers = [layers]
+        blocks = []
+        for item in layers:
+            if isinstance(item, Network):
+                blocks.extend(item.blocks)
+            elif isinstance(item, Block):
+                blocks.append(item)
+            elif isinstance(item, Layer):
+                blocks.append(Block((item,)))
+            elif isinstance(item, dict):
+                lay = layer_from_dict(item)
+                blocks.append(lay if isinstance(lay, Block) else Block((lay,)))
+            else:
+                raise ValueError(f"Network: {item!r} is not a layer or Block")
+        if not blocks:
+            raise ValueError("Network: needs at least one layer")
+        object.__setattr__(self, "blocks", tuple(blocks))
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks (a trajectory has depth + 1 entries)."""
+        return len(self.blocks)
+
+    @property
+    def layers(self) -> tuple:
+        """All layers, flattened across blocks."""
+        return tuple(layer for b in self.blocks for layer in b.layers)
+
+    @property
+    def widths(self) -> list:
+        """Output width of every Dense/WeightNormDense layer (None where the simulator's width applies)."""
+        return [layer.width for layer in _walk(self.layers) if isinstance(layer, (Dense, WeightNormDense))]
+
+    def to_dict(self) -> dict:
+        return {"blocks": [b.to_dict() for b in self.blocks]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Network:
+        if not isinstance(d, dict) or "blocks" not in d:
+            raise ValueError("Network.from_dict: expected a dict with a 'blocks' list")
+        return cls([layer_from_dict(b) for b in d["blocks"]])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def __repr__(self) -> str:
+        lines = [f"Network({self.depth} blocks)"]
+        for i, b in enumerate(self.blocks):
+            lines.append(f"  {i + 1:>3}: " + " -> ".join(repr(layer) for layer in b.layers))
+        return "\n".join(lines)
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+
+def _walk(layers):
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Residual):
+            yield from _walk(layer.branch)
+            if layer.shortcut is not None:
+                yield from _walk(layer.shortcut)
+
+
+def _norm_layer(norm, groups, group_size, bn_mode):
+    if norm == "ln":
+        return LayerNorm()
+    if norm == "rms":
+        return RMSNorm()
+    if norm == "bn":
+        return BatchNorm(mode=bn_mode)
+    if norm == "gln":
+        if groups is None and group_size is None:
+            groups = 1
+        return GroupLayerNorm(groups=groups, group_size=group_size)
+    return None
+
+
+def mlp(depth: int, activation="relu", norm: str | None = None, placement: str = "post",
+        sigma_w: float = 1.0, sigma_b: float = 0.0, centering: str | None = None,
+        residual: float | None = None, readout: int | bool | None = None, *, groups: int | None = None,
+        group_size: int | None = None, wn_init: str = "fixed", bn_mode: str = "exact") -> Network:
+    """Build an MLP of ``depth`` blocks.
+
+    Each block is Dense(sigma_w, sigma_b) followed by the activation and the norm in the placement's
+    order: "pre" is Dense -> Norm -> Activation, "post" is Dense -> Activation -> Norm.
+
+    Parameters
+    ----------
+    depth : int >= 1
+    activation : name, callable or hermite.Activation
+    norm : None, "ln", "rms", "bn", "gln" or "wn"
+        "gln" takes ``groups`` or ``group_size``; "wn" replaces Dense by WeightNormDense(g=sigma_w,
+        init=wn_init) and adds no norm layer; "bn" uses BatchNorm(mode=bn_mode).
+    placement : "pre" or "post"
+    centering : None, "layer" or "meanfield"
+        Adds Center(mode=centering) right after the activation (Joudaki et al. 2023).
+    residual : float or None
+        If given, each block is Residual(branch=block, alpha=residual) with an identity shortcut.
+    readout : int, True or None
+        Adds one more block, Dense(sigma_w, 0, width=readout) (True: one output).
+    """
+    if isinstance(depth, bool) or not isinstance(depth, (int,)) and not float(depth).is_integer():
+        raise ValueError(f"mlp: depth={depth!r} must be an integer >= 1")
+    depth = int(depth)
+    if depth < 1:
+        raise ValueError(f"mlp: depth={depth!r} must be an integer >= 1")
+    if norm not in NORMS:
+        raise ValueError(f"mlp: norm={norm!r} must be one of {NORMS}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"mlp: placement={placement!r} must be one of {PLACEMENTS}")
+    if centering not in (None, "layer", "meanfield"):
+        raise ValueError(f"mlp: centering={centering!r} must be None, 'layer' or 'meanfield'")
+    act = Activation(activation)
+    dense = (WeightNormDense(g=sigma_w, init=wn_init, sigma_b=sigma_b) if norm == "wn"
+             else Dense(sigma_w=sigma_w, sigma_b=sigma_b))
+    nl = _norm_layer(norm, groups, group_size, bn_mode)
+    core = [act] + ([Center(mode=centering)] if centering else [])
+    if nl is None:
+        body = [dense, *core]
+    elif placement == "pre":
+        body = [dense, nl, *core]
+    else:
+        body = [dense, *core, nl]
+    blocks = []
+    for _ in range(depth):
+        if residual is None:
+            blocks.append(Block(tuple(body)))
+        else:
+            blocks.append(Block((Residual(branch=tuple(body), alpha=residual),)))
+    if readout is not None and readout is not False:
+        width = 1 if readout is True else readout
+        blocks.append(Block((Dense(sigma_w=sigma_w, sigma_b=0.0, width=width),), name="readout"))
+    return Network(blocks)
