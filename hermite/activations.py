@@ -173,7 +173,11 @@ class Activation:
         d = dict(d)
         affine = {k: float(d.pop(k)) for k in ("gain", "alpha", "beta", "gamma") if k in d}
         label = d.pop("label", None)
-        if "expr" in d:
+        if "subtract" in d:
+            from hermite.transforms import subtract_from_dict
+
+            base = subtract_from_dict(d["subtract"])
+        elif "expr" in d:
             base = activation(d["expr"], kinks=d.get("kinks"))
         else:
             base = activation(d["name"], **d.get("params", {}))
@@ -277,7 +281,7 @@ def _mk(name, params, fn, *, expr=None, kinks=(), jumps=(), features=(), frequen
 def _pieces_expr(pieces):
     sp, x = _sym()
     args = []
-    for a, b, coeffs in pieces:
+    for _a, b, coeffs in pieces:
         poly = sum(sp.nsimplify(c) * x**i for i, c in enumerate(coeffs))
         if b == math.inf:
             args.append((poly, True))

@@ -1,0 +1,540 @@
+"""Measures of a batch Gram matrix: isometry, isometry gap, potential, correlations, orthogonality gap.
+
+Every function takes a Gram matrix K (n x n, symmetric positive semi-definite, K_ab = <x_a, x_b> / d for
+a batch of n inputs) or a stack of them with shape (..., n, n), and returns a float (for one matrix) or
+an array with the leading stack shape (for a stack). Inputs are validated by `check_gram`, which the
+mean-field engine uses as well: bad input raises ValueError naming the argument, the offending value and
+the valid range.
+
+Sources
+-------
+* Isometry and isometry gap: A. Joudaki, H. Daneshmand and F. Bach, "On the impact of activation and
+  normalization in obtaining isometric embeddings at initialization", NeurIPS 2023.
+* Orthogonality gap: H. Daneshmand, A. Joudaki and F. Bach, "Batch normalization orthogonalizes
+  representations in deep random networks", NeurIPS 2021.
+
+Numerics
+--------
+Spectral measures are computed from the eigenvalues of K (`numpy.linalg.eigvalsh`) in log space and
+relative to the largest eigenvalue, so that they are scale invariant, never overflow, and are exact for
+c I (isometry exactly 1, gap exactly 0). Eigenvalues at or below ``rcond * lambda_max`` (by default
+``n * eps``, the round-off level of the eigenvalue solver, as in `numpy.linalg.matrix_rank`) are treated
+as exactly 0: a numerically singular K has isometry exactly 0.0 and isometry gap exactly +inf, without
+warnings and never NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "am_gm_ratio",
+    "check_gram",
+    "correlations",
+    "isometry",
+    "isometry_gap",
+    "mean_correlation",
+    "orthogonality_gap",
+    "orthogonality_gap_gram",
+    "potential",
+]
+
+_EPS = float(np.finfo(np.float64).eps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _where(name: str, batch_shape: tuple, flat: int) -> str:
+    """``name`` for a single matrix, ``name[i, j]`` for the matrix at flat index ``flat`` of a stack."""
+    if not batch_shape:
+        return name
+    idx = np.unravel_index(int(flat), batch_shape)
+    return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
+
+
+def _check_tol(value: float, argname: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argname} must be a non-negative float; got {value!r}") from None
+    if not (v >= 0.0):  # also rejects NaN
+        raise ValueError(f"{argname} must be a non-negative float (>= 0); got {value!r}")
+    return v
+
+
+def _as_real_array(A, name: str, what: str) -> np.ndarray:
+    """Convert to a float64 array, rejecting ragged, complex and non-numeric input."""
+    try:
+        arr = np.asarray(A)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be {what}; could not convert it to an array ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be {what} of real numbers; got dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64)  # always a copy: never alias the caller's array
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    finite = np.isfinite(arr)
+    if not finite.all():
+        idx = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise ValueError(
+            f"{name} must be finite (no NaN or inf); got {arr[idx]} at index {idx} "
+            f"({int((~finite).sum())} non-finite entries); valid entries are finite reals"
+        )
+
+
+def _check_gram_eig(
+    K, name: str, psd_tol: float, sym_tol: float, allow_stack: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """`check_gram` that also returns the ascending eigenvalues (..., n) it computed."""
+    psd_tol = _check_tol(psd_tol, "psd_tol")
+    sym_tol = _check_tol(sym_tol, "sym_tol")
+    what = "an n x n Gram matrix or a stack (..., n, n)" if allow_stack else "an n x n Gram matrix"
+    arr = _as_real_array(K, name, what)
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must be {what}; got shape {arr.shape} ({arr.ndim}-D), need at least 2-D")
+    if not allow_stack and arr.ndim != 2:
+        raise ValueError(f"{name} must be {what} (2-D); got shape {arr.shape} ({arr.ndim}-D)")
+    n = arr.shape[-1]
+    if arr.shape[-2] != n:
+        raise ValueError(
+            f"{name} must be square in its last two axes ({what}); got shape {arr.shape} "
+            f"({arr.shape[-2]} x {n})"
+        )
+    if n == 0:
+        raise ValueError(f"{name} must hold at least one sample (n >= 1); got shape {arr.shape}")
+    _check_finite(arr, name)
+    batch = arr.shape[:-2]
+
+    # symmetry, relative to the largest entry of each matrix
+    At = np.swapaxes(arr, -1, -2)
+    asym = np.abs(arr - At).max(axis=(-2, -1))
+    scale = np.abs(arr).max(axis=(-2, -1))
+    bad = asym > sym_tol * scale
+    if bad.any():
+        rel = np.where(bad, asym / np.where(scale > 0, scale, 1.0), -1.0)
+        k = int(np.argmax(rel))
+        raise ValueError(
+            f"{_where(name, batch, k)} must be symmetric; got max |K - K^T| = {asym.flat[k]:.3g} "
+            f"({rel.flat[k]:.3g} relative to its largest entry {scale.flat[k]:.3g}); valid: at most "
+            f"{sym_tol:g} relative"
+        )
+    sym = 0.5 * (arr + At)  # exactly symmetric: IEEE addition commutes
+
+    # positive semi-definite up to round-off
+    lam = np.linalg.eigvalsh(sym)
+    lmin, lmax = lam[..., 0], lam[..., -1]
+    floor = -psd_tol * np.maximum(1.0, lmax)
+    bad = lmin < floor
+    if bad.any():
+        margin = np.where(bad, floor - lmin, -np.inf)
+        k = int(np.argmax(margin))
+        raise ValueError(
+            f"{_where(name, batch, k)} must be positive semi-definite; got smallest eigenvalue "
+            f"{lmin.flat[k]:.6g} (largest {lmax.flat[k]:.6g}); valid: smallest eigenvalue >= "
+            f"-psd_tol * max(1, largest) = {floor.flat[k]:.3g} (psd_tol = {psd_tol:g})"
+        )
+    return sym, lam
+
+
+def _scalar_or_array(x: np.ndarray) -> float | np.ndarray:
+    """A numpy float64 scalar (a `float`) for 0-d results, the array otherwise."""
+    x = np.asarray(x, dtype=np.float64)
+    return x[()] if x.ndim == 0 else x
+
+
+def _normalized_spectrum(K, name: str, rcond: float | None, measure: str) -> np.ndarray:
+    """Eigenvalues divided by the largest one, with those at or below ``rcond`` set to exactly 0."""
+    sym, lam = _check_gram_eig(K, name, 1e-10, 1e-12, True)
+    n = sym.shape[-1]
+    rc = _check_tol(rcond, "rcond", allow_none=True)
+    if rc is None:
+        rc = n * _EPS
+    lmax = lam[..., -1]
+    bad = ~(lmax > 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        tr = np.trace(sym, axis1=-2, axis2=-1)
+        raise ValueError(
+            f"{_where(name, sym.shape[:-2], k)} has trace {tr.flat[k]:.3g} and no positive eigenvalue "
+            f"(largest {lmax.flat[k]:.3g}); the {measure} needs tr K > 0 (K = 0 has no {measure})"
+        )
+    t = lam / lmax[..., None]
+    return np.where(t > rc, t, 0.0)
+
+
+def _diag(K: np.ndarray) -> np.ndarray:
+    return np.diagonal(K, axis1=-2, axis2=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_gram(
+    K,
+    name: str = "K",
+    *,
+    psd_tol: float = 1e-10,
+    sym_tol: float = 1e-12,
+    allow_stack: bool = True,
+) -> np.ndarray:
+    """Validate a Gram matrix (or a stack of them) and return it as an exactly symmetric float64 array.
+
+    A Gram matrix K_ab = <x_a, x_b> / d of a batch of n inputs is real, finite, square, symmetric and
+    positive semi-definite. This function checks each of these up to round-off and raises ValueError
+    naming the argument (``name``, with the stack index for stacks), the offending value and the valid
+    range:
+
+    * real numeric, finite (no NaN or inf), at least 2-D (exactly 2-D if ``allow_stack`` is False),
+      square in its last two axes, n >= 1;
+    * symmetric: ``max |K - K^T| <= sym_tol * max |K|`` for each matrix of the stack;
+    * positive semi-definite: ``lambda_min >= -psd_tol * max(1, lambda_max)`` for each matrix.
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack of Gram matrices.
+    name : str
+        Name of the argument, used in error messages.
+    psd_tol : float
+        Tolerance on negative eigenvalues, relative to ``max(1, lambda_max)``.
+    sym_tol : float
+        Tolerance on the asymmetry, relative to the largest absolute entry.
+    allow_stack : bool
+        Whether leading stack dimensions are allowed.
+
+    Returns
+    -------
+    numpy.ndarray, float64, shape (..., n, n)
+        A new array equal to ``(K + K^T) / 2``, exactly symmetric. Tiny negative eigenvalues allowed by
+        ``psd_tol`` are left as they are; the measures clip them.
+
+    Raises
+    ------
+    ValueError
+        If any of the conditions above fails.
+    """
+    return _check_gram_eig(K, name, psd_tol, sym_tol, allow_stack)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# isometry
+# ---------------------------------------------------------------------------------------------------------
+
+
+def isometry(K, *, rcond: float | None = None) -> float | np.ndarray:
+    """Isometry I(K) = det(K)^(1/n) / (tr(K) / n): geometric over arithmetic mean of the eigenvalues.
+
+    From Joudaki, Daneshmand and Bach, "On the impact of activation and normalization in obtaining
+    isometric embeddings at initialization" (NeurIPS 2023). With lambda_1..lambda_n the eigenvalues of K,
+
+        I(K) = exp(mean_i log lambda_i) / mean_i lambda_i,
+
+    computed in log space relative to lambda_max. By the AM-GM inequality I(K) lies in [0, 1]; it equals
+    1 exactly for K = c I (c > 0) and 0 exactly for a singular K. It is invariant under K -> c K and
+    K -> Q K Q^T (Q orthogonal).
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack, validated by `check_gram`.
+    rcond : float, optional
+        Eigenvalues at or below ``rcond * lambda_max`` count as exactly 0 (negative ones from round-off
+        always do). Default ``n * eps``, the round-off level of the eigenvalue solver. ``rcond=0`` only
+        clips negative eigenvalues.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The isometry, a float for one matrix, an array of shape ``K.shape[:-2]`` for a stack.
+
+    Raises
+    ------
+    ValueError
+        For invalid K (see `check_gram`), or a K with trace 0 (K = 0): it has no isometry.
+    """
+    t = _normalized_spectrum(K, "K", rcond, "isometry")
+    with np.errstate(divide="ignore"):
+        logt = np.log(t)  # -inf for zero eigenvalues
+    g = np.exp(np.mean(logt, axis=-1))  # exp(-inf) = 0 without warning
+    a = np.mean(t, axis=-1)  # in [1/n, 1]
+    return _scalar_or_array(np.clip(g / a, 0.0, 1.0))
+
+
+def isometry_gap(K, *, rcond: float | None = None) -> float | np.ndarray:
+    """Isometry gap -log I(K) = log(tr(K) / n) - log(det(K)) / n, in [0, +inf].
+
+    Joudaki, Daneshmand and Bach (NeurIPS 2023). Computed directly in log space from the eigenvalues
+    (see `isometry`), so it stays accurate near isometry (exactly 0 for K = c I) and is exactly +inf,
+    never NaN and without warnings, for a singular K.
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack, validated by `check_gram`.
+    rcond : float, optional
+        Relative threshold below which eigenvalues count as 0; see `isometry`.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The gap, a float for one matrix, an array of shape ``K.shape[:-2]`` for a stack.
+
+    Raises
+    ------
+    ValueError
+        For invalid K (see `check_gram`), or a K with trace 0.
+    """
+    t = _normalized_spectrum(K, "K", rcond, "isometry gap")
+    with np.errstate(divide="ignore"):
+        logt = np.log(t)
+    gap = np.log(np.mean(t, axis=-1)) - np.mean(logt, axis=-1)  # -(-inf) = +inf for singular K
+    return _scalar_or_array(np.maximum(gap, 0.0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# correlations and potential
+# ---------------------------------------------------------------------------------------------------------
+
+
+def correlations(K) -> np.ndarray:
+    """Correlation matrices rho_ab = K_ab / sqrt(K_aa K_bb) of a Gram stack.
+
+    The diagonal is exactly 1 and the entries are clipped to [-1, 1] (round-off can push them out).
+    Identical inputs give rho exactly 1. ``correlations(K)`` is D^(-1/2) K D^(-1/2) with D = diag(K):
+    every sample rescaled to unit norm.
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack, validated by `check_gram`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., n, n)
+
+    Raises
+    ------
+    ValueError
+        For invalid K (see `check_gram`), or if a sample has zero variance (K_aa <= 0): its correlations
+        are undefined.
+    """
+    K = check_gram(K)
+    n = K.shape[-1]
+    d = _diag(K)
+    bad = ~(d > 0)
+    if bad.any():
+        k = int(np.argmax(bad.reshape(-1)))
+        idx = np.unravel_index(k, d.shape)
+        a = int(idx[-1])
+        where = ", ".join(str(int(i)) for i in idx[:-1])
+        where = f"{where}, " if where else ""
+        raise ValueError(
+            f"K[{where}{a}, {a}] = {d[idx]:.3g}: sample {a} has zero variance, so its correlations are "
+            f"undefined; valid: every diagonal entry K_aa > 0"
+        )
+    # normalize by the largest variance first: no overflow, and equal entries stay equal
+    s = d.max(axis=-1)
+    Kn = K / s[..., None, None]
+    dn = d / s[..., None]
+    rho = Kn / np.sqrt(dn[..., :, None] * dn[..., None, :])
+    rho = np.clip(rho, -1.0, 1.0)
+    rho[..., np.arange(n), np.arange(n)] = 1.0
+    return rho
+
+
+def mean_correlation(K) -> float | np.ndarray:
+    """Mean off-diagonal correlation, sum_{a != b} rho_ab / (n (n - 1)), of a Gram stack.
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack with n >= 2, validated by `check_gram`.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        In [-1/(n-1), 1]; a float for one matrix, an array of shape ``K.shape[:-2]`` for a stack.
+
+    Raises
+    ------
+    ValueError
+        For invalid K, a sample with zero variance (see `correlations`), or n < 2.
+    """
+    rho = correlations(K)
+    n = rho.shape[-1]
+    if n < 2:
+        raise ValueError(f"K must hold at least 2 samples for a mean correlation (n >= 2); got n = {n}")
+    off = ~np.eye(n, dtype=bool)
+    return _scalar_or_array(np.sum(rho, axis=(-2, -1), where=off) / (n * (n - 1)))
+
+
+def potential(K) -> float | np.ndarray:
+    """Potential max_{a != b} |rho_ab| / (1 - |rho_ab|) of the correlation matrix of K.
+
+    The potential tracked in the mean-field analysis of layer normalization with an activation (issue 5
+    of this project; after Joudaki, Daneshmand and Bach, NeurIPS 2023): 0 iff the samples are pairwise
+    orthogonal, +inf iff two samples are collinear (|rho_ab| = 1, e.g. duplicate inputs). It controls
+    the correlations, not the isometry: three unit vectors x1 _|_ x2, x3 = (x1 + x2)/sqrt(2) have potential
+    (1/sqrt 2)/(1 - 1/sqrt 2) = 2.414 and a singular Gram matrix (isometry gap +inf).
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack, validated by `check_gram`.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        In [0, +inf]; 0 for n = 1. A float for one matrix, an array of shape ``K.shape[:-2]`` for a stack.
+
+    Raises
+    ------
+    ValueError
+        For invalid K (see `check_gram`), or if a sample has zero variance (K_aa <= 0).
+    """
+    r = np.abs(correlations(K))
+    n = r.shape[-1]
+    r[..., np.arange(n), np.arange(n)] = 0.0
+    with np.errstate(divide="ignore"):
+        p = r / (1.0 - r)  # |rho| = 1 -> +inf
+    return _scalar_or_array(p.max(axis=(-2, -1)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# orthogonality gap (batch normalization)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _orthogonality_from_gram(G: np.ndarray, name: str) -> np.ndarray:
+    n = G.shape[-1]
+    tr = np.trace(G, axis1=-2, axis2=-1)
+    bad = ~(tr > 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(
+            f"{_where(name, G.shape[:-2], k)} has zero norm (trace {tr.flat[k]:.3g}); the orthogonality "
+            f"gap needs a nonzero representation (trace > 0)"
+        )
+    M = G / tr[..., None, None]
+    M[..., np.arange(n), np.arange(n)] -= 1.0 / n
+    return np.sqrt(np.sum(M * M, axis=(-2, -1)))
+
+
+def orthogonality_gap(H) -> float | np.ndarray:
+    """Orthogonality gap V(H) = || H^T H / ||H||_F^2 - I_n / n ||_F of representations H (d x n).
+
+    Daneshmand, Joudaki and Bach, "Batch normalization orthogonalizes representations in deep random
+    networks" (NeurIPS 2021). The columns of H are the n samples, its rows the d features. V(H) is 0
+    iff the samples are orthogonal with equal norms, and sqrt(1 - 1/n) (its maximum) iff H has rank one.
+
+    Parameters
+    ----------
+    H : array_like, shape (..., d, n)
+        Representations, d features by n samples, or a stack of them. Finite, not all zero.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        In [0, sqrt(1 - 1/n)]; a float for one matrix, an array of shape ``H.shape[:-2]`` for a stack.
+
+    Raises
+    ------
+    ValueError
+        If H is not real, finite and at least 2-D with d, n >= 1, or if H = 0.
+    """
+    what = "a d x n representation matrix (features x samples) or a stack (..., d, n)"
+    H = _as_real_array(H, "H", what)
+    if H.ndim < 2:
+        raise ValueError(f"H must be {what}; got shape {H.shape} ({H.ndim}-D), need at least 2-D")
+    if H.shape[-1] == 0 or H.shape[-2] == 0:
+        raise ValueError(f"H must have d >= 1 features and n >= 1 samples; got shape {H.shape}")
+    _check_finite(H, "H")
+    scale = np.abs(H).max(axis=(-2, -1))
+    Hn = H / np.where(scale > 0, scale, 1.0)[..., None, None]  # avoid overflow in H^T H
+    G = np.swapaxes(Hn, -1, -2) @ Hn
+    G = 0.5 * (G + np.swapaxes(G, -1, -2))
+    return _scalar_or_array(_orthogonality_from_gram(G, "H"))
+
+
+def orthogonality_gap_gram(K) -> float | np.ndarray:
+    """Orthogonality gap from a Gram matrix: V = || K / tr(K) - I_n / n ||_F.
+
+    Equals `orthogonality_gap` (H) for K = H^T H (or any positive multiple). Daneshmand, Joudaki and Bach
+    (NeurIPS 2021).
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack, validated by `check_gram`.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        In [0, sqrt(1 - 1/n)]; a float for one matrix, an array of shape ``K.shape[:-2]`` for a stack.
+
+    Raises
+    ------
+    ValueError
+        For invalid K (see `check_gram`), or a K with trace 0.
+    """
+    K = check_gram(K)
+    return _scalar_or_array(_orthogonality_from_gram(K, "K"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sample norms
+# ---------------------------------------------------------------------------------------------------------
+
+
+def am_gm_ratio(K) -> float | np.ndarray:
+    """Arithmetic over geometric mean of the diagonal of K: mean_a K_aa / (prod_a K_aa)^(1/n) >= 1.
+
+    Rescaling every sample to the same norm (K -> D^(-1/2) K D^(-1/2), D = diag K) multiplies the
+    isometry by exactly this factor, since det scales by 1/prod(K_aa) and the trace becomes n:
+
+        isometry(D^(-1/2) K D^(-1/2)) = am_gm_ratio(K) * isometry(K)
+
+    (Joudaki, Daneshmand and Bach, NeurIPS 2023), so normalizing sample norms never decreases isometry.
+    Computed in log space relative to the largest diagonal entry: exactly 1 when all norms are equal.
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack, validated by `check_gram`.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        In [1, +inf]; +inf (the limit, without warning) when some but not all samples have zero norm.
+        A float for one matrix, an array of shape ``K.shape[:-2]`` for a stack.
+
+    Raises
+    ------
+    ValueError
+        For invalid K (see `check_gram`), or a K with zero diagonal (trace 0).
+    """
+    K = check_gram(K)
+    d = np.maximum(_diag(K), 0.0)
+    s = d.max(axis=-1)
+    bad = ~(s > 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(
+            f"{_where('K', K.shape[:-2], k)} has an all-zero diagonal (trace 0); the AM/GM ratio of the "
+            f"sample norms needs tr K > 0"
+        )
+    dn = d / s[..., None]
+    with np.errstate(divide="ignore"):
+        lg = np.mean(np.log(dn), axis=-1)  # -inf if a sample has zero norm
+    log_ratio = np.log(np.mean(dn, axis=-1)) - lg
+    with np.errstate(over="ignore"):
+        ratio = np.exp(np.maximum(log_ratio, 0.0))
+    return _scalar_or_array(ratio)

@@ -1,0 +1,146 @@
+"""Trajectory: the Gram matrix of a batch after every block, from either engine.
+
+`meanfield.propagate` returns ``gram`` of shape (L+1, n, n) (input, then the output of each of the L
+blocks); `meanfield.simulate` returns (seeds, L+1, n, n). Every measure is computed on the last two axes,
+so the same call works on both and "theory vs simulation" is one line:
+
+>>> import numpy as np, meanfield
+>>> net = meanfield.mlp(3, "relu", norm="ln")
+>>> X = np.eye(4)
+>>> mf = meanfield.propagate(net, X)                       # doctest: +SKIP
+>>> sim = meanfield.simulate(net, X, width=256, seeds=8)   # doctest: +SKIP
+>>> mf.isometry_gap(), sim.isometry_gap().mean(axis=0)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Trajectory"]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Gram matrices per block (and per seed) plus what the engine recorded along the way.
+
+    Attributes
+    ----------
+    gram : ndarray, (L+1, n, n) or (seeds, L+1, n, n), float64
+        Second-moment Gram matrices K_ab = <x_a, x_b> / width of the features after each block
+        (index 0 is the input).
+    engine : "meanfield" or "simulate"
+    network : the Network that produced it
+    means : ndarray (..., L+1, n) or None
+        Per-sample feature means (1/width) sum_i x_ia.
+    grad_norms : ndarray (seeds, L+1) or None
+        Simulator with gradients=True: norm / sqrt(width) of the gradient of a random Gaussian linear
+        readout with respect to each block's output (index L is the last block's output).
+    grad_gram : ndarray (seeds, L+1, n, n) or None
+        Simulator with gradients=True: the Gram of the backward signal (per-sample output gradients).
+    mc_error : ndarray (L+1,) or None
+        Mean-field engine: the Monte Carlo standard error (max over entries) of blocks that needed a
+        batch-coupled expectation, 0 where the map is exact.
+    layers : list or None
+        Per-layer Grams when asked for (``detail=True``).
+    """
+
+    gram: np.ndarray
+    engine: str = "meanfield"
+    network: Any = None
+    means: np.ndarray | None = None
+    grad_norms: np.ndarray | None = None
+    grad_gram: np.ndarray | None = None
+    mc_error: np.ndarray | None = None
+    layers: list | None = None
+    info: dict = field(default_factory=dict)
+
+    # -------------------------------------------------------------------------------------------
+    @property
+    def seeded(self) -> bool:
+        """True for a simulation (a leading seed axis)."""
+        return self.gram.ndim == 4
+
+    @property
+    def depth(self) -> int:
+        return self.gram.shape[-3] - 1
+
+    @property
+    def n(self) -> int:
+        return self.gram.shape[-1]
+
+    @property
+    def seeds(self) -> int:
+        return self.gram.shape[0] if self.seeded else 1
+
+    # -------------------------------------------------------------------------------------------
+    def isometry(self) -> np.ndarray:
+        """det(K)^(1/n) / (tr K / n) per block (and per seed)."""
+        from meanfield.measures import isometry
+
+        return isometry(self.gram)
+
+    def isometry_gap(self) -> np.ndarray:
+        """-log isometry per block (and per seed); +inf for a singular Gram."""
+        from meanfield.measures import isometry_gap
+
+        return isometry_gap(self.gram)
+
+    def potential(self) -> np.ndarray:
+        """max_{a != b} |rho_ab| / (1 - |rho_ab|) per block (and per seed)."""
+        from meanfield.measures import potential
+
+        return potential(self.gram)
+
+    def correlations(self) -> np.ndarray:
+        from meanfield.measures import correlations
+
+        return correlations(self.gram)
+
+    def mean_correlation(self) -> np.ndarray:
+        from meanfield.measures import mean_correlation
+
+        return mean_correlation(self.gram)
+
+    def diagonal(self) -> np.ndarray:
+        """Per-sample second moments K_aa per block (and seed)."""
+        return np.diagonal(self.gram, axis1=-2, axis2=-1)
+
+    # -------------------------------------------------------------------------------------------
+    def _need_seeds(self, what):
+        if not self.seeded:
+            raise ValueError(f"{what} needs a simulated trajectory (with a seed axis)")
+
+    def mean(self) -> Trajectory:
+        """Seed-mean trajectory (gram (L+1, n, n))."""
+        self._need_seeds("mean()")
+        return replace(self, gram=self.gram.mean(axis=0),
+                       means=None if self.means is None else self.means.mean(axis=0),
+                       grad_norms=None, grad_gram=None, info={**self.info, "reduced": "mean"})
+
+    def stderr(self) -> np.ndarray:
+        """Standard error of the seed-mean Gram, (L+1, n, n)."""
+        self._need_seeds("stderr()")
+        s = self.gram.shape[0]
+        if s < 2:
+            raise ValueError("stderr() needs at least 2 seeds")
+        return self.gram.std(axis=0, ddof=1) / np.sqrt(s)
+
+    def quantile(self, q, measure: str | None = None) -> np.ndarray:
+        """Quantile(s) across seeds of the Gram (measure=None) or of a measure ("isometry_gap", ...)."""
+        self._need_seeds("quantile()")
+        vals = self.gram if measure is None else getattr(self, measure)()
+        return np.quantile(vals, q, axis=0)
+
+    def seed(self, i: int) -> Trajectory:
+        """The trajectory of one simulated network."""
+        self._need_seeds("seed()")
+        return replace(self, gram=self.gram[i], means=None if self.means is None else self.means[i],
+                       grad_norms=None if self.grad_norms is None else self.grad_norms[i],
+                       grad_gram=None if self.grad_gram is None else self.grad_gram[i])
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.gram.shape))
+        return f"Trajectory(engine={self.engine!r}, depth={self.depth}, n={self.n}, gram {shape})"
