@@ -634,7 +634,8 @@ def _from_expr(expr, kinks=None, name=None, source=None) -> Core:
     x = sp.Symbol("x", real=True)
     free = expr.free_symbols
     if len(free) > 1:
-        raise ValueError(f"activation expression {expr} must have exactly one free symbol, has {sorted(map(str, free))}")
+        raise ValueError(f"activation expression {expr} must have exactly one free symbol, "
+                         f"has {sorted(map(str, free))}")
     if free and free != {x}:
         expr = expr.subs(next(iter(free)), x)
     if kinks is None:
