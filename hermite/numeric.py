@@ -112,26 +112,48 @@ def _domain(K: int) -> float:
 
 
 def _core_coefficients_quad(core: Core, K: int, Q: np.ndarray) -> np.ndarray:
-    """c_k^phi(Q) for k = 0..K by composite quadrature; Q is 1-D."""
+    """c_k^phi(Q) for k = 0..K by composite quadrature; Q is 1-D.
+
+    Variances that share a panel layout (e.g. kinks only at 0 and no graded features) are integrated
+    together with one matrix product.
+    """
     out = np.empty((Q.size, K + 1))
-    # group variances that share a rule (kinks at 0 and no graded features => q-independent rule)
+    L0 = _domain(K)
+    groups: dict = {}
     for i, qv in enumerate(Q):
-        s = math.sqrt(qv)
-        L = _domain(K)
-        for _ in range(6):
-            z, ws, psi = _rule(core, s, K, L)
-            fz = core.fn(s * z)
-            if not np.all(np.isfinite(fz)):
-                raise ValueError(f"activation {core.name!r} is not finite on the quadrature nodes at q={qv:g}")
-            g = fz * ws
-            # negligible at the ends? (the integrand f h_k phi decays like phi)
-            ends = [0, 1, -2, -1]
-            edge = np.abs(g[ends]).max() * np.abs(psi[:, ends]).max()
-            if edge <= 1e-18 * (np.abs(g).max() + 1e-300) or L > 200:
-                break
-            L *= 1.5
-        out[i] = psi @ g
+        br = _breaks(core, math.sqrt(qv), K, L0)
+        groups.setdefault(br.tobytes(), []).append(i)
+    for idx in groups.values():
+        idx = np.asarray(idx)
+        s = np.sqrt(Q[idx])
+        z, ws, psi = _rule(core, float(s[0]), K, L0)
+        F = core.fn(s[:, None] * z[None, :])
+        if not np.all(np.isfinite(F)):
+            raise ValueError(f"activation {core.name!r} is not finite on the quadrature nodes at q in "
+                             f"[{Q[idx].min():g}, {Q[idx].max():g}]")
+        G = F * ws
+        ends = [0, 1, -2, -1]
+        edge = np.abs(G[:, ends]).max(axis=1) * np.abs(psi[:, ends]).max()
+        ok = edge <= 1e-18 * (np.abs(G).max(axis=1) + 1e-300)
+        out[idx[ok]] = G[ok] @ psi.T
+        for i in idx[~ok]:  # integrand not negligible at the ends: widen the domain for this variance
+            out[i] = _one_variance(core, K, float(Q[i]))
     return out
+
+
+def _one_variance(core: Core, K: int, qv: float) -> np.ndarray:
+    s = math.sqrt(qv)
+    L = _domain(K)
+    for _ in range(8):
+        L *= 1.5
+        z, ws, psi = _rule(core, s, K, L)
+        g = core.fn(s * z) * ws
+        if not np.all(np.isfinite(g)):
+            raise ValueError(f"activation {core.name!r} is not finite on the quadrature nodes at q={qv:g}")
+        ends = [0, 1, -2, -1]
+        if np.abs(g[ends]).max() * np.abs(psi[:, ends]).max() <= 1e-18 * (np.abs(g).max() + 1e-300) or L > 300:
+            break
+    return psi @ g
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,10 +19,14 @@ from meanfield.layers import (
     Scale,
     WeightNormDense,
 )
+from meanfield.measures import isometry, isometry_gap, potential
 from meanfield.network import Network, mlp
+from meanfield.propagate import propagate
+from meanfield.trajectory import Trajectory
 
 __all__ = [
     "Activation", "BatchNorm", "Block", "Center", "Dense", "GroupLayerNorm", "LayerNorm", "MaxPool",
-    "Residual", "RMSNorm", "Scale", "WeightNormDense", "Network", "mlp",
+    "Residual", "RMSNorm", "Scale", "WeightNormDense", "Network", "mlp", "propagate", "Trajectory",
+    "isometry", "isometry_gap", "potential",
 ]
 __version__ = "0.1.0"
