@@ -1,0 +1,327 @@
+"""The `meanfield` command.
+
+    meanfield demo [--out FILE] [--quick]
+    meanfield run CONFIG.toml [--out DIR] [--scheduler ADDRESS | --workers N | --local-cluster]
+    meanfield plot DIR
+    meanfield coefficients ACT [-K N] [--q Q] [--exact] [--json]
+    meanfield kernel ACT --rho R [R ...] [--q1 Q] [--q2 Q] [--derivative 1] [--centered] [--json]
+    meanfield maps ACT --sigma-b B [--sigma-w W] [--json]
+
+A user mistake (unknown activation, bad config key, unreadable file, ...) prints one line saying what
+was wrong and what is allowed, and exits with status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["main", "demo"]
+
+
+class UserError(Exception):
+    """A mistake in the command line or the config: reported in one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------
+def demo(out: str = "meanfield-demo.png", quick: bool = False) -> Path:
+    """Isometry-gap depth curves, mean field against simulation at two widths, for ReLU and tanh with
+    LayerNorm before and after the activation; saved as a PNG. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from meanfield import plot
+    from meanfield.network import mlp
+    from meanfield.propagate import propagate
+    from meanfield.simulate import simulate
+
+    depth = 12 if quick else 30
+    widths = (64, 256) if quick else (128, 512)
+    seeds = 6 if quick else 16
+    rng = np.random.default_rng(0)
+    n, d = 8, 64
+    common = rng.standard_normal(d)
+    X = 0.6 * rng.standard_normal((n, d)) + 0.8 * common  # strongly correlated inputs
+    fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True)
+    with plot.paper_style():
+        for i, act in enumerate(("relu", "tanh")):
+            for j, placement in enumerate(("pre", "post")):
+                net = mlp(depth, act, norm="ln", placement=placement, sigma_w=1.0)
+                mf = propagate(net, X=X)
+                sims = {w: simulate(net, X, width=w, seeds=seeds, seed=1, progress=False) for w in widths}
+                ax = axes[i, j]
+                plot.theory_vs_simulation(mf, sims, "isometry_gap", ax=ax, title=f"{act}, LayerNorm {placement}")
+                ax.set_yscale("log")
+        fig.tight_layout()
+        path = Path(out).resolve()
+        fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+def _load_config(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"cannot read config file {path!r}: no such file")
+    try:
+        cfg = tomllib.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {path!r}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path!r} is not valid TOML: {exc}") from None
+    allowed = {"sweep", "figures", "out"}
+    for k in cfg:
+        if k not in allowed:
+            from meanfield.sweep import _nearest
+
+            raise UserError(f"config: unknown top-level key {k!r}{_nearest(k, allowed)}; allowed: {sorted(allowed)}")
+    if "sweep" not in cfg:
+        raise UserError("config: missing [sweep] table (with grid/zip/fixed)")
+    return cfg
+
+
+FIGURE_KEYS = {"measure", "by", "file", "logy", "title", "where"}
+
+
+def _check_figures(figs) -> list:
+    if not isinstance(figs, list):
+        raise UserError("config: [[figures]] must be an array of tables")
+    from meanfield.sweep import MEASURES, _nearest
+
+    for f in figs:
+        for k in f:
+            if k not in FIGURE_KEYS:
+                raise UserError(f"config: unknown figure key {k!r}{_nearest(k, FIGURE_KEYS)}; "
+                                f"allowed: {sorted(FIGURE_KEYS)}")
+        if f.get("measure", "isometry_gap") not in MEASURES:
+            m = f["measure"]
+            raise UserError(f"config: figure measure {m!r}{_nearest(m, MEASURES)}; allowed: {MEASURES}")
+    return figs
+
+
+def draw_figures(df, figs: list, out_dir: Path) -> list:
+    """Depth curves from a sweep table: one line (mean field) or band (simulation) per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from meanfield import plot
+
+    paths = []
+    for k, f in enumerate(figs):
+        measure = f.get("measure", "isometry_gap")
+        by = f.get("by", ["activation", "norm", "placement"])
+        by = [by] if isinstance(by, str) else list(by)
+        data = df
+        for col, val in (f.get("where") or {}).items():
+            data = data[data[col] == val]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        with plot.paper_style():
+            keys = [b for b in by if b in data.columns]
+            groups = data.groupby(keys + ["engine", "width"], dropna=False)
+            for name, g in groups:
+                name = name if isinstance(name, tuple) else (name,)
+                g = g.sort_values("layer")
+                label = ", ".join(str(v) for v in name[: len(keys)])
+                if g["engine"].iloc[0] == "meanfield":
+                    ax.plot(g["layer"], g[measure], linestyle="--", label=f"{label} (mean field)")
+                else:
+                    w = g["width"].iloc[0]
+                    (line,) = ax.plot(g["layer"], g[measure + "_median"], label=f"{label} (width {w})")
+                    ax.fill_between(g["layer"], g[measure + "_q10"], g[measure + "_q90"], alpha=0.2,
+                                    color=line.get_color(), linewidth=0)
+            ax.set_xlabel("depth (blocks)")
+            ax.set_ylabel(measure.replace("_", " "))
+            if f.get("logy"):
+                ax.set_yscale("log")
+            if f.get("title"):
+                ax.set_title(f["title"])
+            ax.legend(frameon=False, fontsize=6)
+            path = out_dir / f.get("file", f"figure_{k + 1}_{measure}.png")
+            fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _cmd_run(args) -> int:
+    from meanfield.sweep import Sweep, load_errors, run_sweep
+
+    cfg = _load_config(args.config)
+    try:
+        sweep = Sweep.from_dict(cfg["sweep"])
+        sweep.points()
+    except ValueError as exc:
+        raise UserError(f"config: {exc}") from None
+    figs = _check_figures(cfg.get("figures", [{"measure": "isometry_gap", "logy": True}]))
+    out = Path(args.out or cfg.get("out") or Path(args.config).with_suffix(""))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures.json").write_text(json.dumps(figs))
+    df = run_sweep(sweep, out, workers=args.workers, scheduler=args.scheduler, local_cluster=args.local_cluster,
+                   progress=None)
+    table = out / "results.csv"
+    df.to_csv(table, index=False)
+    paths = draw_figures(df, figs, out) if len(df) else []
+    errs = load_errors(out)
+    print(f"{len(df)} rows -> {table}")
+    for p in paths:
+        print(f"figure -> {p}")
+    if errs:
+        print(f"{len(errs)} point(s) failed; see {out / 'errors'}", file=sys.stderr)
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from meanfield.sweep import load_results
+
+    out = Path(args.dir)
+    if not (out / "points").is_dir():
+        raise UserError(f"{args.dir!r} is not a sweep directory (no points/ inside)")
+    figs = json.loads((out / "figures.json").read_text()) if (out / "figures.json").exists() else [
+        {"measure": "isometry_gap", "logy": True}]
+    df = load_results(out)
+    if not len(df):
+        raise UserError(f"{args.dir!r} holds no finished points yet")
+    for p in draw_figures(df, figs, out):
+        print(f"figure -> {p}")
+    return 0
+
+
+def _emit(args, header, rows):
+    if args.json:
+        print(json.dumps([dict(zip(header, r)) for r in rows]))
+        return
+    widths = [max(len(str(h)), *(len(_fmt(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(_fmt(v).rjust(w) for v, w in zip(r, widths)))
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.16g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _cmd_coefficients(args) -> int:
+    import hermite
+
+    if args.exact:
+        c = hermite.exact_coefficients(args.act, args.K, q=args.q)
+        rows = [(k, str(ck), float(ck.evalf(20))) for k, ck in enumerate(c)]
+        _emit(args, ["k", "exact", "value"], rows)
+    else:
+        c = hermite.coefficients(args.act, args.K, q=args.q)
+        rows = [(k, float(ck)) for k, ck in enumerate(c)]
+        _emit(args, ["k", "c_k"], rows)
+    return 0
+
+
+def _cmd_kernel(args) -> int:
+    import numpy as np
+
+    import hermite
+
+    rho = np.asarray(args.rho, dtype=float)
+    k = hermite.kernel(args.act, rho, args.q1, args.q2, derivative=args.derivative, centered=args.centered)
+    rows = [(float(r), float(v)) for r, v in zip(rho, np.atleast_1d(k))]
+    _emit(args, ["rho", "kernel"], rows)
+    return 0
+
+
+def _cmd_maps(args) -> int:
+    from meanfield import maps
+
+    sb = args.sigma_b
+    sw = args.sigma_w if args.sigma_w is not None else maps.edge_of_chaos(args.act, sb)
+    q = maps.fixed_point_q(args.act, sw, sb)
+    chi = maps.chi1(args.act, sw, sb)
+    ds = maps.depth_scales(args.act, sw, sb)
+    eoc = maps.edge_of_chaos(args.act, sb)
+    rows = [("sigma_w", float(sw)), ("sigma_b", float(sb)), ("q*", float(q)), ("chi_1", float(chi)),
+            ("xi_q", float(ds["xi_q"])), ("xi_c", float(ds["xi_c"])), ("edge_of_chaos_sigma_w", float(eoc))]
+    _emit(args, ["quantity", "value"], rows)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    path = demo(args.out, quick=args.quick)
+    print(f"wrote {path}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="meanfield", description="Mean-field and Hermite-expansion theory of deep networks.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    d = sub.add_parser("demo", help="isometry depth curves, mean field vs simulation, to a PNG")
+    d.add_argument("--out", default="meanfield-demo.png")
+    d.add_argument("--quick", action="store_true", help="smaller sizes (a few seconds)")
+    d.set_defaults(fn=_cmd_demo)
+    r = sub.add_parser("run", help="run a sweep from a TOML config")
+    r.add_argument("config")
+    r.add_argument("--out")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", help="Dask scheduler address")
+    g.add_argument("--workers", type=int, help="local worker processes (0: inline)")
+    g.add_argument("--local-cluster", action="store_true", help="start a local Dask cluster")
+    r.set_defaults(fn=_cmd_run)
+    pl = sub.add_parser("plot", help="redraw the figures of a sweep directory")
+    pl.add_argument("dir")
+    pl.set_defaults(fn=_cmd_plot)
+    c = sub.add_parser("coefficients", help="Hermite coefficients of an activation")
+    c.add_argument("act")
+    c.add_argument("-K", type=int, default=10)
+    c.add_argument("--q", type=float, default=1.0)
+    c.add_argument("--exact", action="store_true")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=_cmd_coefficients)
+    k = sub.add_parser("kernel", help="dual kernel E[f(u) f(v)]")
+    k.add_argument("act")
+    k.add_argument("--rho", type=float, nargs="+", required=True)
+    k.add_argument("--q1", type=float, default=1.0)
+    k.add_argument("--q2", type=float, default=None)
+    k.add_argument("--derivative", type=int, default=0)
+    k.add_argument("--centered", action="store_true")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(fn=_cmd_kernel)
+    m = sub.add_parser("maps", help="q*, chi_1, depth scales and the edge of chaos")
+    m.add_argument("act")
+    m.add_argument("--sigma-b", type=float, required=True)
+    m.add_argument("--sigma-w", type=float, default=None)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=_cmd_maps)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return args.fn(args)
+    except UserError as exc:
+        print(f"meanfield: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"meanfield: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Figures: depth curves, theory-vs-simulation bands, Hermite spectra, kernel maps, phase diagrams.
+
+Every function takes an optional matplotlib Axes (``ax=None`` makes a new figure) and returns the Axes,
+so figures compose. Nothing here computes theory: the functions call the library (`propagate`,
+`simulate`, `hermite.coefficients`, `hermite.kernel`) or draw what they are given.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = ["paper_style", "depth_curve", "theory_vs_simulation", "theory_vs_simulation_scatter",
+           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values"]
+
+_MEASURES = ("isometry_gap", "isometry", "potential", "mean_correlation", "grad_norms")
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _axes(ax):
+    if ax is None:
+        _, ax = _plt().subplots(figsize=(4.5, 3.2))
+    return ax
+
+
+@contextmanager
+def paper_style():
+    """Context manager with publication defaults (small serif fonts, thin lines, tight layout)."""
+    plt = _plt()
+    rc = {"font.size": 9, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+          "ytick.labelsize": 8, "lines.linewidth": 1.4, "axes.spines.top": False, "axes.spines.right": False,
+          "figure.dpi": 150, "savefig.bbox": "tight"}
+    with plt.rc_context(rc):
+        yield
+
+
+def measure_values(traj, measure: str = "isometry_gap") -> np.ndarray:
+    """The per-block values of a measure: (L+1,) for mean field, (seeds, L+1) for a simulation."""
+    if measure not in _MEASURES:
+        raise ValueError(f"measure={measure!r} must be one of {_MEASURES}")
+    if measure == "grad_norms":
+        if traj.grad_norms is None:
+            raise ValueError("measure='grad_norms' needs a simulation run with gradients=True")
+        return np.asarray(traj.grad_norms)
+    return np.asarray(getattr(traj, measure)())
+
+
+def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None = None, band=(0.1, 0.9),
+                logy: bool = False, color=None, **line_kw):
+    """Plot a measure against depth.
+
+    A mean-field trajectory is drawn as a line; a simulated one as the median across seeds with a
+    quantile band (``band``, default the 10-90% range).
+    """
+    ax = _axes(ax)
+    vals = measure_values(traj, measure)
+    depth = np.arange(vals.shape[-1])
+    if vals.ndim == 1:
+        ax.plot(depth, vals, label=label, color=color, **line_kw)
+    else:
+        finite = np.where(np.isfinite(vals), vals, np.nan)
+        med = np.nanmedian(finite, axis=0)
+        lo, hi = np.nanquantile(finite, band[0], axis=0), np.nanquantile(finite, band[1], axis=0)
+        (line,) = ax.plot(depth, med, label=label, color=color, **line_kw)
+        ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
+    ax.set_xlabel("depth (blocks)")
+    ax.set_ylabel(measure.replace("_", " "))
+    if logy:
+        ax.set_yscale("log")
+    return ax
+
+
+def theory_vs_simulation(meanfield_traj, simulations: dict, measure: str = "isometry_gap", ax=None,
+                         logy: bool = False, title: str | None = None):
+    """Mean-field line plus one median/quantile band per simulated width.
+
+    ``simulations`` maps a label (e.g. the width) to a simulated Trajectory.
+    """
+    ax = _axes(ax)
+    depth_curve(meanfield_traj, measure, ax=ax, label="mean field", color="k", linestyle="--", zorder=3)
+    for key, sim in simulations.items():
+        depth_curve(sim, measure, ax=ax, label=f"width {key}" if not isinstance(key, str) else key)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False)
+    return ax
+
+
+def theory_vs_simulation_scatter(meanfield_traj, simulation, layer: int = -1, ax=None):
+    """Scatter of the simulated seed-mean Gram entries against the mean-field ones, with y = x."""
+    ax = _axes(ax)
+    th = np.asarray(meanfield_traj.gram)[layer]
+    sim = np.asarray(simulation.gram).mean(axis=0)[layer]
+    iu = np.triu_indices(th.shape[0])
+    ax.scatter(th[iu], sim[iu], s=8, alpha=0.7)
+    lo, hi = float(min(th.min(), sim.min())), float(max(th.max(), sim.max()))
+    ax.plot([lo, hi], [lo, hi], color="k", linewidth=0.8)
+    ax.set_xlabel("mean field K_ab")
+    ax.set_ylabel("simulation (seed mean)")
+    return ax
+
+
+def hermite_spectrum(act, K: int = 30, q: float = 1.0, ax=None, label: str | None = None):
+    """c_k^2 against k on a log scale (zero coefficients are skipped)."""
+    import hermite
+
+    ax = _axes(ax)
+    c = hermite.coefficients(act, K, q=q)
+    k = np.arange(K + 1)
+    c2 = c * c
+    keep = c2 > 0
+    ax.semilogy(k[keep], c2[keep], marker="o", markersize=3, linestyle="-", label=label or hermite.activation(act).name)
+    ax.set_xlabel("order k")
+    ax.set_ylabel("c_k^2")
+    return ax
+
+
+def kernel_map(act, ax=None, q: float = 1.0, normalized: bool = True, centered: bool = False, label=None):
+    """The dual kernel as a map of the correlation, with the identity line.
+
+    normalized=True plots E[f(u) f(v)] / E f(u)^2 (the correlation map of a normalized layer);
+    centered=True uses the covariance (the map LayerNorm after the activation iterates).
+    """
+    import hermite
+
+    ax = _axes(ax)
+    rho = np.linspace(-1, 1, 401)
+    k = hermite.kernel(act, rho, q, centered=centered)
+    if normalized:
+        k = k / hermite.kernel(act, 1.0, q, centered=centered)
+    ax.plot(rho, k, label=label or hermite.activation(act).name)
+    ax.plot([-1, 1], [-1, 1] if normalized else [k.min(), k.max()], color="k", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("input correlation rho")
+    ax.set_ylabel("output correlation" if normalized else "E f(u) f(v)")
+    return ax
+
+
+def phase_diagram(values, sigma_b2_grid, sigma_w2_grid, ax=None, label: str = "", critical=None,
+                  log_color: bool = False, cmap: str = "viridis"):
+    """Colour map of ``values`` (shape (len(sigma_b2_grid), len(sigma_w2_grid))) over the grid.
+
+    ``critical``: optional 2-D array (e.g. chi_1) whose level 1 is drawn as the edge of chaos.
+    """
+    import matplotlib.colors as mcolors
+
+    ax = _axes(ax)
+    v = np.asarray(values, dtype=float)
+    b, w = np.asarray(sigma_b2_grid, float), np.asarray(sigma_w2_grid, float)
+    if v.shape != (b.size, w.size):
+        raise ValueError(f"values has shape {v.shape}, expected (len(sigma_b2_grid), len(sigma_w2_grid)) = "
+                         f"{(b.size, w.size)}")
+    finite = v[np.isfinite(v)]
+    norm = None
+    if log_color and finite.size and finite.min() > 0:
+        norm = mcolors.LogNorm(vmin=finite.min(), vmax=finite.max())
+    mesh = ax.pcolormesh(w, b, np.ma.masked_invalid(v), shading="auto", cmap=cmap, norm=norm)
+    ax.figure.colorbar(mesh, ax=ax, label=label)
+    if critical is not None:
+        ax.contour(w, b, np.asarray(critical, float), levels=[1.0], colors="w", linewidths=1.2)
+    ax.set_xlabel("sigma_w^2")
+    ax.set_ylabel("sigma_b^2")
+    return ax
