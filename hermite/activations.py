@@ -110,13 +110,14 @@ class Activation:
     @property
     def expr(self):
         """sympy expression of f in the real symbol x, or None."""
-        if self.core.expr is None:
+        base = core_expr(self.core)
+        if base is None:
             return None
         import sympy as sp
 
         x = sp.Symbol("x", real=True)
         g = _sym_number(self.gain)
-        e = self.core.expr.subs(x, g * x) if self.gain != 1.0 else self.core.expr
+        e = base.subs(x, g * x) if self.gain != 1.0 else base
         if not self.is_plain:
             e = _sym_number(self.gamma) * (e + _sym_number(self.alpha) * x + _sym_number(self.beta))
         return e
@@ -269,13 +270,21 @@ def _core_relu(**p):
 
 def _mk(name, params, fn, *, expr=None, kinks=(), jumps=(), features=(), frequency=0.0, parity=None,
         derivative=None, pieces=None, closed_form=None, array_fn=None):
-    if expr is None and pieces is not None:
-        expr = _pieces_expr(pieces)
     spec = {"name": name}
     if params:
         spec["params"] = dict(params)
     return Core(name, fn, dict(params), expr, tuple(float(k) for k in kinks), tuple(float(j) for j in jumps),
                 tuple(features), float(frequency), parity, derivative, pieces, closed_form, array_fn, spec)
+
+
+def core_expr(core: Core):
+    """The sympy expression of a core (built lazily from its formula or pieces), or None."""
+    e = core.expr
+    if isinstance(e, str):
+        return parse_expression(e)
+    if e is None and core.pieces is not None:
+        return _pieces_expr(core.pieces)
+    return e
 
 
 def _pieces_expr(pieces):
@@ -298,13 +307,16 @@ def _no_params(name, p):
 def _param(name, p, key, default, *, positive=False, integer=False, lo=None):
     v = p.pop(key, default)
     if integer:
-        if isinstance(v, bool) or not float(v).is_integer():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not float(v).is_integer():
             raise ValueError(f"activation {name!r}: {key}={v!r} must be an integer")
         v = int(v)
         if lo is not None and v < lo:
             raise ValueError(f"activation {name!r}: {key}={v!r} must be >= {lo}")
         return v
-    v = float(v)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"activation {name!r}: {key}={v!r} must be a real number") from None
     if not math.isfinite(v):
         raise ValueError(f"activation {name!r}: {key}={v!r} must be finite")
     if positive and v <= 0:
@@ -314,7 +326,6 @@ def _param(name, p, key, default, *, positive=False, integer=False, lo=None):
 
 def _build(name: str, p: dict) -> Core:
     p = dict(p)
-    sp, x = _sym()
     if name == "identity":
         _no_params(name, p)
         return _mk(name, {}, lambda x: np.array(x, dtype=np.float64, copy=True), parity=-1,
@@ -365,20 +376,20 @@ def _build(name: str, p: dict) -> Core:
                    array_fn=lambda x, xp: xp.clip(x, 0.0, 6.0))
     if name == "tanh":
         _no_params(name, p)
-        return _mk(name, {}, np.tanh, expr=sp.tanh(x), features=(0.0,), parity=-1,
+        return _mk(name, {}, np.tanh, expr="tanh(x)", features=(0.0,), parity=-1,
                    derivative=lambda x: 1.0 / np.cosh(x) ** 2, array_fn=lambda x, xp: xp.tanh(x))
     if name == "sigmoid":
         _no_params(name, p)
-        return _mk(name, {}, sc.expit, expr=1 / (1 + sp.exp(-x)), features=(0.0,),
+        return _mk(name, {}, sc.expit, expr="1/(1 + exp(-x))", features=(0.0,),
                    derivative=lambda x: sc.expit(x) * sc.expit(-x), array_fn=_expit_xp)
     if name == "erf":
         _no_params(name, p)
-        return _mk(name, {}, sc.erf, expr=sp.erf(x), features=(0.0,), parity=-1,
+        return _mk(name, {}, sc.erf, expr="erf(x)", features=(0.0,), parity=-1,
                    derivative=lambda x: 2.0 / math.sqrt(math.pi) * np.exp(-x * x), closed_form=("erf", ()),
                    array_fn=_erf_xp)
     if name == "gelu":
         _no_params(name, p)
-        return _mk(name, {}, lambda x: x * sc.ndtr(x), expr=x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
+        return _mk(name, {}, lambda x: x * sc.ndtr(x), expr="x*(1 + erf(x/sqrt(2)))/2",
                    features=(0.0,), derivative=lambda x: sc.ndtr(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
                    closed_form=("gelu", ()),
                    array_fn=lambda x, xp: 0.5 * x * (1.0 + _erf_xp(x / math.sqrt(2.0), xp)))
@@ -389,17 +400,21 @@ def _build(name: str, p: dict) -> Core:
         def gt(x):
             return 0.5 * x * (1.0 + np.tanh(k * (x + 0.044715 * x**3)))
 
-        e = x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3))) / 2
-        return _mk(name, {}, gt, expr=e, features=(0.0,), derivative=_lambdify_diff(e),
+        def dgt(x):
+            t = np.tanh(k * (x + 0.044715 * x**3))
+            return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x)
+
+        e = "x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))/2"
+        return _mk(name, {}, gt, expr=e, features=(0.0,), derivative=dgt,
                    array_fn=lambda x, xp: 0.5 * x * (1.0 + xp.tanh(k * (x + 0.044715 * x * x * x))))
     if name == "silu":
         _no_params(name, p)
-        return _mk(name, {}, lambda x: x * sc.expit(x), expr=x / (1 + sp.exp(-x)), features=(0.0,),
+        return _mk(name, {}, lambda x: x * sc.expit(x), expr="x/(1 + exp(-x))", features=(0.0,),
                    derivative=lambda x: sc.expit(x) * (1 + x * sc.expit(-x)),
                    array_fn=lambda x, xp: x * _expit_xp(x, xp))
     if name == "mish":
         _no_params(name, p)
-        e = x * sp.tanh(sp.log(1 + sp.exp(x)))
+        e = "x*tanh(log(1 + exp(x)))"
         return _mk(name, {}, lambda x: x * np.tanh(_np_softplus(x)), expr=e, features=(0.0,),
                    derivative=lambda x: np.tanh(_np_softplus(x)) + x * sc.expit(x) / np.cosh(_np_softplus(x)) ** 2,
                    array_fn=lambda x, xp: x * xp.tanh(_softplus_xp(x, xp)))
@@ -412,7 +427,7 @@ def _build(name: str, p: dict) -> Core:
             a, s = SELU_ALPHA, SELU_SCALE
             params = {}
         _no_params(name, p)
-        e = s * sp.Piecewise((_sym_number(a) * (sp.exp(x) - 1), x < 0), (x, True))
+        e = f"{s!r}*(max(x, 0) + {a!r}*(exp(min(x, 0)) - 1))"
         return _mk(name, params, lambda x: s * np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0))), expr=e,
                    kinks=(0.0,), features=(0.0,),
                    derivative=lambda x: s * np.where(x > 0, 1.0, a * np.exp(np.minimum(x, 0.0))),
@@ -420,25 +435,25 @@ def _build(name: str, p: dict) -> Core:
     if name == "softplus":
         b = _param(name, p, "beta", 1.0, positive=True)
         _no_params(name, p)
-        e = sp.log(1 + sp.exp(_sym_number(b) * x)) / _sym_number(b)
+        e = f"log(1 + exp({b!r}*x))/{b!r}"
         return _mk(name, {"beta": b} if b != 1.0 else {}, lambda x: _np_softplus(b * x) / b, expr=e,
                    features=(0.0,), derivative=lambda x: sc.expit(b * x),
                    array_fn=lambda x, xp: _softplus_xp(b * x, xp) / b)
     if name == "sin":
         _no_params(name, p)
-        return _mk(name, {}, np.sin, expr=sp.sin(x), frequency=1.0, parity=-1, derivative=np.cos,
+        return _mk(name, {}, np.sin, expr="sin(x)", frequency=1.0, parity=-1, derivative=np.cos,
                    closed_form=("sin", ()), array_fn=lambda x, xp: xp.sin(x))
     if name == "cos":
         _no_params(name, p)
-        return _mk(name, {}, np.cos, expr=sp.cos(x), frequency=1.0, parity=1, derivative=lambda x: -np.sin(x),
+        return _mk(name, {}, np.cos, expr="cos(x)", frequency=1.0, parity=1, derivative=lambda x: -np.sin(x),
                    closed_form=("cos", ()), array_fn=lambda x, xp: xp.cos(x))
     if name == "exp":
         _no_params(name, p)
-        return _mk(name, {}, np.exp, expr=sp.exp(x), derivative=np.exp, closed_form=("exp", ()),
+        return _mk(name, {}, np.exp, expr="exp(x)", derivative=np.exp, closed_form=("exp", ()),
                    array_fn=lambda x, xp: xp.exp(x))
     if name == "gaussian":
         _no_params(name, p)
-        return _mk(name, {}, lambda x: np.exp(-0.5 * x * x), expr=sp.exp(-x**2 / 2), features=(0.0,), parity=1,
+        return _mk(name, {}, lambda x: np.exp(-0.5 * x * x), expr="exp(-x**2/2)", features=(0.0,), parity=1,
                    derivative=lambda x: -x * np.exp(-0.5 * x * x), closed_form=("gaussian", ()),
                    array_fn=lambda x, xp: xp.exp(-0.5 * x * x))
     if name == "monomial":
@@ -562,11 +577,6 @@ def parse_expression(text: str):
         raise ValueError(f"activation expression {text!r} has free symbols other than x")
     return expr
 
-
-def _lambdify_diff(expr):
-    sp, x = _sym()
-    d = sp.diff(expr, x)
-    return _lambdify(d)
 
 
 def _lambdify(expr):

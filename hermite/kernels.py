@@ -76,6 +76,8 @@ def kernel(act, rho, q1=1.0, q2=None, *, derivative: int = 0, centered: bool = F
     act = activation(act)
     if derivative not in (0, 1) or isinstance(derivative, bool):
         raise ValueError(f"derivative={derivative!r} must be 0 (E f f) or 1 (E f' f')")
+    if not isinstance(centered, (bool, np.bool_)):
+        raise ValueError(f"centered={centered!r} must be True or False")
     r = _check_rho(rho)
     a1 = check_variance(q1, "q1")
     a2 = a1 if q2 is None else check_variance(q2, "q2")
@@ -191,9 +193,12 @@ def _closed_kernel(core: Core, r, Q1, Q2, derivative):
         if fam == "exp":
             return np.exp(0.5 * (Q1 + Q2) + r * s12)
         if fam in ("sin", "cos"):
+            # exp(-(q1+q2)/2) sinh/cosh(c), written without overflow for large variances
             odd = (fam == "sin") == (derivative == 0)
-            fn = np.sinh if odd else np.cosh
-            return np.exp(-0.5 * (Q1 + Q2)) * fn(r * s12)
+            c = r * s12
+            a = np.exp(-0.5 * (Q1 + Q2) + c)
+            b = np.exp(-0.5 * (Q1 + Q2) - c)
+            return 0.5 * (a - b) if odd else 0.5 * (a + b)
         if fam == "gaussian":
             c = r * s12
             D = (1 + Q1) * (1 + Q2) - c * c

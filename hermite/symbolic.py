@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from hermite.activations import activation
+from hermite.activations import activation, core_expr
 from hermite.numeric import check_order
 
 __all__ = ["exact_coefficients"]
@@ -160,7 +160,7 @@ def exact_coefficients(act, K: int, q=1) -> list:
     if fam in ("exp", "sin", "cos", "gaussian", "erf"):
         c = _family_coefficients(fam, core.closed_form[1], K, Q)
     else:
-        pieces = core.pieces if core.pieces is not None else _polynomial_pieces(core.expr)
+        pieces = core.pieces if core.pieces is not None else _polynomial_pieces(core_expr(core))
         if pieces is None:
             raise ValueError(f"no closed form is known for the Hermite coefficients of {act.name!r}; "
                              "use hermite.coefficients (accurate quadrature) instead")
