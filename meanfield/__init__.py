@@ -13,6 +13,7 @@ from meanfield.layers import (
     Dense,
     GroupLayerNorm,
     LayerNorm,
+    Linear,
     MaxPool,
     Residual,
     RMSNorm,
@@ -25,7 +26,7 @@ from meanfield.propagate import propagate
 from meanfield.trajectory import Trajectory
 
 __all__ = [
-    "Activation", "BatchNorm", "Block", "Center", "Dense", "GroupLayerNorm", "LayerNorm", "MaxPool",
+    "Activation", "BatchNorm", "Block", "Center", "Dense", "GroupLayerNorm", "LayerNorm", "Linear", "MaxPool",
     "Residual", "RMSNorm", "Scale", "WeightNormDense", "Network", "mlp", "propagate", "Trajectory",
     "isometry", "isometry_gap", "potential",
 ]

@@ -666,13 +666,52 @@ class LNNet:
         return self.forward(X) @ self.readout
 
 
-def predict(net: LNNet, X) -> np.ndarray:
-    """Labels of the rows of X (n, D) under an `LNNet`: ``classes[1]`` where the score is > 0."""
-    if not isinstance(net, LNNet):
-        raise ValueError(f"net must be an LNNet; got {type(net).__name__}")
-    s = net.scores(X)
-    cls = np.asarray(net.classes)
+def predict(net, X) -> np.ndarray:
+    """Labels of the rows of X (n, D) under an LN-Net (a `Network` from `ln_net_classifier` or an `LNNet`).
+
+    The label is ``classes[1]`` where the readout score is > 0 and ``classes[0]`` otherwise. A Network is
+    run through `meanfield.propagate`, whose rule for fixed Linear layers and norms acts exactly on the
+    explicit features.
+    """
+    from meanfield.network import Network
+    from meanfield.propagate import propagate
+
+    if isinstance(net, LNNet):
+        s = net.scores(X)
+        cls = np.asarray(net.classes)
+    elif isinstance(net, Network):
+        if not net.meta or "classes" not in net.meta:
+            raise ValueError("net: a Network for predict must come from ln_net_classifier (meta['classes'])")
+        Xa = _as_samples(X, "X")
+        s = propagate(net, X=Xa).info["features"][:, 0]
+        cls = np.asarray(net.meta["classes"])
+    else:
+        raise ValueError(f"net must be a Network from ln_net_classifier or an LNNet; got {type(net).__name__}")
     return np.where(s > 0, cls[1], cls[0])
+
+
+def to_network(net: LNNet):
+    """The LN-Net as an ordinary `meanfield.Network`: blocks Linear(W, b) -> LayerNorm, then a readout
+    block Linear(readout); ``meta`` holds the classes and the construction's info."""
+    from meanfield.layers import Block, LayerNorm, Linear
+    from meanfield.network import Network
+
+    blocks = [Block((Linear(W, b), LayerNorm())) for W, b in net.layers]
+    blocks.append(Block((Linear(np.asarray(net.readout, dtype=float)[None, :]),), name="readout"))
+    classes = [c.item() if hasattr(c, "item") else c for c in net.classes]
+    info = {k: (v.item() if hasattr(v, "item") else v) for k, v in net.info.items()
+            if isinstance(v, (bool, int, float, str, np.generic))}
+    return Network(blocks, meta={"classes": classes, "info": info, "kind": "ln_net"})
+
+
+def ln_net_classifier(X, y, max_layers: int | None = None, seed: int = 0, check: bool = True):
+    """A width-3 network of affine maps and LayerNorm that classifies the labelled points (X, y).
+
+    Returns an ordinary `meanfield.Network` (see `to_network`; its ``widths`` are all 3) that both
+    engines run: `meanfield.propagate` exactly on explicit features, `meanfield.simulate` as fixed
+    layers. The construction and its proof are in `ln_net`; `predict(net, X)` gives the labels.
+    """
+    return to_network(ln_net(X, y, max_layers=max_layers, seed=seed, check=check))
 
 
 # --- internals of the construction -----------------------------------------------------------------
@@ -809,7 +848,7 @@ def _projection(U: np.ndarray, seed: int) -> np.ndarray:
     return best_w
 
 
-def ln_net_classifier(X, y, max_layers: int | None = None, seed: int = 0, check: bool = True) -> LNNet:
+def ln_net(X, y, max_layers: int | None = None, seed: int = 0, check: bool = True) -> LNNet:
     """A width-3 LN-Net (affine maps, each followed by LayerNorm on 3 features) that fits any labels.
 
     Given m distinct points X (m, D) and binary labels y (any two values), returns an `LNNet` of at

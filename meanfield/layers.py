@@ -18,7 +18,7 @@ from typing import Any
 import hermite
 
 __all__ = [
-    "Layer", "Dense", "WeightNormDense", "Activation", "LayerNorm", "RMSNorm", "BatchNorm",
+    "Layer", "Dense", "Linear", "WeightNormDense", "Activation", "LayerNorm", "RMSNorm", "BatchNorm",
     "GroupLayerNorm", "Center", "Scale", "MaxPool", "Residual", "Block", "layer_from_dict",
 ]
 
@@ -91,6 +91,52 @@ class Dense(Layer):
         object.__setattr__(self, "sigma_w", _check_real("Dense", "sigma_w", self.sigma_w, lo=0.0))
         object.__setattr__(self, "sigma_b", _check_real("Dense", "sigma_b", self.sigma_b, lo=0.0))
         object.__setattr__(self, "width", _check_width("Dense", self.width))
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class Linear(Layer):
+    """A fixed (deterministic) affine map x -> W x + b with given weights, W of shape (out, in).
+
+    Used for constructed networks such as the width-3 LN-Net of `meanfield.layernorm`. It has no
+    infinite-width limit: the mean-field engine applies it exactly to the explicit features of a
+    deterministic prefix of the network (input data X, then fixed layers and norms), and raises a
+    ValueError after a random layer.
+    """
+
+    W: Any = None
+    b: Any = None
+
+    def __post_init__(self):
+        import numpy as np
+
+        W = np.array(self.W, dtype=np.float64)
+        if W.ndim != 2 or W.size == 0 or not np.all(np.isfinite(W)):
+            raise ValueError(f"Linear: W must be a finite 2-D (out, in) array, got shape {W.shape}")
+        b = np.zeros(W.shape[0]) if self.b is None else np.array(self.b, dtype=np.float64).reshape(-1)
+        if b.shape != (W.shape[0],) or not np.all(np.isfinite(b)):
+            raise ValueError(f"Linear: b must be a finite vector of length {W.shape[0]}, got shape {b.shape}")
+        W.setflags(write=False)
+        b.setflags(write=False)
+        object.__setattr__(self, "W", W)
+        object.__setattr__(self, "b", b)
+
+    @property
+    def width(self) -> int:
+        return int(self.W.shape[0])
+
+    def to_dict(self) -> dict:
+        return {"type": "Linear", "W": self.W.tolist(), "b": self.b.tolist()}
+
+    def __eq__(self, other):
+        import numpy as np
+
+        return isinstance(other, Linear) and np.array_equal(self.W, other.W) and np.array_equal(self.b, other.b)
+
+    def __hash__(self):
+        return hash((self.W.tobytes(), self.b.tobytes()))
+
+    def __repr__(self):
+        return f"Linear({self.W.shape[1]} -> {self.W.shape[0]})"
 
 
 @dataclass(frozen=True, repr=False)
@@ -289,7 +335,7 @@ class Block(Layer):
         return f"Block[{inner}]" if self.name is None else f"Block {self.name!r}[{inner}]"
 
 
-_TYPES = {cls.__name__: cls for cls in (Dense, WeightNormDense, Activation, LayerNorm, RMSNorm, BatchNorm,
+_TYPES = {cls.__name__: cls for cls in (Dense, Linear, WeightNormDense, Activation, LayerNorm, RMSNorm, BatchNorm,
                                         GroupLayerNorm, Center, Scale, MaxPool, Residual, Block)}
 
 

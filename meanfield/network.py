@@ -18,6 +18,7 @@ from meanfield.layers import (
     GroupLayerNorm,
     Layer,
     LayerNorm,
+    Linear,
     Residual,
     RMSNorm,
     WeightNormDense,
@@ -47,8 +48,9 @@ class Network:
     """
 
     blocks: tuple
+    meta: dict | None = None
 
-    def __init__(self, layers):
+    def __init__(self, layers, meta: dict | None = None):
         if isinstance(layers, (Layer, Network)):
             layers = [layers]
         blocks = []
@@ -67,6 +69,14 @@ class Network:
         if not blocks:
             raise ValueError("Network: needs at least one layer")
         object.__setattr__(self, "blocks", tuple(blocks))
+        if meta is not None:
+            import json as _json
+
+            try:
+                meta = _json.loads(_json.dumps(meta))
+            except TypeError:
+                raise ValueError("Network: meta must be a JSON-safe dict (numbers, strings, lists, dicts)") from None
+        object.__setattr__(self, "meta", meta)
 
     @property
     def depth(self) -> int:
@@ -81,16 +91,19 @@ class Network:
     @property
     def widths(self) -> list:
         """Output width of every Dense/WeightNormDense layer (None where the simulator's width applies)."""
-        return [layer.width for layer in _walk(self.layers) if isinstance(layer, (Dense, WeightNormDense))]
+        return [layer.width for layer in _walk(self.layers) if isinstance(layer, (Dense, Linear, WeightNormDense))]
 
     def to_dict(self) -> dict:
-        return {"blocks": [b.to_dict() for b in self.blocks]}
+        d = {"blocks": [b.to_dict() for b in self.blocks]}
+        if self.meta is not None:
+            d["meta"] = self.meta
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Network:
         if not isinstance(d, dict) or "blocks" not in d:
             raise ValueError("Network.from_dict: expected a dict with a 'blocks' list")
-        return cls([layer_from_dict(b) for b in d["blocks"]])
+        return cls([layer_from_dict(b) for b in d["blocks"]], meta=d.get("meta"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -100,6 +113,9 @@ class Network:
         for i, b in enumerate(self.blocks):
             lines.append(f"  {i + 1:>3}: " + " -> ".join(repr(layer) for layer in b.layers))
         return "\n".join(lines)
+
+    def __hash__(self):
+        return hash((self.blocks, json.dumps(self.meta, sort_keys=True)))
 
     def __len__(self):
         return len(self.blocks)
@@ -155,7 +171,11 @@ def mlp(depth: int, activation="relu", norm: str | None = None, placement: str =
     readout : int, True or None
         Adds one more block, Dense(sigma_w, 0, width=readout) (True: one output).
     """
-    if isinstance(depth, bool) or not isinstance(depth, (int,)) and not float(depth).is_integer():
+    try:
+        ok = not isinstance(depth, bool) and float(depth).is_integer()
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ValueError(f"mlp: depth={depth!r} must be an integer >= 1")
     depth = int(depth)
     if depth < 1:

@@ -55,6 +55,7 @@ from meanfield.layers import (
     Dense,
     GroupLayerNorm,
     LayerNorm,
+    Linear,
     MaxPool,
     Residual,
     RMSNorm,
@@ -77,6 +78,7 @@ class State:
     gaussian: bool
     sampler: Callable  # (rng, M) -> (M, n) samples of the unit vector
     mc_error: float = 0.0
+    features: np.ndarray | None = None  # explicit (n, d) features of a deterministic prefix
 
 
 def _gauss_sampler(G: np.ndarray) -> Callable:
@@ -86,7 +88,8 @@ def _gauss_sampler(G: np.ndarray) -> Callable:
     def sample(rng, M):
         if not root:  # the square root is only needed if a Monte Carlo rule follows
             w, V = np.linalg.eigh(G)
-            root.append(V * np.sqrt(np.clip(w, 0.0, None)))
+            w[w <= 1e-13 * max(w.max(), 0.0)] = 0.0  # rounding-level eigenvalues of a singular Gram are 0
+            root.append(V * np.sqrt(w))
         return rng.standard_normal((M, G.shape[0])) @ root[0].T
 
     return sample
@@ -106,6 +109,18 @@ def _dense(st: State, sigma_w: float, sigma_b: float) -> State:
 def _activation_exact(act: HermiteActivation, G: np.ndarray):
     n = G.shape[0]
     d = np.diag(G).copy()
+    if d[0] > 0 and np.all(d == d[0]):
+        # equal variances (e.g. after a norm): one vectorized pass over the whole matrix
+        q = np.full(n * n, d[0])
+        r = np.clip(G.ravel() / d[0], -1.0, 1.0)
+        r[G.ravel() == d[0]] = 1.0  # duplicated inputs: exactly 1
+        K = activation_kernel(act, r, q, q, 0)
+        # rho = 1 (duplicated inputs, or the diagonal) is the second moment exactly: the two routes to it
+        # differ in the last bit, and where rho = 1 is unstable the map would amplify that difference
+        K[r == 1.0] = activation_second_moment(act, d[:1])[0]
+        K = K.reshape(n, n)
+        m = np.full(n, activation_means(act, d[:1], 0)[0])
+        return 0.5 * (K + K.T), m
     live = d > 0
     K = np.zeros((n, n))
     m = np.zeros(n)
@@ -114,11 +129,13 @@ def _activation_exact(act: HermiteActivation, G: np.ndarray):
     if np.any(both):
         a, b = iu[both], ju[both]
         r = np.clip(G[a, b] / np.sqrt(d[a] * d[b]), -1.0, 1.0)
-        r[a == b] = 1.0
+        r[(a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))] = 1.0  # the diagonal and duplicated inputs
         vals = activation_kernel(act, r, d[a], d[b], 0)
-        diag = a == b
-        # exact second moments on the diagonal
-        vals[diag] = activation_second_moment(act, d[a[diag]])
+        # exact second moments on the diagonal and between duplicated inputs (rho = 1, equal variances)
+        diag = (a == b) | ((r == 1.0) & (d[a] == d[b]))
+        # one value per distinct variance: a batched quadrature may round rows differently
+        uq, inv = np.unique(d[a[diag]], return_inverse=True)
+        vals[diag] = activation_second_moment(act, uq)[inv]
         K[a, b] = vals
         K[b, a] = vals
     if np.any(live):
@@ -203,8 +220,10 @@ def _scale(st: State, unit_diag: bool = True) -> State:
     d = np.diag(st.K).copy()
     out = _affine(st, None, _inv_sqrt(d))
     if unit_diag:
-        idx = np.arange(d.size)
-        out.K[idx, idx] = np.where(d > 0, 1.0, 0.0)
+        # exactly 1 on the diagonal and between duplicated inputs (K_ab = K_aa = K_bb)
+        dup = (st.K == d[:, None]) & (d[:, None] == d[None, :]) & (d[:, None] > 0)
+        out.K[dup] = 1.0
+        np.clip(out.K, -1.0, 1.0, out=out.K)
     return out
 
 
@@ -216,7 +235,8 @@ def _bn_gaussian_exact(G: np.ndarray) -> np.ndarray:
     lam, U = np.linalg.eigh(0.5 * (C + C.T))
     lam = np.clip(lam, 0.0, None)
     top = lam.max()
-    if top <= 0:
+    scale = max(float(np.trace(G)) / n, 0.0)
+    if top <= 1e-12 * scale or top <= 0:  # all inputs identical up to rounding: BN outputs 0
         return np.zeros((n, n))
     lam = lam / top
     pos = lam > 1e-14
@@ -243,7 +263,7 @@ def _batchnorm(st: State, mode: str, exchangeable: bool, rng, M) -> State:
         off = K[~np.eye(n, dtype=bool)]
         c = off.mean() if off.size else 0.0
         v = np.diag(K).mean() - c
-        s = 1.0 / math.sqrt(v) if v > 0 else 0.0
+        s = 1.0 / math.sqrt(v) if v > 1e-12 * abs(np.diag(K).mean()) and v > 0 else 0.0
         Kn = (K - c) * s * s
         mbar = st.m.mean()
         mn = (st.m - mbar) * s
@@ -257,7 +277,7 @@ def _batchnorm(st: State, mode: str, exchangeable: bool, rng, M) -> State:
     if mode == "large_batch":
         C = P @ K @ P
         tr = np.trace(C) / n
-        s = 1.0 / math.sqrt(tr) if tr > 0 else 0.0
+        s = 1.0 / math.sqrt(tr) if tr > 1e-12 * abs(np.trace(K) / n) and tr > 0 else 0.0
         Kn = C * s * s
         mn = (st.m - st.m.mean()) * s
         src = st.sampler
@@ -267,9 +287,12 @@ def _batchnorm(st: State, mode: str, exchangeable: bool, rng, M) -> State:
     src = st.sampler
 
     def sample(rng_, M_):
-        X = src(rng_, M_) @ P
+        X0 = src(rng_, M_)
+        X = X0 @ P
         nrm = np.sqrt(np.sum(X * X, axis=1, keepdims=True) / n)
-        return np.divide(X, nrm, out=np.zeros_like(X), where=nrm > 0)
+        ref = np.sqrt(np.sum(X0 * X0, axis=1, keepdims=True) / n)
+        # a feature that is constant over the batch (up to rounding) maps to 0
+        return np.divide(X, nrm, out=np.zeros_like(X), where=nrm > 1e-12 * ref)
 
     if st.gaussian:
         Kn = _bn_gaussian_exact(K)
@@ -355,7 +378,56 @@ class _Ctx:
     detail: list | None
 
 
+def _explicit(F: np.ndarray, layer) -> np.ndarray | None:
+    """A deterministic layer applied to explicit features F (n, d); None if the layer is random."""
+    if isinstance(layer, Linear):
+        if F.shape[1] != layer.W.shape[1]:
+            raise ValueError(f"Linear: W expects {layer.W.shape[1]} input features, got {F.shape[1]}")
+        return F @ layer.W.T + layer.b
+    if isinstance(layer, Activation):
+        return layer.act.fn(F)
+    if isinstance(layer, (LayerNorm, Center)) or (isinstance(layer, GroupLayerNorm) and layer.groups is not None):
+        g = layer.groups if isinstance(layer, GroupLayerNorm) else 1
+        if F.shape[1] % g:
+            raise ValueError(f"GroupLayerNorm: groups={g} does not divide the width {F.shape[1]}")
+        G = F.reshape(F.shape[0], g, -1)
+        G = G - G.mean(axis=2, keepdims=True)
+        if not isinstance(layer, Center):
+            s = np.sqrt(np.mean(G * G, axis=2, keepdims=True))
+            G = np.divide(G, s, out=np.zeros_like(G), where=s > 0)
+        return G.reshape(F.shape)
+    if isinstance(layer, (RMSNorm, Scale)):
+        s = np.sqrt(np.mean(F * F, axis=1, keepdims=True))
+        return np.divide(F, s, out=np.zeros_like(F), where=s > 0)
+    if isinstance(layer, BatchNorm):
+        C = F - F.mean(axis=0, keepdims=True)
+        s = np.sqrt(np.mean(C * C, axis=0, keepdims=True))
+        return np.divide(C, s, out=np.zeros_like(C), where=s > 0)
+    if isinstance(layer, MaxPool):
+        if F.shape[1] % layer.k:
+            raise ValueError(f"MaxPool: k={layer.k} does not divide the width {F.shape[1]}")
+        return F.reshape(F.shape[0], -1, layer.k).max(axis=2)
+    return None
+
+
 def _apply(st: State, layer, ctx: _Ctx) -> State:
+    if st.features is not None and not ctx.exchangeable:
+        F = _explicit(st.features, layer)
+        if F is not None:
+            K = F @ F.T / F.shape[1]
+
+            def no_law(rng_, M_):
+                raise ValueError("propagate: the features of a fixed (Linear) prefix have no infinite-width law; "
+                                 "a Dense layer must come before a rule that needs one")
+
+            out = State(0.5 * (K + K.T), F.mean(axis=1), False, no_law, st.mc_error, F)
+            if ctx.detail is not None:
+                ctx.detail.append((repr(layer), out.K.copy()))
+            return out
+    if isinstance(layer, Linear):
+        raise ValueError("propagate: a Linear layer (fixed weights, finite width) has no infinite-width rule; it "
+                         "can only act on the explicit features of a deterministic prefix (pass the data X and "
+                         "put no random layer before it)")
     if isinstance(layer, Dense):
         out = _dense(st, layer.sigma_w, layer.sigma_b)
     elif isinstance(layer, WeightNormDense):
@@ -457,14 +529,17 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         raise ValueError("propagate: the law of the raw input features across units is unknown; a layer that "
                          "needs it (activation, batch norm, pooling) must follow a Dense layer")
 
-    st = State(K, m0, False, raw_input)
-    grams = [K.copy()]
-    means = [m0.copy()]
-    errs = [0.0]
-    for block in net.blocks:
+    st = State(K, m0, False, raw_input, 0.0, None if X is None else np.asarray(X, dtype=np.float64))
+    L = net.depth
+    grams = np.empty((L + 1, n, n))
+    means = np.empty((L + 1, n))
+    errs = np.zeros(L + 1)
+    grams[0], means[0] = K, m0
+    for i, block in enumerate(net.blocks, start=1):
         st = _run_layers(st, block.layers if isinstance(block, Block) else (block,), ctx)
-        grams.append(st.K.copy())
-        means.append(st.m.copy())
-        errs.append(st.mc_error)
-    return Trajectory(gram=np.stack(grams), engine="meanfield", network=net, means=np.stack(means),
-                      mc_error=np.asarray(errs), layers=ctx.detail, info={"exchangeable": exchangeable})
+        grams[i], means[i], errs[i] = st.K, st.m, st.mc_error
+    info = {"exchangeable": exchangeable}
+    if st.features is not None:  # a fully deterministic network: its output features are known exactly
+        info["features"] = st.features
+    return Trajectory(gram=grams, engine="meanfield", network=net, means=means, mc_error=errs,
+                      layers=ctx.detail, info=info)

@@ -285,7 +285,7 @@ def test_ln_net_fits_every_labelling_small_m():
         X = rng(20 + m).standard_normal((m, 2))
         for bits in itertools.product([0, 1], repeat=m):
             y = np.array(bits)
-            check_net(L.ln_net_classifier(X, y), X, y)
+            check_net(L.ln_net(X, y), X, y)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -295,15 +295,15 @@ def test_ln_net_fits_random_labellings_up_to_20(seed):
         X = r.standard_normal((m, 3))
         for _ in range(3):
             y = r.integers(0, 2, m)
-            check_net(L.ln_net_classifier(X, y), X, y)
+            check_net(L.ln_net(X, y), X, y)
         y = np.arange(m) % 2                     # alternating along the projection is not special
-        check_net(L.ln_net_classifier(X, y), X, y)
+        check_net(L.ln_net(X, y), X, y)
 
 
 def test_ln_net_hidden_states_on_circle_and_labels_kept():
     X = rng(30).standard_normal((10, 4))
     y = np.array(list("abbabaabba"))
-    net = L.ln_net_classifier(X, y)
+    net = L.ln_net(X, y)
     np.testing.assert_array_equal(L.predict(net, X), y)
     assert net.classes == ("a", "b")
     h = net.forward(X)
@@ -316,21 +316,21 @@ def test_ln_net_hidden_states_on_circle_and_labels_kept():
 
 def test_ln_net_special_cases():
     X = rng(32).standard_normal((5, 2))
-    net = L.ln_net_classifier(X, np.full(5, -1))
+    net = L.ln_net(X, np.full(5, -1))
     np.testing.assert_array_equal(L.predict(net, X), -1)
     Xd = np.concatenate([X, X[:2]])
     yd = np.array([1, -1, 1, 1, -1, 1, -1])
-    check_net(L.ln_net_classifier(Xd, yd), Xd, yd)
+    check_net(L.ln_net(Xd, yd), Xd, yd)
     x1 = np.linspace(0, 1, 9)[:, None]           # one input feature
     y1 = np.array([0, 1, 1, 0, 1, 0, 0, 1, 0])
-    check_net(L.ln_net_classifier(x1, y1), x1, y1)
+    check_net(L.ln_net(x1, y1), x1, y1)
 
 
 def test_ln_net_truncated_depth():
     X = rng(33).standard_normal((12, 2))
     y = np.arange(12) % 2
-    full = L.ln_net_classifier(X, y)
-    short = L.ln_net_classifier(X, y, max_layers=3)
+    full = L.ln_net(X, y)
+    short = L.ln_net(X, y, max_layers=3)
     assert short.depth == 3 and not short.info["complete"]
     assert short.info["depth_needed"] == full.depth > 3
     assert np.mean(L.predict(short, X) == y) < 1
@@ -374,10 +374,10 @@ def test_vc_probe():
     (lambda: L.lssr(np.ones((3, 2)), np.zeros((0, 2))), "X2"),
     (lambda: L.ssr(np.ones((3, 2)), np.ones((3, 3))), "features"),
     (lambda: L.ssr(np.ones((3, 2)), np.ones((2, 2))), "total scatter"),
-    (lambda: L.ln_net_classifier(np.eye(3), [0, 1, 2]), "binary"),
-    (lambda: L.ln_net_classifier(np.eye(3), [0, 1]), "y"),
-    (lambda: L.ln_net_classifier(np.array([[0.0], [0.0]]), [0, 1]), "repeated"),
-    (lambda: L.ln_net_classifier(np.eye(3), [0, 1, 0], max_layers=0), "max_layers"),
+    (lambda: L.ln_net(np.eye(3), [0, 1, 2]), "binary"),
+    (lambda: L.ln_net(np.eye(3), [0, 1]), "y"),
+    (lambda: L.ln_net(np.array([[0.0], [0.0]]), [0, 1]), "repeated"),
+    (lambda: L.ln_net(np.eye(3), [0, 1, 0], max_layers=0), "max_layers"),
     (lambda: L.vc_probe(0, [3]), "depth"),
     (lambda: L.vc_probe(3, []), "m_values"),
     (lambda: L.xor_example(0, noise=1.0), "noise"),
@@ -392,7 +392,7 @@ def test_ln_net_tight_clusters_use_extra_warp_layers():
         r = rng(seed)
         X = np.repeat(r.standard_normal((4, 2)) * 5, 5, axis=0) + 1e-3 * r.standard_normal((20, 2))
         y = r.integers(0, 2, 20)
-        net = L.ln_net_classifier(X, y)
+        net = L.ln_net(X, y)
         check_net(net, X, y)
         assert net.info["extra_warps"] >= 1 and net.info["complete"]
 
@@ -404,3 +404,29 @@ def test_existence_warp_of_the_proof():
     p = L._warp(s, mu, lam, sg)
     assert abs(p[1] - p[0]) <= 0.25 * abs(p[3] - p[2])
     assert np.all(np.diff(p) > 0)                # still a monotone warp
+
+
+def test_ln_net_classifier_is_a_network_both_ways():
+    import json
+
+    import meanfield
+
+    rng = np.random.default_rng(3)
+    for m in (5, 12, 20):
+        X = rng.standard_normal((m, 2))
+        y = rng.integers(0, 2, m)
+        net = L.ln_net_classifier(X, y)
+        assert isinstance(net, meanfield.Network)
+        assert all(w == 3 for w in net.widths[:-1]) and net.widths[-1] == 1
+        assert np.array_equal(L.predict(net, X), y)
+        back = meanfield.Network.from_dict(json.loads(json.dumps(net.to_dict())))
+        assert back == net and np.array_equal(L.predict(back, X), y)
+        traj = meanfield.propagate(net, X=X)
+        assert traj.gram.shape == (net.depth + 1, m, m)
+
+
+def test_predict_rejects_a_random_network():
+    import meanfield
+
+    with pytest.raises(ValueError, match="net"):
+        L.predict(meanfield.mlp(2, "relu"), np.eye(3))
