@@ -88,37 +88,82 @@ def _load_config(path: str) -> dict:
             raise UserError(f"config: unknown top-level key {k!r}{_nearest(k, allowed)}; allowed: {sorted(allowed)}")
     if "sweep" not in cfg:
         raise UserError("config: missing [sweep] table (with grid/zip/fixed)")
+    if not isinstance(cfg["sweep"], dict):
+        raise UserError("config: 'sweep' must be a table ([sweep] with grid/zip/fixed/measures)")
+    for k in ("grid", "zip", "fixed"):
+        if not isinstance(cfg["sweep"].get(k, {}), dict):
+            raise UserError(f"config: sweep.{k} must be a table (field = [values]), got {cfg['sweep'][k]!r}")
     return cfg
 
 
 FIGURE_KEYS = {"measure", "by", "file", "logy", "title", "where"}
 
 
-def _check_figures(figs) -> list:
-    if not isinstance(figs, list):
+def _check_figures(figs, measures=None) -> list:
+    """Validate the [[figures]] tables: keys, measure (one the sweep records), `by` and `where` fields."""
+    if not isinstance(figs, list) or not all(isinstance(f, dict) for f in figs):
         raise UserError("config: [[figures]] must be an array of tables")
-    from meanfield.sweep import MEASURES, _nearest
+    from meanfield.sweep import ALL_FIELDS, MEASURES, _nearest
 
+    measures = tuple(measures) if measures is not None else MEASURES
     for f in figs:
         for k in f:
             if k not in FIGURE_KEYS:
                 raise UserError(f"config: unknown figure key {k!r}{_nearest(k, FIGURE_KEYS)}; "
                                 f"allowed: {sorted(FIGURE_KEYS)}")
-        if f.get("measure", "isometry_gap") not in MEASURES:
-            m = f["measure"]
-            raise UserError(f"config: figure measure {m!r}{_nearest(m, MEASURES)}; allowed: {MEASURES}")
+        m = f.get("measure", "isometry_gap")
+        if m not in measures:
+            raise UserError(f"config: figure measure {m!r}{_nearest(str(m), measures)} is not recorded; "
+                            f"allowed: {measures} (the sweep's measures)")
+        by = f.get("by", [])
+        by = [by] if isinstance(by, str) else by
+        where = f.get("where", {})
+        if not isinstance(by, list) or not isinstance(where, dict):
+            raise UserError("config: figure 'by' must be a field name or a list of them, 'where' a table "
+                            "(field = value)")
+        for col in list(by) + list(where):
+            if col not in ALL_FIELDS:
+                raise UserError(f"config: figure field {col!r} unknown{_nearest(str(col), ALL_FIELDS)}; "
+                                f"allowed: {', '.join(ALL_FIELDS)}")
     return figs
 
 
+def _select(data, col: str, val):
+    """Rows of ``data`` whose ``col`` equals ``val`` ("none" and None select the missing values)."""
+    from meanfield.sweep import _none_if_null
+
+    val = _none_if_null(val)
+    if val is None:
+        return data[data[col].isna()]
+    return data[data[col] == val]
+
+
+def _label(v) -> str:
+    """A legend value: None / NaN (an empty CSV cell) reads "none"."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "none"
+    return str(v)
+
+
 def draw_figures(df, figs: list, out_dir: Path) -> list:
-    """Depth curves from a sweep table: one line (mean field) or band (simulation) per group."""
+    """Depth curves from a sweep table: one line (mean field) or band (simulation) per group.
+
+    A figure is a table with ``measure`` (default isometry_gap), ``by`` (fields named in the legend,
+    default activation, norm, placement), ``where`` (field = value filters; "none" selects None),
+    ``logy``, ``title`` and ``file``. Curves are split by ``by``, the engine and the width, and also by
+    any other field that varies in the selected rows (depth, sigma_w, ...), so two sweep points never
+    share one line; those extra fields are named in the legend too.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from meanfield import plot
+    from meanfield.sweep import ALL_FIELDS
 
+    SIM_ONLY = ("width", "seeds", "seed", "backend", "gradients")  # reset to defaults on mean-field rows
     paths = []
     for k, f in enumerate(figs):
         measure = f.get("measure", "isometry_gap")
@@ -126,15 +171,28 @@ def draw_figures(df, figs: list, out_dir: Path) -> list:
         by = [by] if isinstance(by, str) else list(by)
         data = df
         for col, val in (f.get("where") or {}).items():
-            data = data[data[col] == val]
+            if col not in data.columns:
+                raise UserError(f"figure {k + 1}: where-field {col!r} is not a column of the results")
+            data = _select(data, col, val)
+        if not len(data):
+            raise UserError(f"figure {k + 1}: where={f.get('where')!r} selects no rows of the results")
+        if measure not in data.columns:
+            raise UserError(f"figure {k + 1}: measure {measure!r} was not recorded by this sweep")
         fig, ax = plt.subplots(figsize=(5, 3.5))
         with plot.paper_style():
-            keys = [b for b in by if b in data.columns]
-            groups = data.groupby(keys + ["engine", "width"], dropna=False)
-            for name, g in groups:
+            keys = [b for b in by if b in data.columns and b not in ("engine", "width")]
+            sim_rows = data[data["engine"] == "simulate"]
+            extra = [c for c in ALL_FIELDS if c in data.columns and c not in keys + ["engine", "width"]
+                     and (sim_rows if c in SIM_ONLY else data)[c].nunique(dropna=False) > 1]
+            group_keys = keys + ["engine", "width"] + extra
+            for name, g in data.groupby(group_keys, dropna=False):
                 name = name if isinstance(name, tuple) else (name,)
                 g = g.sort_values("layer")
-                label = ", ".join(str(v) for v in name[: len(keys)])
+                mf = g["engine"].iloc[0] == "meanfield"
+                parts = [_label(v) for v in name[: len(keys)]]
+                parts += [f"{c}={_label(v)}" for c, v in zip(extra, name[len(keys) + 2:])
+                          if not (mf and c in SIM_ONLY)]
+                label = ", ".join(parts)
                 if g["engine"].iloc[0] == "meanfield":
                     ax.plot(g["layer"], g[measure], linestyle="--", label=f"{label} (mean field)")
                 else:
@@ -143,6 +201,7 @@ def draw_figures(df, figs: list, out_dir: Path) -> list:
                     ax.fill_between(g["layer"], g[measure + "_q10"], g[measure + "_q90"], alpha=0.2,
                                     color=line.get_color(), linewidth=0)
             ax.set_xlabel("depth (blocks)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(measure.replace("_", " "))
             if f.get("logy"):
                 ax.set_yscale("log")
@@ -163,9 +222,9 @@ def _cmd_run(args) -> int:
     try:
         sweep = Sweep.from_dict(cfg["sweep"])
         sweep.points()
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise UserError(f"config: {exc}") from None
-    figs = _check_figures(cfg.get("figures", [{"measure": "isometry_gap", "logy": True}]))
+    figs = _check_figures(cfg.get("figures", [{"measure": sweep.measures[0], "logy": True}]), sweep.measures)
     out = Path(args.out or cfg.get("out") or Path(args.config).with_suffix(""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures.json").write_text(json.dumps(figs))
@@ -189,8 +248,12 @@ def _cmd_plot(args) -> int:
     out = Path(args.dir)
     if not (out / "points").is_dir():
         raise UserError(f"{args.dir!r} is not a sweep directory (no points/ inside)")
+    measures = None
+    if (out / "sweep.json").exists():
+        measures = json.loads((out / "sweep.json").read_text()).get("measures")
     figs = json.loads((out / "figures.json").read_text()) if (out / "figures.json").exists() else [
-        {"measure": "isometry_gap", "logy": True}]
+        {"measure": (measures or ["isometry_gap"])[0], "logy": True}]
+    figs = _check_figures(figs, measures)
     df = load_results(out)
     if not len(df):
         raise UserError(f"{args.dir!r} holds no finished points yet")

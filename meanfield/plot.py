@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["paper_style", "depth_curve", "theory_vs_simulation", "theory_vs_simulation_scatter",
-           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values"]
+           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles"]
 
 _MEASURES = ("isometry_gap", "isometry", "potential", "mean_correlation", "grad_norms")
 
@@ -51,12 +51,48 @@ def measure_values(traj, measure: str = "isometry_gap") -> np.ndarray:
     return np.asarray(getattr(traj, measure)())
 
 
+def seed_quantiles(values, qs, axis: int = 0) -> np.ndarray:
+    """Quantiles across seeds (axis ``axis``) that treat +-inf as values, not as missing.
+
+    A singular Gram has an infinite isometry gap; dropping those seeds would bias the median and the
+    band towards the well-conditioned networks. Linear interpolation between order statistics, as
+    ``numpy.quantile``, except that a quantile whose interpolation touches an infinite order statistic
+    with positive weight is that infinity (numpy gives NaN there). NaN entries propagate. Returns an
+    array of shape ``(len(qs),) + values.shape without axis``.
+    """
+    v = np.sort(np.moveaxis(np.asarray(values, dtype=float), axis, 0), axis=0)
+    m = v.shape[0]
+    if m == 0:
+        raise ValueError("seed_quantiles: no values along the seed axis")
+    out = []
+    for q in np.atleast_1d(qs):
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"seed_quantiles: quantile {q!r} must be in [0, 1]")
+        pos = q * (m - 1)
+        i = int(np.floor(pos))
+        j = min(i + 1, m - 1)
+        t = pos - i
+        a, b = v[i], v[j]
+        if t == 0.0:
+            out.append(a.copy())
+            continue
+        with np.errstate(invalid="ignore"):
+            r = a + (b - a) * t
+        r = np.where(np.isinf(a) & (a == b), a, r)  # both the same infinity
+        r = np.where(np.isposinf(b) & ~np.isnan(a) & ~np.isposinf(a), np.inf, r)
+        r = np.where(np.isneginf(a) & ~np.isnan(b) & ~np.isneginf(b), -np.inf, r)
+        out.append(r)
+    return np.stack(out)
+
+
 def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None = None, band=(0.1, 0.9),
                 logy: bool = False, color=None, **line_kw):
     """Plot a measure against depth.
 
     A mean-field trajectory is drawn as a line; a simulated one as the median across seeds with a
-    quantile band (``band``, default the 10-90% range).
+    quantile band (``band``, default the 10-90% range). Seeds with an infinite value (a singular Gram's
+    isometry gap) count as +inf in the median and the band (`seed_quantiles`); matplotlib leaves
+    non-finite points out of the drawing.
     """
     ax = _axes(ax)
     vals = measure_values(traj, measure)
@@ -64,9 +100,7 @@ def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None 
     if vals.ndim == 1:
         ax.plot(depth, vals, label=label, color=color, **line_kw)
     else:
-        finite = np.where(np.isfinite(vals), vals, np.nan)
-        med = np.nanmedian(finite, axis=0)
-        lo, hi = np.nanquantile(finite, band[0], axis=0), np.nanquantile(finite, band[1], axis=0)
+        med, lo, hi = seed_quantiles(vals, (0.5, band[0], band[1]))
         (line,) = ax.plot(depth, med, label=label, color=color, **line_kw)
         ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
     ax.set_xlabel("depth (blocks)")
@@ -109,14 +143,19 @@ def theory_vs_simulation_scatter(meanfield_traj, simulation, layer: int = -1, ax
 
 
 def hermite_spectrum(act, K: int = 30, q: float = 1.0, ax=None, label: str | None = None):
-    """c_k^2 against k on a log scale (zero coefficients are skipped)."""
+    """c_k^2 against k on a log scale.
+
+    Zero coefficients are skipped: |c_k| <= 1e-13 sqrt(E f^2) counts as zero (below the accuracy of the
+    quadrature; e.g. the odd orders k >= 3 of ReLU come out as ~1e-17, which would otherwise be drawn as
+    spurious points near 1e-33).
+    """
     import hermite
 
     ax = _axes(ax)
     c = hermite.coefficients(act, K, q=q)
     k = np.arange(K + 1)
     c2 = c * c
-    keep = c2 > 0
+    keep = c2 > (1e-13) ** 2 * hermite.second_moment(act, q)
     ax.semilogy(k[keep], c2[keep], marker="o", markersize=3, linestyle="-", label=label or hermite.activation(act).name)
     ax.set_xlabel("order k")
     ax.set_ylabel("c_k^2")
@@ -126,8 +165,10 @@ def hermite_spectrum(act, K: int = 30, q: float = 1.0, ax=None, label: str | Non
 def kernel_map(act, ax=None, q: float = 1.0, normalized: bool = True, centered: bool = False, label=None):
     """The dual kernel as a map of the correlation, with the identity line.
 
-    normalized=True plots E[f(u) f(v)] / E f(u)^2 (the correlation map of a normalized layer);
-    centered=True uses the covariance (the map LayerNorm after the activation iterates).
+    normalized=True plots E[f(u) f(v)] / E f(u)^2 (the correlation map of a normalized layer) with the
+    identity y = rho; normalized=False plots E[f(u) f(v)] itself, Var u = Var v = q, with the identity of
+    covariances y = q rho (output covariance = input covariance). centered=True uses the covariance
+    (the map LayerNorm after the activation iterates).
     """
     import hermite
 
@@ -137,7 +178,7 @@ def kernel_map(act, ax=None, q: float = 1.0, normalized: bool = True, centered: 
     if normalized:
         k = k / hermite.kernel(act, 1.0, q, centered=centered)
     ax.plot(rho, k, label=label or hermite.activation(act).name)
-    ax.plot([-1, 1], [-1, 1] if normalized else [k.min(), k.max()], color="k", linewidth=0.6, linestyle=":")
+    ax.plot([-1, 1], [-1, 1] if normalized else [-q, q], color="k", linewidth=0.6, linestyle=":")
     ax.set_xlabel("input correlation rho")
     ax.set_ylabel("output correlation" if normalized else "E f(u) f(v)")
     return ax

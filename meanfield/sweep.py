@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Sweep", "run_point", "run_sweep", "load_results", "NETWORK_FIELDS", "BATCH_FIELDS", "RUN_FIELDS"]
+__all__ = ["Sweep", "run_point", "run_sweep", "load_results", "load_errors", "point_id", "NETWORK_FIELDS",
+           "BATCH_FIELDS", "RUN_FIELDS"]
 
 NETWORK_FIELDS = ("depth", "activation", "norm", "placement", "sigma_w", "sigma_b", "centering", "residual",
                   "groups", "group_size", "bn_mode", "wn_init")
@@ -40,6 +41,13 @@ DEFAULTS = {"depth": 10, "activation": "relu", "norm": None, "placement": "post"
             "data_seed": 0, "engine": "meanfield", "width": 256, "seeds": 8, "seed": 0, "backend": "numpy",
             "gradients": False}
 MEASURES = ("isometry_gap", "potential", "mean_correlation")
+# fields whose value may be None; TOML has no null, so the strings "none"/"null" (any case) stand for it
+NULLABLE_FIELDS = ("norm", "centering", "residual", "groups", "group_size", "input_correlation")
+_NULL_STRINGS = ("none", "null")
+
+
+def _none_if_null(value):
+    return None if isinstance(value, str) and value.strip().lower() in _NULL_STRINGS else value
 
 
 def _nearest(name: str, options) -> str:
@@ -65,6 +73,10 @@ class Sweep:
     zip : dict field -> list of values (all lists of equal length, iterated together)
     fixed : dict field -> value applied to every point
     measures : per-layer measures to record (isometry_gap, potential, mean_correlation)
+
+    The value None of the fields in ``NULLABLE_FIELDS`` (norm, centering, ...) may also be written as
+    the string "none" (TOML has no null). Points that coincide after the defaults are filled in (and,
+    for the mean-field engine, after the simulator-only fields are reset) are run once.
     """
 
     grid: dict = field(default_factory=dict)
@@ -112,6 +124,8 @@ class Sweep:
                 p.update(self.fixed)
                 p.update(dict(zip(gkeys, gvals)))
                 p.update(dict(zip(zkeys, zvals)))
+                for k in NULLABLE_FIELDS:
+                    p[k] = _none_if_null(p[k])
                 if p["engine"] not in ("meanfield", "simulate"):
                     raise ValueError(f"engine={p['engine']!r} must be 'meanfield' or 'simulate'")
                 if p["engine"] == "meanfield":  # simulator-only fields do not distinguish mean-field points
@@ -146,7 +160,12 @@ def _network(p: dict):
 
 
 def run_point(p: dict, measures=MEASURES) -> list[dict]:
-    """Run one sweep point and return its rows (one per layer; simulation: seed mean, std and median)."""
+    """Run one sweep point and return its rows (one per layer).
+
+    A simulation row holds, per measure, the seed mean, standard deviation, median and 10% / 90%
+    quantiles (``<measure>_std``, ``_median``, ``_q10``, ``_q90``; `meanfield.plot.seed_quantiles`).
+    """
+    from meanfield.plot import seed_quantiles
     from meanfield.propagate import propagate
     from meanfield.simulate import simulate
 
@@ -165,12 +184,13 @@ def run_point(p: dict, measures=MEASURES) -> list[dict]:
         for m, v in vals.items():
             if traj.seeded:
                 col = v[:, layer]
-                fin = col[np.isfinite(col)]
-                row[m] = float(np.mean(col))
-                row[m + "_std"] = float(np.std(col, ddof=1)) if col.size > 1 else 0.0
-                row[m + "_median"] = float(np.median(col))
-                row[m + "_q10"] = float(np.quantile(fin, 0.1)) if fin.size else math.inf
-                row[m + "_q90"] = float(np.quantile(fin, 0.9)) if fin.size else math.inf
+                med, q10, q90 = seed_quantiles(col, (0.5, 0.1, 0.9))
+                with np.errstate(invalid="ignore", over="ignore"):
+                    row[m] = float(np.mean(col))
+                    row[m + "_std"] = float(np.std(col, ddof=1)) if col.size > 1 else 0.0
+                row[m + "_median"] = float(med)
+                row[m + "_q10"] = float(q10)  # +inf seeds (singular Grams) count as +inf, as in the median
+                row[m + "_q90"] = float(q90)
             else:
                 row[m] = float(v[layer])
         if traj.grad_norms is not None:
@@ -285,24 +305,49 @@ def run_sweep(sweep: Sweep | dict, out_dir, *, executor: cf.Executor | None = No
     if executor is None and todo:
         executor, close = _executor(scheduler, workers, local_cluster)
     t0 = time.time()
+    # An executor that runs tasks at submit time (workers=0) gets one point at a time, so that each
+    # finished point is on disk before the next starts; pools get every point at once.
+    window = 1 if isinstance(executor, _InlineExecutor) else max(len(todo), 1)
+    pending_points = iter(todo)
+    futures: dict = {}
+    pending: set = set()
+
+    def fill():
+        while len(pending) < window:
+            p = next(pending_points, None)
+            if p is None:
+                return
+            fut = executor.submit(_run_with_retries, p, sweep.measures, retries)
+            futures[fut] = p
+            pending.add(fut)
+
+    done = 0
     try:
-        futures = [executor.submit(_run_with_retries, p, sweep.measures, retries) for p in todo]
-        for k, fut in enumerate(cf.as_completed(futures)):
-            pid, rows, err = fut.result()
-            if rows is not None:
-                _write_rows(out / "points" / f"{pid}.csv", rows)
-                errf = out / "errors" / f"{pid}.json"
-                if errf.exists():
-                    errf.unlink()
-            else:
-                p = next(q for q in todo if point_id(q) == pid)
-                (out / "errors" / f"{pid}.json").write_text(json.dumps({"point": p, "error": err}, default=str))
-            if bar is not None:
-                bar.update(1)
-            elif progress:
-                done = k + 1
-                eta = (time.time() - t0) / done * (len(todo) - done)
-                print(f"sweep: {done}/{len(todo)} points, ~{eta:.0f} s left", file=sys.stderr)
+        fill()
+        while pending:
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                pending.discard(fut)
+                p = futures.pop(fut)
+                try:
+                    pid, rows, err = fut.result()
+                except Exception as exc:  # noqa: BLE001 - the task itself failed (a worker died, ...)
+                    pid, rows = point_id(p), None
+                    err = f"{type(exc).__name__}: {exc} (the task failed outside the point: worker lost or crashed)"
+                if rows is not None:
+                    _write_rows(out / "points" / f"{pid}.csv", rows)
+                    errf = out / "errors" / f"{pid}.json"
+                    if errf.exists():
+                        errf.unlink()
+                else:
+                    (out / "errors" / f"{pid}.json").write_text(json.dumps({"point": p, "error": err}, default=str))
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                elif progress:
+                    eta = (time.time() - t0) / done * (len(todo) - done)
+                    print(f"sweep: {done}/{len(todo)} points, ~{eta:.0f} s left", file=sys.stderr)
+            fill()
     finally:
         if bar is not None:
             bar.close()
