@@ -258,8 +258,9 @@ class Scale(Layer):
     """Scaling of each sample to unit mean square across features (Joudaki et al. 2023).
 
     mode="layer": divide by the empirical per-sample root mean square; mode="meanfield": divide by the
-    constant infinite-width value sqrt(E f(sqrt(q_a) z)^2 - [centred] ...) of the preceding activation at
-    the sample's pre-activation variance (the second moment, minus c_0^2 if a mean-field Center precedes).
+    constant infinite-width root mean square of its input: sqrt(E f(sqrt(q_a) z)^2) for the preceding
+    activation f at the sample's pre-activation variance, minus c_0^2 under the root if a Center (either
+    mode) comes between them.
     """
 
     mode: str = "layer"

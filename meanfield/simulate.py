@@ -20,7 +20,7 @@ Layer rules (the semantics of `meanfield.layers`; "features" are the (n, width) 
   (population) standard deviation -- batch statistics, never running statistics.
 * Center("layer"): subtract each sample's feature mean; Scale("layer"): divide by each sample's root mean
   square. Center("meanfield"): subtract c_0(q_a) = E f(sqrt(q_a) z); Scale("meanfield"): divide by
-  sqrt(E f(sqrt(q_a) z)^2 - [c_0(q_a)^2 if a meanfield Center precedes]), where f is the preceding
+  sqrt(E f(sqrt(q_a) z)^2 - [c_0(q_a)^2 if a Center precedes]), where f is the preceding
   Activation and q_a = (1/width) sum_i u_ia^2 is sample a's empirical mean-square pre-activation at that
   Activation (`hermite.coefficients`, `hermite.second_moment`). Only Center/Scale layers may stand
   between the Activation and a meanfield Center/Scale, and a meanfield Center must come before any Scale.
@@ -737,13 +737,13 @@ class _ScaleMFOp(_Op):
 
     mf_role = "keep"
 
-    def __init__(self, w: int):
+    def __init__(self, w: int, centered: bool = False):
         self.w_in = self.w_out = w
+        self.centered = centered  # a Center (either mode) precedes, after the same Activation
 
     def forward(self, h, rt: _Run):
-        st = rt.mf
         c0, m2 = rt.mf_constants(need_m2=True)
-        var = m2 - c0 * c0 if st.c0 is not None else m2
+        var = m2 - c0 * c0 if self.centered else m2
         ok = var > 0.0
         inv = np.where(ok, 1.0 / np.sqrt(np.where(ok, var, 1.0)), 0.0)
         inv = rt.xp.expand_dims(rt.be.asarray(inv), axis=-1)
@@ -920,10 +920,10 @@ def _compile_seq(layers: Sequence[Layer], w: int, block_w: int, cfg: _Config, wh
                 prev["act"].need_q = True
             if isinstance(layer, Center):
                 ops.append(_CenterOp(layer.mode, w))
-                if layer.mode == "meanfield":
-                    prev["center"] = True
+                prev["center"] = True
             else:
-                ops.append(_ScaleMFOp(w) if layer.mode == "meanfield" else _NormOp("rms_scale", w))
+                ops.append(_ScaleMFOp(w, bool(prev.get("center"))) if layer.mode == "meanfield"
+                           else _NormOp("rms_scale", w))
                 prev["scaled"] = True
             keep_prev = True
         elif isinstance(layer, MaxPool):

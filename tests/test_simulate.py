@@ -731,3 +731,17 @@ def test_bad_widths_for_layers():
         simulate(meanfield.mlp(2, "relu", residual=0.5), X, width=16, seeds=1)  # X has 8 features
     sim = simulate(meanfield.mlp(2, "relu", residual=0.5), X, width=8, seeds=1)
     assert sim.gram.shape == (1, 3, 4, 4)
+
+
+def test_meanfield_scale_after_layer_center_matches_propagate():
+    """Scale("meanfield") divides by the infinite-width RMS of its input, c_0 removed after any Center."""
+    import meanfield
+    from meanfield import Activation, Center, Dense, Network, Scale
+
+    net = Network([meanfield.Block([Dense(1.3), Activation("relu"), Center("layer"), Scale("meanfield")])] * 3)
+    X = np.random.default_rng(5).standard_normal((4, 16))
+    mf = meanfield.propagate(net, X=X)
+    sim = simulate(net, X, width=2048, seeds=12, seed=3, progress=False)
+    err = np.abs(sim.gram.mean(axis=0) - mf.gram)
+    se = sim.gram.std(axis=0, ddof=1) / np.sqrt(12)
+    assert np.all(err <= 5 * se + 3.0 / 2048)
