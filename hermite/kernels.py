@@ -282,9 +282,41 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
     return out
 
 
+_NUMBA_SUM: list = []
+
+
+def _numba_mehler():
+    """The compiled Horner kernel (numba, compiled on first use and cached on disk), or None."""
+    if not _NUMBA_SUM:
+        try:
+            import numba
+
+            @numba.njit(parallel=True, cache=True, fastmath=False)
+            def horner(ca, cb, ia, ib, r, out):  # pragma: no cover - compiled
+                K = ca.shape[1] - 1
+                for e in numba.prange(r.size):
+                    a = ia[e]
+                    b = ib[e]
+                    x = r[e]
+                    v = ca[a, K] * cb[b, K]
+                    for k in range(K - 1, -1, -1):
+                        v = v * x + ca[a, k] * cb[b, k]
+                    out[e] = v
+
+            _NUMBA_SUM.append(horner)
+        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy fallback
+            _NUMBA_SUM.append(None)
+    return _NUMBA_SUM[0]
+
+
 def _mehler_sum(ca, cb, ia, ib, r, chunk=8192):
-    """sum_k ca[ia, k] cb[ib, k] r^k by Horner's rule, in chunks."""
+    """sum_k ca[ia, k] cb[ib, k] r^k by Horner's rule (numba in parallel, numpy in chunks otherwise)."""
     out = np.empty(r.size)
+    horner = _numba_mehler() if r.size >= 2048 else None
+    if horner is not None:
+        horner(np.ascontiguousarray(ca), np.ascontiguousarray(cb), ia.astype(np.int64), ib.astype(np.int64),
+               np.ascontiguousarray(r, dtype=np.float64), out)
+        return out
     K = ca.shape[1] - 1
     for s in range(0, r.size, chunk):
         e = min(s + chunk, r.size)
