@@ -32,3 +32,16 @@ __all__ = [
     "isometry", "isometry_gap", "potential",
 ]
 __version__ = "0.1.0"
+
+
+_SUBMODULES = ("maps", "bias", "rates", "checks", "layernorm", "weightnorm", "fisher", "transformations",
+               "sweep", "plot", "cli", "measures", "simulate", "propagate")
+
+
+def __getattr__(name):
+    """Submodules on first use (``meanfield.rates.beta0(...)``) without importing them all up front."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"meanfield.{name}")
+    raise AttributeError(f"module 'meanfield' has no attribute {name!r}")

@@ -73,7 +73,8 @@ default a quarter of the available RAM (numpy, other CPU namespaces) or half of 
 
 Backward pass (``gradients=True``)
 ----------------------------------
-A Gaussian readout r ~ N(0, I_width) is put on the last block's output, L = sum_a r . x_a^(L), and its
+Independent Gaussian readouts r_a ~ N(0, I_width), one per input, are put on the last block's output,
+L = sum_a r_a . x_a^(L) (a shared readout would make L identically 0 after a final BatchNorm), and its
 gradient G_l = dL/dX^(l) (n x width_l) is propagated back through every layer with its exact
 vector-Jacobian product: LayerNorm dx = (dy - mean(dy) - y mean(dy y)) / sigma per sample, BatchNorm the
 same over the batch (the batch coupling included), RMSNorm dx = (dy - y mean(dy y)) / rms, and so on.
@@ -1052,7 +1053,9 @@ def _run_chunk(blocks: list, X, be: _Backend, streams, n: int, grad: bool, sinks
     out: dict = {}
     if grad:
         w_last = h.shape[-1]
-        r = streams.normal((1, w_last))  # (s, 1, w): the readout of each network
+        # an independent Gaussian readout per sample: a shared one would make the loss of a network that
+        # ends in BatchNorm identically zero (BatchNorm removes the batch mean of the output gradient)
+        r = streams.normal((n, w_last))  # (s, n, w)
         if want_input_grad:
             out["loss"] = _to_host(xp.sum(xp.broadcast_to(h, (s, n, w_last)) * r, axis=(-2, -1)))
         g = xp.broadcast_to(r, (s, n, w_last))
@@ -1115,7 +1118,7 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
         Bound on the estimated peak memory of a chunk of seeds (default: a quarter of the available RAM,
         half of the free GPU memory for cupy). ValueError if one network alone needs more.
     gradients : bool
-        Also run the backward pass of a Gaussian readout r ~ N(0, I) on the last block's output and record
+        Also run the backward pass of independent Gaussian readouts r_a ~ N(0, I) on the last block's output and record
         ``grad_norms[s, l] = ||dL/dX^(l)||_F / sqrt(n width_l)`` (needs explicit weights).
     grad_gram : bool
         Also record ``grad_gram[s, l] = G G^T / width_l``, G = dL/dX^(l) (implies gradients=True).
@@ -1290,7 +1293,7 @@ def _stderr_tty() -> bool:
 
 
 def _input_gradient(net: Network, X, width=8, seed: int = 0, dtype: str = "float64", backend: Any = "numpy"):
-    """(L, dL/dX) for network 0 of ``seed``: the readout output L = sum_a r . x_a^(L) and its gradient with
+    """(L, dL/dX) for network 0 of ``seed``: the readout output L = sum_a r_a . x_a^(L) and its gradient with
     respect to the input batch (explicit weights). For tests of the vector-Jacobian products."""
     if isinstance(net, (Layer, list, tuple)):
         net = Network(net)
