@@ -638,6 +638,17 @@ def _expr_parity(expr):
     return None
 
 
+def _find_jumps(fn, kinks) -> list:
+    """The kinks where fn is discontinuous (compared a hair to either side)."""
+    jumps = []
+    for t in kinks:
+        eps = 1e-9 * max(1.0, abs(t))
+        lo, hi = fn(np.array([t - eps, t + eps]))
+        if abs(hi - lo) > 1e-6 * max(1.0, abs(hi) + abs(lo)):
+            jumps.append(t)
+    return jumps
+
+
 def _from_expr(expr, kinks=None, name=None, source=None) -> Core:
     import sympy as sp
 
@@ -652,12 +663,7 @@ def _from_expr(expr, kinks=None, name=None, source=None) -> Core:
         kinks = _expr_kinks(expr)
     fn = _lambdify(expr)
     deriv = _lambdify(sp.diff(expr, x))
-    jumps = []
-    for t in kinks:
-        eps = 1e-9 * max(1.0, abs(t))
-        lo, hi = fn(np.array([t - eps, t + eps]))
-        if abs(hi - lo) > 1e-6 * max(1.0, abs(hi) + abs(lo)):
-            jumps.append(t)
+    jumps = _find_jumps(fn, kinks)
     text = source if source is not None else str(expr)
     spec = {"expr": text}
     if kinks:
@@ -730,12 +736,7 @@ def activation(act: Any, *, gain: float | None = None, kinks=None, derivative=No
                 raise ValueError(f"kinks must be finite numbers, got {k!r}")
         if parity not in (None, 1, -1):
             raise ValueError(f"parity={parity!r} must be 1 (even), -1 (odd) or None")
-        jumps = []
-        for t in kk:
-            eps = 1e-9 * max(1.0, abs(t))
-            lo, hi = fn(np.array([t - eps, t + eps]))
-            if abs(hi - lo) > 1e-6 * max(1.0, abs(hi) + abs(lo)):
-                jumps.append(t)
+        jumps = _find_jumps(fn, kk)
         d = _wrap_callable(derivative) if derivative is not None else None
         nm = name or getattr(act, "__name__", "callable")
         out = Activation(Core(nm, fn, {}, None, kk, tuple(jumps), (0.0,), 0.0, parity, d, None, None, None, None))

@@ -34,7 +34,7 @@ from hermite.activations import Activation, Core, activation
 from hermite.basis import gauss_legendre, panel_rule
 from hermite.numeric import check_variance, core_coefficients, core_second_moment
 
-__all__ = ["kernel", "activation_kernel", "activation_means", "pair_kernel"]
+__all__ = ["kernel", "activation_kernel", "activation_means", "pair_kernel", "check_correlation"]
 
 TOL = 2e-14  # target relative accuracy of each method (the guarantee is 1e-12)
 SERIES_K = (32, 256)
@@ -92,17 +92,21 @@ def kernel(act, rho, q1=1.0, q2=None, *, derivative: int = 0, centered: bool = F
     return float(out) if out.ndim == 0 else out
 
 
-def _check_rho(rho) -> np.ndarray:
+def check_correlation(rho, name: str = "rho") -> np.ndarray:
+    """A correlation (number or array) must be finite and in [-1, 1] (round-off up to 1e-12 is clipped)."""
     try:
         r = np.asarray(rho, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"rho={rho!r} must be a number or array in [-1, 1]") from None
+        raise ValueError(f"{name}={rho!r} must be a number or array in [-1, 1] (a correlation)") from None
     if not np.all(np.isfinite(r)):
-        raise ValueError("rho must be finite and in [-1, 1]; got NaN or inf")
+        raise ValueError(f"{name} must be finite and in [-1, 1] (a correlation); got NaN or inf")
     if np.any(np.abs(r) > 1 + 1e-12):
         bad = r[np.abs(r) > 1 + 1e-12].ravel()[0]
-        raise ValueError(f"rho={bad!r} must be in [-1, 1] (a correlation)")
+        raise ValueError(f"{name}={float(bad)!r} must be in [-1, 1] (a correlation)")
     return np.clip(r, -1.0, 1.0)
+
+
+_check_rho = check_correlation
 
 
 # ------------------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 import hermite
+from hermite.kernels import check_correlation
 
 __all__ = [
     "FixedPoint", "qmap", "cmap", "cmap_slope", "fixed_point_q", "fixed_point_c", "chi1", "chi_c",
@@ -136,16 +137,7 @@ def _norm(norm, placement) -> tuple:
 
 
 def _corr(c) -> np.ndarray:
-    try:
-        a = np.asarray(c, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"c={c!r} must be a number or array in [-1, 1] (a correlation)") from None
-    if not np.all(np.isfinite(a)):
-        raise ValueError("c must be finite and in [-1, 1] (a correlation); got NaN or inf")
-    if np.any(np.abs(a) > 1 + 1e-12):
-        bad = a[np.abs(a) > 1 + 1e-12].ravel()[0]
-        raise ValueError(f"c={float(bad)!r} must be in [-1, 1] (a correlation)")
-    return np.clip(a, -1.0, 1.0)
+    return check_correlation(c, "c")
 
 
 def _variance(q, name: str, *, allow_zero: bool) -> np.ndarray:
