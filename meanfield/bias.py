@@ -1,0 +1,797 @@
+"""Initial guessing bias: how an untrained classifier favours some classes, predicted and simulated.
+
+Sources: Francazi, Lucchi and Baity-Jesi (ICML 2024), "Initial Guessing Bias: How Untrained Networks Favor
+Some Classes"; Francazi, Pinto, Lucchi and Baity-Jesi (2025), "Where You Place the Norm Matters: From
+Prejudiced to Neutral Initializations".
+
+The order parameter
+-------------------
+Put a random Gaussian linear readout on a network's last features h(x) and look at one output
+o(x) = r . h(x) / sqrt(width) over a data set. Its mean over the data moves from one initialization to
+the next, its spread over the data is what separates the inputs. The initial guessing bias is
+
+    gamma = Var_init( E_data o ) / E_init( Var_data o ).
+
+At infinite width the second moments of the output over the readout are the Gram of the features,
+E_init[o(x) o(x')] = K(x, x'), so for an infinite i.i.d. data set
+
+    gamma = K_ab / (K_aa - K_ab) = c / (1 - c),     c = K_ab / K_aa,
+
+where a, b are two *independent* inputs of the data set and K is the second-moment Gram of the last
+features (feature means included: a non-zero mean feature vector shared by all inputs is exactly what
+makes the outputs of different inputs correlated). `gamma` computes c with the mean-field engine
+(`meanfield.propagate`) on the 2 x 2 input Gram [[1, r], [r, 1]] with ``exchangeable=True``: the two inputs
+stand for the whole data set, so BatchNorm uses population statistics. r = ``input_correlation`` is the
+correlation of two independent inputs, i.e. a shift of the input mean: x = sqrt(r) mu + sqrt(1 - r) z
+with |mu|^2 / d = 1 has pairwise correlation r, and gamma = r / (1 - r) already at the input.
+
+Known values (ReLU, sigma_w^2 = 2, sigma_b = 0, Francazi et al. 2025): no norm gamma_1 = 1/(pi - 1) after
+one block and gamma -> infinity with depth (deep prejudice); LayerNorm before the activation: the same;
+BatchNorm before the activation: 1/(pi - 1) at every depth; LayerNorm or BatchNorm after the activation:
+0 (neutral). Odd activations with zero bias (tanh, sin, erf) give 0; sigmoid a large gamma. Max pooling
+over k units creates bias even in a linear network: for k = 2, c = (E max(z1, z2))^2 / E max^2 = 1/pi,
+so gamma = 1/(pi - 1) as for ReLU.
+
+The class-fraction law
+----------------------
+With two classes the fraction of an infinite data set assigned to class 0 by one initialization is
+G_0 = Phi(sqrt(gamma) Z), Z ~ N(0, 1) (`class_fraction_law`: density, CDF, variance arcsin(c) / (2 pi)
+with c = gamma / (1 + gamma), expected majority fraction 1/2 + arctan(sqrt(gamma)) / pi, tail
+probabilities, all in closed form). For C classes, `sample_fractions` samples the model of Francazi et
+al.: output k on input x is sqrt(gamma) m_k + e_k(x), with m_k ~ N(0, 1) i.i.d. per initialization and
+e_k(x) ~ N(0, 1) i.i.d. across classes and inputs (the data-fluctuation part has variance 1, the
+initialization part variance gamma), and the class of x is the argmax.
+
+Simulation and the BatchNorm pitfall
+------------------------------------
+`simulate` samples finite networks (`meanfield.simulate`'s layer rules), puts a random Gaussian readout
+with ``classes`` outputs on the last block, and measures the class fractions and gamma per
+initialization. BatchNorm uses *batch statistics over the whole evaluated set*: a BatchNorm layer in
+inference mode uses its running statistics, which at initialization are mean 0 and variance 1, so it is
+the identity and a network "with BatchNorm after the activation" evaluated that way is exactly as
+prejudiced as the network without it. Only batch statistics centre the features over the data, which is
+what removes the bias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.special as sc
+
+import hermite
+from meanfield.layers import Block, Dense
+from meanfield.network import Network, mlp
+from meanfield.propagate import propagate
+
+__all__ = [
+    "gamma", "gamma_trajectory", "output_correlation", "gamma_from_correlation", "correlation_from_gamma",
+    "regime", "REGIMES", "phase_diagram", "PhaseDiagram", "class_fraction_law", "ClassFractionLaw",
+    "sample_fractions", "simulate", "BiasSimulation",
+]
+
+REGIMES = ("neutral", "prejudiced", "deep prejudice")
+
+
+# ================================================================================================
+# validation helpers
+def _real(owner: str, name: str, value, lo=None, hi=None, allow_inf: bool = False) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{owner}: {name}={value!r} must be a real number")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: {name}={value!r} must be a real number") from None
+    rng = f"[{'-inf' if lo is None else format(lo, 'g')}, {'inf' if hi is None else format(hi, 'g')}]"
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ValueError(f"{owner}: {name}={value!r} must be a real number in {rng}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{owner}: {name}={value!r} is outside the allowed range {rng}")
+    return v
+
+
+def _int(owner: str, name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or not math.isfinite(float(value)) or not float(value).is_integer() or int(value) < lo:
+        raise ValueError(f"{owner}: {name}={value!r} must be an integer >= {lo}")
+    return int(value)
+
+
+def _check_gamma(owner: str, g) -> float:
+    return _real(owner, "gamma", g, lo=0.0, allow_inf=True)
+
+
+def _rng(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
+        return np.random.default_rng(rng)
+    raise ValueError(f"rng={rng!r} must be None, an integer seed, a SeedSequence or a numpy Generator")
+
+
+# ================================================================================================
+# mean-field gamma
+def gamma_from_correlation(c):
+    """gamma = c / (1 - c) for the output correlation c of two independent inputs (arrays broadcast).
+
+    c = 1 gives +inf; c must lie in [-1, 1] (ValueError otherwise, NaN included).
+    """
+    c = np.asarray(c, dtype=np.float64)
+    if np.any(np.isnan(c)) or np.any(np.abs(c) > 1.0):
+        raise ValueError(f"gamma_from_correlation: c={c!r} must lie in [-1, 1]")
+    with np.errstate(divide="ignore"):
+        out = np.where(c >= 1.0, np.inf, c / np.where(c >= 1.0, 1.0, 1.0 - c))
+    return out + 0.0 if out.ndim else float(out) + 0.0
+
+
+def correlation_from_gamma(g):
+    """c = gamma / (1 + gamma), the inverse of `gamma_from_correlation` (gamma = inf gives 1)."""
+    g = np.asarray(g, dtype=np.float64)
+    if np.any(np.isnan(g)) or np.any(g < -0.5):
+        raise ValueError(f"correlation_from_gamma: gamma={g!r} must be a real number in [-0.5, inf]")
+    out = np.where(np.isinf(g), 1.0, g / np.where(np.isinf(g), 1.0, 1.0 + g))
+    return out if out.ndim else float(out)
+
+
+def _input_gram(owner: str, input_correlation) -> np.ndarray:
+    r = _real(owner, "input_correlation", input_correlation, lo=-1.0, hi=1.0)
+    return np.array([[1.0, r], [r, 1.0]])
+
+
+def _gammas_of_grams(G: np.ndarray) -> np.ndarray:
+    """gamma per 2 x 2 Gram of a stack (..., 2, 2): K_ab / (K_aa - K_ab) with K_aa the mean diagonal
+    (the two diagonal entries agree by exchangeability; they differ only by Monte Carlo noise)."""
+    diag = 0.5 * (G[..., 0, 0] + G[..., 1, 1])
+    off = 0.5 * (G[..., 0, 1] + G[..., 1, 0])
+    gap = diag - off
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.where(gap > 0, off / np.where(gap > 0, gap, 1.0), np.inf)
+    g = np.where(diag > 0, g, np.nan)
+    return g + 0.0  # no negative zeros
+
+
+def _exchangeable_trajectory(owner, net, input_correlation, mc_samples, seed):
+    if not isinstance(net, Network):
+        raise ValueError(f"{owner}: net must be a meanfield.Network (e.g. meanfield.mlp(...)), got "
+                         f"{type(net).__name__}")
+    K0 = _input_gram(owner, input_correlation)
+    return propagate(net, K0, exchangeable=True, mc_samples=mc_samples, seed=seed)
+
+
+def gamma_trajectory(net: Network, input_correlation: float = 0.0, *, mc_samples: int = 2**18,
+                     seed: int = 0) -> np.ndarray:
+    """Mean-field gamma after every block: array (L+1,), index 0 the input (r / (1 - r)).
+
+    gamma_l = K_ab / (K_aa - K_ab) for the Gram K of block l's output on two independent inputs of
+    correlation r = ``input_correlation`` (infinite width, infinite i.i.d. data; Francazi et al. 2024,
+    2025). Computed with ``meanfield.propagate(net, [[1, r], [r, 1]], exchangeable=True)``, so every layer
+    type, norm and placement is covered; blocks with a Monte Carlo rule (MaxPool, an activation after a
+    non-Gaussian input) carry an error of order ``mc_samples ** -0.5`` (see ``propagate(...).mc_error``).
+    +inf where the two outputs are identical (c = 1), NaN where the output is identically zero
+    (K_aa = 0: gamma is 0/0). For r >= 0 (an i.i.d. data set) K_ab = |E_x h(x)|^2 >= 0, so round-off or
+    Monte Carlo values below 0 are set to 0. Negative r is allowed by the formula but is not the
+    correlation of an infinite exchangeable data set (de Finetti), so gamma may then be negative.
+
+    Examples
+    --------
+    >>> import meanfield
+    >>> from meanfield import bias
+    >>> g = bias.gamma_trajectory(meanfield.mlp(3, "relu", norm="bn", placement="pre", sigma_w=2**0.5))
+    >>> [round(float(x), 6) for x in g]
+    [0.0, 0.466942, 0.466942, 0.466942]
+    """
+    t = _exchangeable_trajectory("gamma_trajectory", net, input_correlation, mc_samples, seed)
+    g = _gammas_of_grams(t.gram)
+    if float(input_correlation) >= 0:  # an i.i.d. data set: K_ab = |E_x h(x)|^2 >= 0, so gamma >= 0 exactly
+        g = np.where(g < 0, 0.0, g)
+    return g
+
+
+def gamma(net: Network, input_correlation: float = 0.0, *, mc_samples: int = 2**18, seed: int = 0) -> float:
+    """Initial guessing bias of ``net``'s output at infinite width and data: gamma = c / (1 - c).
+
+    gamma = Var_init(E_data o) / E_init(Var_data o) for a Gaussian linear readout o of the last block,
+    which at infinite width equals K_ab / (K_aa - K_ab), K the second-moment Gram (means included) of the
+    last features on two independent inputs a, b of correlation ``input_correlation`` in [-1, 1]
+    (Francazi et al. 2024, eq. for gamma; 2025 for the norm placements). See `gamma_trajectory` for the
+    edge cases (inf, NaN, Monte Carlo blocks).
+
+    Examples
+    --------
+    >>> import math, meanfield
+    >>> from meanfield import bias
+    >>> g = bias.gamma(meanfield.mlp(1, "relu", sigma_w=2**0.5))
+    >>> abs(g - 1 / (math.pi - 1)) < 1e-12
+    True
+    """
+    return float(gamma_trajectory(net, input_correlation, mc_samples=mc_samples, seed=seed)[-1])
+
+
+def output_correlation(net: Network, input_correlation: float = 0.0, *, mc_samples: int = 2**18,
+                       seed: int = 0) -> float:
+    """c = K_ab / K_aa at the output of ``net`` for two independent inputs (mean field); gamma = c/(1-c)."""
+    t = _exchangeable_trajectory("output_correlation", net, input_correlation, mc_samples, seed)
+    G = t.gram[-1]
+    d = 0.5 * (G[0, 0] + G[1, 1])
+    return float(G[0, 1] / d) if d > 0 else float("nan")
+
+
+# ================================================================================================
+# regimes
+def regime(gamma, *, eps: float = 1e-6, large: float = 100.0, rtol: float = 1e-3) -> str:
+    """Classify a bias value, or a bias-versus-depth curve, as "neutral", "prejudiced" or "deep prejudice".
+
+    ``gamma`` is a number or a 1-D sequence of gamma per depth (e.g. `gamma_trajectory`); its last entry
+    g_L is the network's output. The rules, applied in this order:
+
+    1. "neutral" if g_L < eps (default 1e-6; negative values, which simulated estimates can take, count
+       as neutral). Mean-field values are exact to ~1e-12, so the default separates 0 from bias; for a
+       simulated estimate pass e.g. ``eps=3 * sim.gamma_stderr`` (`BiasSimulation.regime` does).
+    2. "deep prejudice" if g_L > large (default 100: c > 0.99, an expected majority fraction above 0.968).
+    3. For a sequence of at least 3 entries, the trend of the last two increments d1 = g_{L-1} - g_{L-2},
+       d2 = g_L - g_{L-1}:
+       - d2 <= rtol * g_L (flat or decreasing; default rtol 1e-3): "prejudiced";
+       - 0 < d2 < d1 (increments shrinking: geometric convergence with ratio p = d2 / d1): the Aitken
+         limit g_inf = g_L + d2 p / (1 - p) decides: "deep prejudice" if g_inf > large, else "prejudiced";
+       - otherwise (increments not shrinking: gamma grows at least linearly with depth, as c -> 1):
+         "deep prejudice".
+    4. "prejudiced" otherwise (a single value with eps <= g_L <= large, or a curve of 2 entries).
+
+    (Francazi et al. 2025: neutral gamma = 0, prejudiced 0 < gamma < inf, deep prejudice gamma -> inf
+    with depth.) The trend is read from the depths given; a growth slower than geometric convergence and
+    slower than linear (e.g. logarithmic) would be extrapolated to a finite limit.
+
+    Examples
+    --------
+    >>> from meanfield import bias
+    >>> bias.regime(0.0), bias.regime(0.5), bias.regime(1e3)
+    ('neutral', 'prejudiced', 'deep prejudice')
+    >>> bias.regime([0.47, 0.98, 1.53]), bias.regime([0.47, 0.47, 0.47]), bias.regime([0.1, 0.3, 0.4])
+    ('deep prejudice', 'prejudiced', 'prejudiced')
+    """
+    eps = _real("regime", "eps", eps)
+    large = _real("regime", "large", large, lo=eps)
+    rtol = _real("regime", "rtol", rtol, lo=0.0)
+    g = np.asarray(gamma, dtype=np.float64)
+    if g.ndim > 1 or g.size == 0:
+        raise ValueError(f"regime: gamma must be a number or a non-empty 1-D sequence over depth, got shape "
+                         f"{g.shape}")
+    if np.any(np.isnan(g)):
+        raise ValueError(f"regime: gamma={gamma!r} contains NaN; allowed: real numbers in [-inf, inf]")
+    last = float(g.reshape(-1)[-1])
+    if last < eps:
+        return "neutral"
+    if last > large:
+        return "deep prejudice"
+    if g.ndim == 1 and g.size >= 3:
+        d1, d2 = float(g[-2] - g[-3]), float(g[-1] - g[-2])
+        if d2 <= rtol * last:
+            return "prejudiced"
+        if d2 < d1:
+            p = d2 / d1
+            return "deep prejudice" if last + d2 * p / (1.0 - p) > large else "prejudiced"
+        return "deep prejudice"
+    return "prejudiced"
+
+
+@dataclass(frozen=True)
+class PhaseDiagram:
+    """gamma over a (sigma_w^2, sigma_b^2) grid at a given depth (see `phase_diagram`).
+
+    Attributes: ``sigma_b2`` (nb,), ``sigma_w2`` (nw,), ``gamma`` (nb, nw) at the output, ``gamma_depth``
+    (nb, nw, depth + 1) the whole curves, ``regime`` (nb, nw) labels (`regime` of the curve over blocks
+    1..depth; "undefined" where gamma is NaN, i.e. the output is identically zero), and the settings.
+    """
+
+    activation: str
+    depth: int
+    norm: str | None
+    placement: str
+    input_correlation: float
+    sigma_w2: np.ndarray
+    sigma_b2: np.ndarray
+    gamma: np.ndarray
+    gamma_depth: np.ndarray
+    regime: np.ndarray
+    thresholds: dict = field(default_factory=dict)
+
+    def codes(self) -> np.ndarray:
+        """Integer regime codes for plotting: neutral 0, prejudiced 1, deep prejudice 2, undefined -1."""
+        table = {name: i for i, name in enumerate(REGIMES)}
+        return np.vectorize(lambda s: table.get(s, -1), otypes=[int])(self.regime)
+
+
+def phase_diagram(act, depth: int, sigma_b2_grid, sigma_w2_grid, norm: str | None = None,
+                  placement: str = "post", *, input_correlation: float = 0.0, eps: float = 1e-6,
+                  large: float = 100.0, rtol: float = 1e-3, mc_samples: int = 2**18) -> PhaseDiagram:
+    """Mean-field gamma and its regime over a grid of (sigma_b^2, sigma_w^2) for ``mlp(depth, act, norm,
+    placement, sigma_w, sigma_b)``.
+
+    Each grid point runs `gamma_trajectory`; the regime is `regime` applied to the curve over blocks
+    1..depth with the given thresholds. Arrays are indexed [i_b, i_w] (rows sigma_b^2, columns sigma_w^2),
+    the layout of `meanfield.plot.phase_diagram(values, sigma_b2_grid, sigma_w2_grid)`. Variances must be
+    >= 0 and finite.
+    """
+    depth = _int("phase_diagram", "depth", depth, 1)
+    a = hermite.activation(act)
+    grids = []
+    for name, grid in (("sigma_b2_grid", sigma_b2_grid), ("sigma_w2_grid", sigma_w2_grid)):
+        arr = np.atleast_1d(np.asarray(grid, dtype=np.float64))
+        if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError(f"phase_diagram: {name}={grid!r} must be a non-empty 1-D array of finite values "
+                             ">= 0")
+        grids.append(arr)
+    sb2, sw2 = grids
+    _input_gram("phase_diagram", input_correlation)
+    curves = np.empty((sb2.size, sw2.size, depth + 1))
+    labels = np.empty((sb2.size, sw2.size), dtype=object)
+    for i, b2 in enumerate(sb2):
+        for j, w2 in enumerate(sw2):
+            net = mlp(depth, a, norm=norm, placement=placement, sigma_w=math.sqrt(w2), sigma_b=math.sqrt(b2))
+            g = gamma_trajectory(net, input_correlation, mc_samples=mc_samples)
+            curves[i, j] = g
+            labels[i, j] = ("undefined" if np.any(np.isnan(g))
+                            else regime(g[1:], eps=eps, large=large, rtol=rtol))
+    return PhaseDiagram(activation=a.name, depth=depth, norm=norm, placement=placement,
+                        input_correlation=float(input_correlation), sigma_w2=sw2, sigma_b2=sb2,
+                        gamma=curves[..., -1].copy(), gamma_depth=curves, regime=labels.astype(str),
+                        thresholds={"eps": eps, "large": large, "rtol": rtol})
+
+
+# ================================================================================================
+# the class-fraction law
+@dataclass(frozen=True)
+class ClassFractionLaw:
+    """Law of the fraction G_0 of an infinite data set that one initialization assigns to class 0 (two
+    classes): G_0 = Phi(sqrt(gamma) Z), Z ~ N(0, 1) (Francazi et al. 2024).
+
+    With s = sqrt(gamma), y = Phi^-1(x) and c = gamma / (1 + gamma):
+
+    - cdf(x) = Phi(y / s), sf(x) = Phi(-y / s), ppf(p) = Phi(s Phi^-1(p));
+    - pdf(x) = exp(-(1/gamma - 1) y^2 / 2) / s on (0, 1): unimodal at 1/2 for gamma < 1, uniform at
+      gamma = 1, U-shaped (mass at the extremes: prejudice) for gamma > 1;
+    - mean 1/2 and var() = arcsin(c) / (2 pi): E G_0^2 = P(U1 <= sZ, U2 <= sZ) is a bivariate normal
+      orthant probability with correlation s^2 / (1 + s^2) = c, equal to 1/4 + arcsin(c) / (2 pi);
+    - expected_majority() = E max(G_0, 1 - G_0) = E Phi(s |Z|) = 1/2 + arctan(s) / pi (the same orthant
+      identity with correlation s / sqrt(1 + s^2));
+    - majority_cdf / majority_sf / majority_pdf: the law of M = max(G_0, 1 - G_0) on [1/2, 1],
+      P(M > t) = 2 Phi(-Phi^-1(t) / s); ``prob_extreme(delta) = P(G_0 <= delta or G_0 >= 1 - delta)``.
+
+    Limits: gamma = 0 is the point mass at 1/2 (pdf 0 off 1/2 and +inf at it); gamma = inf puts mass 1/2
+    at 0 and at 1 (pdf 0 on (0, 1)). ``sample(size, rng)`` draws G_0.
+    """
+
+    gamma: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "gamma", _check_gamma("class_fraction_law", self.gamma))
+
+    @property
+    def c(self) -> float:
+        """Output correlation c = gamma / (1 + gamma)."""
+        return 1.0 if math.isinf(self.gamma) else self.gamma / (1.0 + self.gamma)
+
+    # ---------------------------------------------------------------------------------------
+    def cdf(self, x):
+        """P(G_0 <= x)."""
+        x = np.asarray(x, dtype=np.float64)
+        g = self.gamma
+        if g == 0:
+            out = np.where(x >= 0.5, 1.0, 0.0)
+        elif math.isinf(g):
+            out = np.where(x >= 1.0, 1.0, np.where(x >= 0.0, 0.5, 0.0))
+        else:
+            xc = np.clip(x, 0.0, 1.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = sc.ndtr(sc.ndtri(xc) / math.sqrt(g))
+            out = np.where(x < 0, 0.0, np.where(x >= 1, 1.0, out))
+        return np.where(np.isnan(x), np.nan, out)[()]
+
+    def sf(self, x):
+        """P(G_0 > x) = 1 - cdf(x), accurate in the upper tail."""
+        x = np.asarray(x, dtype=np.float64)
+        g = self.gamma
+        if g == 0:
+            out = np.where(x >= 0.5, 0.0, 1.0)
+        elif math.isinf(g):
+            out = np.where(x >= 1.0, 0.0, np.where(x >= 0.0, 0.5, 1.0))
+        else:
+            xc = np.clip(x, 0.0, 1.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = sc.ndtr(-sc.ndtri(xc) / math.sqrt(g))
+            out = np.where(x < 0, 1.0, np.where(x >= 1, 0.0, out))
+        return np.where(np.isnan(x), np.nan, out)[()]
+
+    def pdf(self, x):
+        """Density exp(-(1/gamma - 1) Phi^-1(x)^2 / 2) / sqrt(gamma) on (0, 1), 0 outside."""
+        x = np.asarray(x, dtype=np.float64)
+        g = self.gamma
+        inside = (x > 0) & (x < 1)
+        if g == 0:
+            out = np.where(x == 0.5, np.inf, 0.0)
+        elif math.isinf(g):
+            out = np.where((x == 0) | (x == 1), np.inf, 0.0)
+        else:
+            y = sc.ndtri(np.where(inside, x, 0.5))
+            a = 1.0 / g - 1.0
+            out = np.where(inside, np.exp(-0.5 * a * y * y) / math.sqrt(g), 0.0)
+            edge = (x == 0) | (x == 1)
+            if np.any(edge):  # the limit at the end points
+                out = np.where(edge, 0.0 if a > 0 else (1.0 if a == 0 else np.inf), out)
+        return np.where(np.isnan(x), np.nan, out)[()]
+
+    def ppf(self, p):
+        """Quantile function Phi(sqrt(gamma) Phi^-1(p)), p in [0, 1]."""
+        p = np.asarray(p, dtype=np.float64)
+        if np.any((p < 0) | (p > 1)):
+            raise ValueError(f"ClassFractionLaw.ppf: p={p!r} must lie in [0, 1]")
+        g = self.gamma
+        if g == 0:
+            out = np.full(p.shape, 0.5)
+        elif math.isinf(g):
+            out = np.where(p > 0.5, 1.0, 0.0)
+        else:
+            out = sc.ndtr(math.sqrt(g) * sc.ndtri(p))
+        return out[()]
+
+    def mean(self) -> float:
+        """E G_0 = 1/2 (the two classes are exchangeable)."""
+        return 0.5
+
+    def var(self) -> float:
+        """Var G_0 = arcsin(c) / (2 pi), c = gamma / (1 + gamma)."""
+        return math.asin(self.c) / (2.0 * math.pi)
+
+    def std(self) -> float:
+        return math.sqrt(self.var())
+
+    def expected_majority(self) -> float:
+        """E max(G_0, 1 - G_0) = 1/2 + arctan(sqrt(gamma)) / pi."""
+        return 0.5 + math.atan(math.sqrt(self.gamma)) / math.pi
+
+    def majority_sf(self, t):
+        """P(max(G_0, 1 - G_0) > t) = 2 Phi(-Phi^-1(t) / sqrt(gamma)) for t in [1/2, 1]; 1 below 1/2."""
+        t = np.asarray(t, dtype=np.float64)
+        out = np.where(t < 0.5, 1.0, 2.0 * self.sf(np.maximum(t, 0.5)))
+        if self.gamma == 0:
+            out = np.where(t < 0.5, 1.0, 0.0)
+        return np.where(np.isnan(t), np.nan, out)[()]
+
+    def majority_cdf(self, t):
+        """P(max(G_0, 1 - G_0) <= t) = 2 Phi(Phi^-1(t) / sqrt(gamma)) - 1 on [1/2, 1]."""
+        t = np.asarray(t, dtype=np.float64)
+        return np.where(np.isnan(t), np.nan, 1.0 - self.majority_sf(t))[()]
+
+    def majority_pdf(self, t):
+        """Density of max(G_0, 1 - G_0): 2 pdf(t) on (1/2, 1), 0 outside."""
+        t = np.asarray(t, dtype=np.float64)
+        return np.where(np.isnan(t), np.nan, np.where((t > 0.5) & (t <= 1), 2.0 * self.pdf(t), 0.0))[()]
+
+    def prob_extreme(self, delta):
+        """P(G_0 <= delta or G_0 >= 1 - delta) = 2 cdf(delta) for delta in [0, 1/2]: the probability that
+        an initialization sends all but a fraction delta of the data to one class."""
+        d = np.asarray(delta, dtype=np.float64)
+        if np.any(np.isnan(d)) or np.any((d < 0) | (d > 0.5)):
+            raise ValueError(f"ClassFractionLaw.prob_extreme: delta={delta!r} must lie in [0, 0.5]")
+        out = np.minimum(2.0 * self.cdf(d), 1.0)
+        if self.gamma == 0:
+            out = np.where(d >= 0.5, 1.0, 0.0)
+        return np.asarray(out)[()]
+
+    def sample(self, size=None, rng=None):
+        """Draws of G_0 = Phi(sqrt(gamma) Z); ``rng`` a Generator, a seed or None."""
+        z = _rng(rng).standard_normal(size)
+        g = self.gamma
+        if math.isinf(g):
+            return np.where(z > 0, 1.0, 0.0)[()]
+        return sc.ndtr(math.sqrt(g) * z)
+
+
+def class_fraction_law(gamma) -> ClassFractionLaw:
+    """The law of the class-0 fraction for two classes, G_0 = Phi(sqrt(gamma) Z) (see `ClassFractionLaw`).
+
+    ``gamma`` must be a real number in [0, inf] (ValueError for negative or NaN values).
+
+    Examples
+    --------
+    >>> from meanfield import bias
+    >>> law = bias.class_fraction_law(1.0)      # gamma = 1: G_0 is uniform on [0, 1]
+    >>> round(law.var(), 12), round(law.expected_majority(), 12)
+    (0.083333333333, 0.75)
+    """
+    return ClassFractionLaw(gamma)
+
+
+def _fractions_given_means(m: np.ndarray, g: float, nodes: int = 96) -> np.ndarray:
+    """Infinite-data class fractions given the initialization parts m (size, C) of the outputs:
+    f_k = P(s m_k + e_k > s m_j + e_j for all j != k) = E_t prod_{j != k} Phi(t + s (m_k - m_j)), t ~ N(0, 1),
+    by Gauss-Hermite quadrature in t (log-space products); C = 2 in closed form."""
+    size, C = m.shape
+    s = math.sqrt(g)
+    if C == 2:
+        f0 = sc.ndtr(s * (m[:, 0] - m[:, 1]) / math.sqrt(2.0))
+        return np.stack([f0, 1.0 - f0], axis=1)
+    t, w = sc.roots_hermitenorm(nodes)
+    logw = np.log(w / w.sum())
+    out = np.empty((size, C))
+    chunk = max(1, int(2**22 // (C * C * nodes)))
+    for lo in range(0, size, chunk):
+        mm = m[lo:lo + chunk]
+        d = s * (mm[:, :, None] - mm[:, None, :])  # (b, k, j)
+        lp = sc.log_ndtr(t[None, None, None, :] + d[..., None])  # (b, k, j, nodes)
+        tot = lp.sum(axis=2) - sc.log_ndtr(t)[None, None, :]  # remove j = k
+        out[lo:lo + chunk] = np.exp(sc.logsumexp(tot + logw, axis=-1))
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def sample_fractions(gamma, classes: int = 2, size: int = 1, rng=None, n_points: int | None = None) -> np.ndarray:
+    """Class fractions of ``size`` random initializations, array (size, classes), rows summing to 1.
+
+    Model (Francazi et al. 2024): output k on input x is sqrt(gamma) m_k + e_k(x), with m_k ~ N(0, 1)
+    i.i.d. per initialization (the part that does not depend on the input, variance gamma after
+    scaling) and e_k(x) ~ N(0, 1) i.i.d. across classes and inputs (the data-fluctuation part, variance
+    1); x goes to the class of the largest output. With ``n_points=None`` the data set is infinite and
+    the fractions are the exact conditional probabilities P(class k | m), by 1-D Gauss-Hermite quadrature
+    (closed form Phi(sqrt(gamma) (m_0 - m_1) / sqrt 2) = Phi(sqrt(gamma) Z) for two classes, which is
+    `class_fraction_law`); with an integer ``n_points`` the fractions are counts over that many sampled
+    inputs. Independent Gaussian readout columns make the e_k independent across classes at infinite
+    width; their Gaussian law over the data is the model's assumption (exact for a linear network on
+    Gaussian data).
+    """
+    g = _check_gamma("sample_fractions", gamma)
+    C = _int("sample_fractions", "classes", classes, 2)
+    size = _int("sample_fractions", "size", size, 1)
+    gen = _rng(rng)
+    if math.isinf(g):  # all the data go to the class with the largest m_k
+        k = gen.integers(0, C, size)
+        out = np.zeros((size, C))
+        out[np.arange(size), k] = 1.0
+        return out
+    m = gen.standard_normal((size, C))
+    if n_points is None:
+        return _fractions_given_means(m, g)
+    n = _int("sample_fractions", "n_points", n_points, 1)
+    out = np.empty((size, C))
+    chunk = max(1, int(2**22 // (n * C)))
+    s = math.sqrt(g)
+    for lo in range(0, size, chunk):
+        mm = m[lo:lo + chunk]
+        o = s * mm[:, None, :] + gen.standard_normal((mm.shape[0], n, C))
+        lab = np.argmax(o, axis=-1)
+        out[lo:lo + chunk] = (lab[..., None] == np.arange(C)).mean(axis=1)
+    return out
+
+
+# ================================================================================================
+# simulation
+@dataclass(frozen=True)
+class BiasSimulation:
+    """Result of `simulate`.
+
+    Attributes
+    ----------
+    gamma : float
+        Empirical initial guessing bias, corrected for the finite data set (see `simulate`).
+    gamma_stderr : float
+        Its standard error (delta method over the independent initializations).
+    gamma_raw : float
+        mean_s,k(mean_x o)^2 / mean_s,k(var_x o), without the finite-data correction (-1/n).
+    fractions : ndarray (seeds, classes)
+        Fraction of the data set assigned to each class (argmax of the readout), per initialization.
+    output_mean, output_var : ndarray (seeds, classes)
+        Mean over the data and variance over the data (ddof=1) of each output, per initialization.
+    n_points, classes, seeds, width, input_dim : the sizes; ``network`` the description (without the
+    readout); ``info`` backend, dtype, seed, input_correlation.
+    """
+
+    gamma: float
+    gamma_stderr: float
+    gamma_raw: float
+    fractions: np.ndarray
+    output_mean: np.ndarray
+    output_var: np.ndarray
+    n_points: int
+    classes: int
+    seeds: int
+    width: Any
+    input_dim: int
+    network: Any = None
+    info: dict = field(default_factory=dict)
+
+    def law(self) -> ClassFractionLaw:
+        """`class_fraction_law` at the estimated gamma (clipped at 0)."""
+        return ClassFractionLaw(max(self.gamma, 0.0))
+
+    def majority(self) -> np.ndarray:
+        """Largest class fraction per initialization, (seeds,)."""
+        return self.fractions.max(axis=1)
+
+    def regime(self, *, k: float = 3.0, large: float = 100.0) -> str:
+        """`regime` of the estimate, neutral when gamma < k standard errors (at least 1e-6)."""
+        return regime(self.gamma, eps=max(k * self.gamma_stderr, 1e-6), large=large)
+
+    def __repr__(self) -> str:
+        return (f"BiasSimulation(gamma={self.gamma:.4g} +- {self.gamma_stderr:.2g}, n_points={self.n_points}, "
+                f"seeds={self.seeds}, classes={self.classes}, width={self.width})")
+
+
+def _readout_outputs(full: Network, X: np.ndarray, width, seeds: int, backend, dtype: str,
+                     root: np.random.SeedSequence, max_memory: float) -> np.ndarray:
+    """(seeds, n, classes) outputs of ``full`` (whose last block is the readout) for the batch X.
+
+    Built on the finite-width engine's compiled layer rules (`meanfield.simulate`): the same layer
+    semantics, random streams per network (SeedSequence(seed).spawn(seeds)), backends and seed-parallel
+    matmuls, but only the forward features are kept (no n x n Gram per block, which for n = 2000 points
+    would cost more than the forward pass and (seeds, L+1, n, n) memory).
+    """
+    try:
+        from meanfield.simulate import (
+            _blas_single_thread,
+            _check_widths,
+            _compile_seq,
+            _Config,
+            _cpu_count,
+            _CupyStreams,
+            _forward_seq,
+            _HostStreams,
+            _resolve_backend,
+            _Run,
+            _to_host,
+        )
+    except ImportError as exc:  # pragma: no cover - the engine is part of the package
+        raise ImportError("bias.simulate needs the finite-width engine meanfield.simulate (its compiled layer "
+                          f"rules); it could not be imported: {exc}") from exc
+    n, d0 = X.shape
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"bias.simulate: dtype={dtype!r} must be 'float32' or 'float64'")
+    be = _resolve_backend(backend, dtype)
+    widths = _check_widths(width, full.depth)
+    cfg = _Config(n, None, False, host_staged=be.kind == "other")
+    blocks, w, wmax = [], d0, d0
+    prev: dict = {"act": None, "center": False, "scaled": False}
+    for b, block in enumerate(full.blocks):
+        ops, w = _compile_seq(block.layers, w, widths[b], cfg, f"block {b + 1}", prev)
+        blocks.append(ops)
+        for op in ops:
+            wmax = max(wmax, op.w_in, op.w_out)
+    per_seed = be.np_dtype.itemsize * (8 * n * wmax + 2 * wmax * wmax) + 4096
+    chunk = int(max(1, min(seeds, max_memory // per_seed)))
+    seqs = root.spawn(seeds)
+    out = np.empty((seeds, n, w))
+    xp = be.xp
+    workers = min(chunk, _cpu_count())
+    pool = ThreadPoolExecutor(workers) if (be.kind != "cupy" and workers > 1) else None
+    be.pool, be.workers = (pool, workers) if pool is not None else (None, 1)
+    Xd = xp.expand_dims(be.asarray(X), axis=0)
+    try:
+        with contextlib.ExitStack() as stack:
+            if pool is not None:
+                stack.callback(pool.shutdown)
+                if be.kind == "numpy":
+                    stack.enter_context(_blas_single_thread())
+            for lo in range(0, seeds, chunk):
+                hi = min(seeds, lo + chunk)
+                streams = (_CupyStreams(seqs[lo:hi], be) if be.kind == "cupy"
+                           else _HostStreams(seqs[lo:hi], be, pool))
+                rt = _Run(be, streams, n, False)
+                h = Xd
+                for ops in blocks:
+                    h, _ = _forward_seq(ops, h, rt)
+                h = xp.broadcast_to(h, (hi - lo, n, h.shape[-1]))
+                out[lo:hi] = np.asarray(_to_host(h), dtype=np.float64)
+    finally:
+        be.pool = None
+    return out
+
+
+def _data(owner, n_points, input_dim, width, data, input_correlation, gen) -> np.ndarray:
+    if data is not None:
+        try:
+            X = np.asarray(data, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{owner}: data must be a real (n_points, input_dim) array, got "
+                             f"{type(data).__name__}") from None
+        if X.ndim == 1:
+            X = X[:, None]
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"{owner}: data has shape {X.shape}; it must be a non-empty 2-D array "
+                             "(n_points >= 2 rows, input_dim >= 1 columns)")
+        if X.shape[0] < 2:
+            raise ValueError(f"{owner}: data has {X.shape[0]} row(s); the variance over the data needs "
+                             "n_points >= 2")
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"{owner}: data contains NaN or inf; all entries must be finite")
+        return X
+    n = _int(owner, "n_points", n_points, 2)
+    if input_dim is None:
+        input_dim = width if isinstance(width, (int, np.integer)) else list(width)[0]
+    d = _int(owner, "input_dim", input_dim, 1)
+    r = _real(owner, "input_correlation", input_correlation, lo=0.0, hi=1.0)
+    X = gen.standard_normal((n, d))
+    if r > 0:
+        mu = gen.standard_normal(d)
+        mu *= math.sqrt(d) / np.linalg.norm(mu)  # |mu|^2 / d = 1 exactly
+        X = math.sqrt(r) * mu + math.sqrt(1.0 - r) * X
+    return X
+
+
+def simulate(net: Network, n_points: int = 2000, seeds: int = 200, width=512, input_dim: int | None = None,
+             seed: int = 0, data=None, backend: Any = "numpy", *, classes: int = 2,
+             input_correlation: float = 0.0, dtype: str = "float64",
+             max_memory: float = 512 * 2**20) -> BiasSimulation:
+    """Initial guessing bias of ``seeds`` random finite networks on one data set.
+
+    Data: ``data`` (n, d) if given, else ``n_points`` Gaussian-blob inputs N(0, I_input_dim) (``input_dim``
+    defaulting to the width), drawn once from ``seed`` and shared by all initializations; with
+    ``input_correlation`` r in [0, 1] the blob is shifted, x = sqrt(r) mu + sqrt(1 - r) z with a fixed
+    mu of |mu|^2 / d = 1 (pairwise input correlation r, mean-field gamma r / (1 - r) at the input).
+
+    Networks: the finite-width engine's layer rules (`meanfield.simulate`: width, backend, dtype, random
+    streams), with one more block appended, a Gaussian readout Dense(1, 0, width=classes) on the last
+    block's features (if ``net`` already ends in a readout, its outputs are the features). Class of an
+    input: the argmax of the outputs; ``fractions[s, k]`` is the share of the data in class k for
+    network s. BatchNorm uses batch statistics over the whole evaluated set (the n points form one
+    batch). Running-statistics BatchNorm at initialization (inference mode) is the identity and would
+    show the bias of the network without BatchNorm.
+
+    Estimator: for each network s and output k, the data mean m_sk and the data variance v_sk (ddof=1).
+    The readout is symmetric, so E_init m = 0 and Var_init m = E m^2, and with A_s = mean_k m_sk^2,
+    B_s = mean_k v_sk,
+
+        gamma = sum_s A_s / sum_s B_s - 1/n,
+
+    the ratio estimator of c/(q - c), c and q the expected mean off-diagonal and diagonal of the
+    outputs' Gram over the evaluated points: E m^2 = c + (q - c)/n and E v = q - c exactly, so -1/n
+    removes the sampling noise of a finite data mean (``gamma_raw`` keeps it). Standard error: delta
+    method over the independent networks, sqrt(sum_s (A_s - R B_s)^2 / (S (S - 1))) / mean_s B_s with
+    R = sum A / sum B. With batch-statistics BatchNorm as the last non-linear layer every output has
+    data mean exactly 0, i.e. c = -q/(n - 1) over the evaluated set, and the estimate is exactly -1/n
+    (standard error 0): the infinite-data value 0 up to the finite data set.
+
+    Bad input (ValueError naming it): n_points < 2, an empty or non-finite data set, classes < 2,
+    seeds < 2, input_correlation outside [0, 1], a non-positive width.
+    """
+    owner = "bias.simulate"
+    if not isinstance(net, Network):
+        raise ValueError(f"{owner}: net must be a meanfield.Network (e.g. meanfield.mlp(...)), got "
+                         f"{type(net).__name__}")
+    C = _int(owner, "classes", classes, 2)
+    S = _int(owner, "seeds", seeds, 2)
+    seed_i = _int(owner, "seed", seed, 0)
+    mm = _real(owner, "max_memory", max_memory, lo=1.0)
+    if isinstance(width, (str, bytes)) or not np.iterable(width):
+        _int(owner, "width", width, 1)
+        widths = width
+    else:
+        widths = [_int(owner, f"width[{i}]", v, 1) for i, v in enumerate(width)]
+        if len(widths) != net.depth:
+            raise ValueError(f"{owner}: width has {len(widths)} entries but the network has {net.depth} blocks")
+        widths = widths + [C]
+    data_ss, net_ss = np.random.SeedSequence(seed_i).spawn(2)
+    X = _data(owner, n_points, input_dim, width, data, input_correlation, np.random.default_rng(data_ss))
+    n = X.shape[0]
+    full = Network([*net.blocks, Block((Dense(sigma_w=1.0, sigma_b=0.0, width=C),), name="bias readout")])
+    out = _readout_outputs(full, X, widths, S, backend, dtype, net_ss, mm)  # (S, n, C)
+    m = out.mean(axis=1)
+    v = out.var(axis=1, ddof=1)
+    lab = np.argmax(out, axis=2)
+    fractions = (lab[..., None] == np.arange(C)).mean(axis=1)
+    A = (m * m).mean(axis=1)
+    B = v.mean(axis=1)
+    sa, sb = A.sum(), B.sum()
+    if sb > 0:
+        R = sa / sb
+        se = math.sqrt(np.sum((A - R * B) ** 2) / (S * (S - 1))) / B.mean()
+    else:  # every output constant over the data
+        R, se = float("nan"), float("nan")
+    return BiasSimulation(gamma=float(R - 1.0 / n), gamma_stderr=float(se), gamma_raw=float(R),
+                          fractions=fractions, output_mean=m, output_var=v, n_points=n, classes=C, seeds=S,
+                          width=width, input_dim=X.shape[1], network=net,
+                          info={"backend": str(backend), "dtype": dtype, "seed": seed_i,
+                                "input_correlation": None if data is not None else float(input_correlation),
+                                "data": "given" if data is not None else "gaussian blob"})
