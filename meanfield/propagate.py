@@ -29,7 +29,9 @@ N(0, K). One rule per layer type, each exact at infinite width:
 - Residual: K -> K_s + alpha^2 K_r + alpha (m_s m_r^T + m_r m_s^T), m -> m_s + alpha m_r: the shortcut and
   the branch are independent given the input when one of them starts with its own random weights
   (otherwise a ValueError).
-- MaxPool(k) and an Activation whose input is not Gaussian (two activations in a row, an activation
+- MaxPool(2) on a Gaussian input: max(x1, x2) = (s + |d|)/sqrt(2) with s, d independent N(0, K), so
+  K -> (K + E[|d_a| |d_b|])/2 (the abs arc-cosine kernel) and m_a = sqrt(K_aa/pi), exactly.
+- MaxPool(k > 2) and an Activation whose input is not Gaussian (two activations in a row, an activation
   after exact BatchNorm or a residual sum): Monte Carlo over the exact law of x, with the standard error
   reported; never a silently wrong number.
 """
@@ -45,6 +47,7 @@ import scipy.integrate as si
 import scipy.special as sc
 
 from hermite.activations import Activation as HermiteActivation
+from hermite.activations import activation as _hermite_activation
 from hermite.kernels import activation_kernel, activation_means
 from hermite.numeric import activation_second_moment
 from meanfield.layers import (
@@ -67,6 +70,8 @@ from meanfield.network import Network
 from meanfield.trajectory import Trajectory
 
 __all__ = ["propagate", "State"]
+
+_ABS = _hermite_activation("abs")
 
 
 @dataclass
@@ -343,6 +348,14 @@ def _maxpool(st: State, k: int, rng, M) -> State:
     def sample(rng_, M_):
         return src(rng_, M_ * k).reshape(M_, k, n).max(axis=1)
 
+    if k == 2 and st.gaussian:
+        # max(x1, x2) = (s + |d|)/sqrt(2) with s = (x1 + x2)/sqrt(2), d = (x1 - x2)/sqrt(2) independent
+        # N(0, K): K -> (K + E|d_a||d_b|)/2 (the abs arc-cosine kernel), m_a = sqrt(K_aa / pi)
+        d = np.diag(st.K).copy()
+        K_abs, _ = _activation_exact(_ABS, st.K)
+        K = 0.5 * (st.K + K_abs)
+        m = np.sqrt(np.clip(d, 0.0, None) / math.pi)
+        return State(0.5 * (K + K.T), m, False, sample, st.mc_error)
     return _mc_state(sample, n, rng, M, st.mc_error)
 
 
