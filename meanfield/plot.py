@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ["paper_style", "depth_curve", "theory_vs_simulation", "theory_vs_simulation_scatter",
            "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles"]
 
-_MEASURES = ("isometry_gap", "isometry", "potential", "mean_correlation", "grad_norms")
+_MEASURES = ("isometry_gap", "isometry", "potential", "mean_correlation", "gamma", "grad_norms")
 
 
 def _plt():

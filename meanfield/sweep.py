@@ -40,7 +40,7 @@ DEFAULTS = {"depth": 10, "activation": "relu", "norm": None, "placement": "post"
             "bn_mode": "exact", "wn_init": "fixed", "n": 8, "input_dim": 32, "input_correlation": None,
             "data_seed": 0, "engine": "meanfield", "width": 256, "seeds": 8, "seed": 0, "backend": "numpy",
             "gradients": False}
-MEASURES = ("isometry_gap", "potential", "mean_correlation")
+MEASURES = ("isometry_gap", "potential", "mean_correlation", "gamma")
 # fields whose value may be None; TOML has no null, so the strings "none"/"null" (any case) stand for it
 NULLABLE_FIELDS = ("norm", "centering", "residual", "groups", "group_size", "input_correlation")
 _NULL_STRINGS = ("none", "null")

@@ -104,6 +104,13 @@ class Trajectory:
 
         return mean_correlation(self.gram)
 
+    def gamma(self) -> np.ndarray:
+        """Initial guessing bias per block (and seed): c/(K - c), K the mean diagonal and c the mean
+        off-diagonal second moment, reading the inputs as independent draws (`meanfield.bias`)."""
+        from meanfield.bias import gamma_from_gram
+
+        return gamma_from_gram(self.gram)
+
     def diagonal(self) -> np.ndarray:
         """Per-sample second moments K_aa per block (and seed)."""
         return np.diagonal(self.gram, axis1=-2, axis2=-1)

@@ -7,6 +7,7 @@ import pytest
 import scipy.integrate as si
 import scipy.stats as st
 
+import meanfield
 from meanfield import Block, Dense, MaxPool, Network, bias, mlp
 
 RELU_G1 = 1.0 / (math.pi - 1.0)  # ReLU, one hidden layer: c = 1/pi
@@ -335,3 +336,14 @@ def test_simulation_issue_size():
     law = bias.class_fraction_law(RELU_G1)
     maj = sim.majority()
     assert abs(maj.mean() - law.expected_majority()) <= 3 * maj.std(ddof=1) / math.sqrt(maj.size) + 0.005
+
+
+def test_gamma_from_gram_matches_the_exchangeable_pair():
+    """For an exchangeable n x n Gram, gamma depends only on the mean diagonal and off-diagonal entries."""
+    K = 0.7 * np.eye(5) + 0.3  # diag 1, off 0.3 -> c = 0.3, gamma = 0.3/0.7
+    assert bias.gamma_from_gram(K) == pytest.approx(0.3 / 0.7, rel=1e-14)
+    net = meanfield.mlp(3, "relu", sigma_w=2**0.5)
+    t = meanfield.propagate(net, np.eye(2), exchangeable=True)
+    np.testing.assert_allclose(t.gamma(), bias.gamma_trajectory(net), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="n >= 2"):
+        bias.gamma_from_gram(np.eye(1))
