@@ -23,12 +23,13 @@ from meanfield.layers import (
 from meanfield.measures import isometry, isometry_gap, potential
 from meanfield.network import Network, mlp
 from meanfield.propagate import propagate
-from meanfield.simulate import simulate
+from meanfield.simulate import simulate, simulate_outputs
 from meanfield.trajectory import Trajectory
 
 __all__ = [
     "Activation", "BatchNorm", "Block", "Center", "Dense", "GroupLayerNorm", "LayerNorm", "Linear", "MaxPool",
-    "Residual", "RMSNorm", "Scale", "WeightNormDense", "Network", "mlp", "propagate", "simulate", "Trajectory",
+    "Residual", "RMSNorm", "Scale", "WeightNormDense", "Network", "mlp", "propagate", "simulate",
+    "simulate_outputs", "Trajectory",
     "isometry", "isometry_gap", "potential",
 ]
 __version__ = "0.1.0"

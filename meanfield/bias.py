@@ -55,9 +55,7 @@ what removes the bias.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +66,7 @@ import hermite
 from meanfield.layers import Block, Dense
 from meanfield.network import Network, mlp
 from meanfield.propagate import propagate
+from meanfield.simulate import simulate_outputs
 
 __all__ = [
     "gamma", "gamma_trajectory", "gamma_from_gram", "output_correlation", "gamma_from_correlation",
@@ -631,75 +630,6 @@ class BiasSimulation:
                 f"seeds={self.seeds}, classes={self.classes}, width={self.width})")
 
 
-def _readout_outputs(full: Network, X: np.ndarray, width, seeds: int, backend, dtype: str,
-                     root: np.random.SeedSequence, max_memory: float) -> np.ndarray:
-    """(seeds, n, classes) outputs of ``full`` (whose last block is the readout) for the batch X.
-
-    Built on the finite-width engine's compiled layer rules (`meanfield.simulate`): the same layer
-    semantics, random streams per network (SeedSequence(seed).spawn(seeds)), backends and seed-parallel
-    matmuls, but only the forward features are kept (no n x n Gram per block, which for n = 2000 points
-    would cost more than the forward pass and (seeds, L+1, n, n) memory).
-    """
-    try:
-        from meanfield.simulate import (
-            _blas_single_thread,
-            _check_widths,
-            _compile_seq,
-            _Config,
-            _cpu_count,
-            _CupyStreams,
-            _forward_seq,
-            _HostStreams,
-            _resolve_backend,
-            _Run,
-            _to_host,
-        )
-    except ImportError as exc:  # pragma: no cover - the engine is part of the package
-        raise ImportError("bias.simulate needs the finite-width engine meanfield.simulate (its compiled layer "
-                          f"rules); it could not be imported: {exc}") from exc
-    n, d0 = X.shape
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"bias.simulate: dtype={dtype!r} must be 'float32' or 'float64'")
-    be = _resolve_backend(backend, dtype)
-    widths = _check_widths(width, full.depth)
-    cfg = _Config(n, None, False, host_staged=be.kind == "other")
-    blocks, w, wmax = [], d0, d0
-    prev: dict = {"act": None, "center": False, "scaled": False}
-    for b, block in enumerate(full.blocks):
-        ops, w = _compile_seq(block.layers, w, widths[b], cfg, f"block {b + 1}", prev)
-        blocks.append(ops)
-        for op in ops:
-            wmax = max(wmax, op.w_in, op.w_out)
-    per_seed = be.np_dtype.itemsize * (8 * n * wmax + 2 * wmax * wmax) + 4096
-    chunk = int(max(1, min(seeds, max_memory // per_seed)))
-    seqs = root.spawn(seeds)
-    out = np.empty((seeds, n, w))
-    xp = be.xp
-    workers = min(chunk, _cpu_count())
-    pool = ThreadPoolExecutor(workers) if (be.kind != "cupy" and workers > 1) else None
-    be.pool, be.workers = (pool, workers) if pool is not None else (None, 1)
-    Xd = xp.expand_dims(be.asarray(X), axis=0)
-    try:
-        with contextlib.ExitStack() as stack:
-            if pool is not None:
-                stack.callback(pool.shutdown)
-                if be.kind == "numpy":
-                    stack.enter_context(_blas_single_thread())
-            for lo in range(0, seeds, chunk):
-                hi = min(seeds, lo + chunk)
-                streams = (_CupyStreams(seqs[lo:hi], be) if be.kind == "cupy"
-                           else _HostStreams(seqs[lo:hi], be, pool))
-                rt = _Run(be, streams, n, False)
-                h = Xd
-                for ops in blocks:
-                    h, _ = _forward_seq(ops, h, rt)
-                h = xp.broadcast_to(h, (hi - lo, n, h.shape[-1]))
-                out[lo:hi] = np.asarray(_to_host(h), dtype=np.float64)
-    finally:
-        be.pool = None
-    return out
-
-
 def _data(owner, n_points, input_dim, width, data, input_correlation, gen) -> np.ndarray:
     if data is not None:
         try:
@@ -787,7 +717,7 @@ def simulate(net: Network, n_points: int = 2000, seeds: int = 200, width=512, in
     X = _data(owner, n_points, input_dim, width, data, input_correlation, np.random.default_rng(data_ss))
     n = X.shape[0]
     full = Network([*net.blocks, Block((Dense(sigma_w=1.0, sigma_b=0.0, width=C),), name="bias readout")])
-    out = _readout_outputs(full, X, widths, S, backend, dtype, net_ss, mm)  # (S, n, C)
+    out = simulate_outputs(full, X, widths, S, backend, dtype, net_ss, mm)  # (S, n, C)
     m = out.mean(axis=1)
     v = out.var(axis=1, ddof=1)
     lab = np.argmax(out, axis=2)

@@ -1314,3 +1314,66 @@ def _input_gradient(net: Network, X, width=8, seed: int = 0, dtype: str = "float
              "grad_norms": _Sink(be, np.empty((1, L + 1)), 0, 1)}
     res = _run_chunk(blocks, Xh, be, _HostStreams(seqs, be, None), n, True, sinks, want_input_grad=True)
     return float(res["loss"][0]), np.asarray(res["input_grad"][0], dtype=np.float64)
+
+
+def simulate_outputs(net: Network, X, width=512, seeds: int = 32, backend: Any = "numpy", dtype: str = "float64",
+                     seed=0, max_memory: float | None = None) -> np.ndarray:
+    """The last block's features, (seeds, n, width_L) float64, of ``seeds`` random networks on the batch X.
+
+    The same layer rules, random streams (network s uses ``SeedSequence(seed).spawn(seeds)[s]``), backends
+    and seed-parallel products as `simulate`, but no n x n Gram per block: for many inputs (e.g. the 2000
+    points of an initial-guessing-bias estimate, `meanfield.bias.simulate`) the Grams would cost more than
+    the forward pass and (seeds, L+1, n, n) memory.
+    """
+    if not isinstance(net, Network):
+        raise ValueError(f"simulate_outputs: net must be a meanfield.Network, got {type(net).__name__}")
+    X = _check_X(X)
+    seeds = int(seeds)
+    if seeds < 1:
+        raise ValueError(f"simulate_outputs: seeds={seeds} must be an integer >= 1")
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    if max_memory is None:
+        max_memory = 2.0**31
+    elif not (isinstance(max_memory, (int, float)) and max_memory > 0):
+        raise ValueError(f"simulate_outputs: max_memory={max_memory!r} must be a positive number of bytes")
+    n, d0 = X.shape
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"simulate_outputs: dtype={dtype!r} must be 'float32' or 'float64'")
+    be = _resolve_backend(backend, dtype)
+    widths = _check_widths(width, net.depth)
+    cfg = _Config(n, None, False, host_staged=be.kind == "other")
+    blocks, w, wmax = [], d0, d0
+    prev: dict = {"act": None, "center": False, "scaled": False}
+    for b, block in enumerate(net.blocks):
+        ops, w = _compile_seq(block.layers, w, widths[b], cfg, f"block {b + 1}", prev)
+        blocks.append(ops)
+        for op in ops:
+            wmax = max(wmax, op.w_in, op.w_out)
+    per_seed = be.np_dtype.itemsize * (8 * n * wmax + 2 * wmax * wmax) + 4096
+    chunk = int(max(1, min(seeds, max_memory // per_seed)))
+    seqs = root.spawn(seeds)
+    out = np.empty((seeds, n, w))
+    xp = be.xp
+    workers = min(chunk, _cpu_count())
+    pool = ThreadPoolExecutor(workers) if (be.kind != "cupy" and workers > 1) else None
+    be.pool, be.workers = (pool, workers) if pool is not None else (None, 1)
+    Xd = xp.expand_dims(be.asarray(X), axis=0)
+    try:
+        with contextlib.ExitStack() as stack:
+            if pool is not None:
+                stack.callback(pool.shutdown)
+                if be.kind == "numpy":
+                    stack.enter_context(_blas_single_thread())
+            for lo in range(0, seeds, chunk):
+                hi = min(seeds, lo + chunk)
+                streams = (_CupyStreams(seqs[lo:hi], be) if be.kind == "cupy"
+                           else _HostStreams(seqs[lo:hi], be, pool))
+                rt = _Run(be, streams, n, False)
+                h = Xd
+                for ops in blocks:
+                    h, _ = _forward_seq(ops, h, rt)
+                h = xp.broadcast_to(h, (hi - lo, n, h.shape[-1]))
+                out[lo:hi] = np.asarray(_to_host(h), dtype=np.float64)
+    finally:
+        be.pool = None
+    return out

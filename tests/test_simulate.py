@@ -755,3 +755,13 @@ def test_meanfield_scale_after_layer_center_matches_propagate():
     err = np.abs(sim.gram.mean(axis=0) - mf.gram)
     se = sim.gram.std(axis=0, ddof=1) / np.sqrt(12)
     assert np.all(err <= 5 * se + 3.0 / 2048)
+
+
+def test_simulate_outputs_matches_the_last_gram():
+    """simulate_outputs returns the features whose Gram simulate records (same streams, same rules)."""
+    X = batch(n=4, d=12)
+    net = meanfield.mlp(3, "tanh", norm="ln", sigma_w=1.3)
+    sim = simulate(net, X, width=64, seeds=3, seed=7, progress=False)
+    H = meanfield.simulate_outputs(net, X, width=64, seeds=3, seed=7)
+    assert H.shape == (3, 4, 64)
+    np.testing.assert_allclose(H @ H.transpose(0, 2, 1) / 64, sim.gram[:, -1], rtol=1e-10, atol=1e-12)
