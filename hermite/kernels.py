@@ -44,7 +44,7 @@ _M_INNER = 16
 
 
 # ------------------------------------------------------------------------------------------------
-def kernel(act, rho, q1=1.0, q2=None, *, derivative: int = 0, centered: bool = False):
+def kernel(act, rho, q1=1.0, q2=None, derivative: int = 0, centered: bool = False):
     """Dual kernel E[f(u) f(v)] for (u, v) jointly Gaussian with Var u = q1, Var v = q2, corr rho.
 
     Parameters

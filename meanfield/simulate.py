@@ -1091,8 +1091,8 @@ def _memory_per_seed(blocks: list, n: int, d0: int, itemsize: int, grad: bool) -
 
 # ==========================================================================================================
 def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32, backend: Any = "numpy",
-             dtype: str = "float64", seed: int | np.random.SeedSequence = 0, max_memory: float | None = None,
-             gradients: bool = False, grad_gram: bool = False, explicit_weights: bool | None = None,
+             seed: int | np.random.SeedSequence = 0, max_memory: float | None = None, gradients: bool = False,
+             *, dtype: str = "float64", grad_gram: bool = False, explicit_weights: bool | None = None,
              progress: bool | None = None) -> Trajectory:
     """Sample ``seeds`` random networks of finite width and record the batch Gram after every block.
 
