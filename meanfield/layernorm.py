@@ -18,7 +18,10 @@ Contents
   `xor_example`, where one affine map followed by LN goes below the LSSR of its input.
 * LN-Net: `ln_net_classifier`, a width-3 network of affine maps and LayerNorm that fits any binary
   labelling of m distinct points with at most max(1, m - 1) layers (in exact arithmetic), `predict`,
-  and the empirical VC-dimension probe `vc_probe`.
+  the empirical VC-dimension probe `vc_probe`, and `predict_grid` (decision regions in 2-D).
+* Infinite vs finite width: `group_size_study` runs `meanfield.propagate` and `meanfield.simulate` on
+  networks with GroupLayerNorm of a fixed group size G (`group_size_network`): the normalization's
+  nonlinearity, invisible for plain LN at infinite width, survives in groups of fixed size.
 
 Conventions: population variance (divide by d), no epsilon unless asked, no affine parameters
 (gamma = 1, beta = 0). A vector (or group) with zero variance is an error when eps = 0, never a NaN.
@@ -38,6 +41,7 @@ __all__ = [
     "nonlinearity", "expected_nonlinearity", "nonlinearity_fd", "group_amplification", "best_groups",
     "ssr", "lssr", "XorExample", "xor_example",
     "LNNet", "ln_net_classifier", "predict", "VCProbe", "vc_probe",
+    "GroupSizeStudy", "group_size_network", "group_size_study", "predict_grid",
 ]
 
 _KINDS = ("ln", "rms")
@@ -1064,3 +1068,277 @@ def vc_probe(depth: int, m_values: Sequence[int], trials: int = 20, seed: int = 
     fitted = [m for m, f in zip(ms, fractions) if f == 1.0]
     return VCProbe(depth=int(depth), m_values=ms, fraction_fitted=fractions,
                    vc_estimate=max(fitted) if fitted else 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# infinite vs finite width: the effect of a fixed group size
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class GroupSizeStudy:
+    """Result of `group_size_study`: per group size G, the mean field and the simulation side by side.
+
+    All dictionaries are keyed by the group size G. Curves are indexed by trajectory position
+    (0 = input, l = output of block l), shape (depth + 1,); Grams have shape (depth + 1, n, n).
+
+    Attributes
+    ----------
+    meanfield : G -> Trajectory
+        `meanfield.propagate` of the network with GroupLayerNorm(group_size=G).
+    simulation : G -> Trajectory
+        `meanfield.simulate` of the same network (seed axis first).
+    layernorm : Trajectory
+        `meanfield.propagate` of the same network with plain LayerNorm (the limit G -> infinity).
+    sim_mean, sim_stderr : G -> ndarray (depth + 1, n, n)
+        Seed-mean Gram of the simulation and its standard error (`Trajectory.mean`, `Trajectory.stderr`).
+    mf_gap, ln_gap : isometry gaps of the mean-field Grams (GLN and plain LN).
+    sim_gap, sim_gap_stderr : G -> (depth + 1,)
+        Isometry gap of the seed-mean Gram (the quantity the mean field predicts) and its jackknife
+        standard error over seeds.
+    seed_gap, seed_gap_stderr : G -> (depth + 1,)
+        Mean over seeds of each network's own isometry gap and its standard error. A single finite
+        network's Gram carries sampling noise, which raises its gap by O(n / width) (the gap is convex
+        near isometry), so this differs from ``mf_gap`` even where the mean Gram agrees.
+    mc_error : G -> (depth + 1,)
+        The Monte Carlo standard error reported by `propagate` (0 where its rule is exact).
+    z_max : G -> float
+        max over blocks >= 1 and entries of |sim_mean - mf| / sqrt(sim_stderr^2 + mc_error^2): how many
+        standard errors the simulation is from the mean field at worst.
+    """
+
+    group_sizes: tuple
+    activation: str | None
+    placement: str
+    depth: int
+    width: int
+    seeds: int
+    X: np.ndarray
+    networks: dict
+    meanfield: dict
+    simulation: dict
+    layernorm: object
+    sim_mean: dict
+    sim_stderr: dict
+    mf_gap: dict
+    ln_gap: np.ndarray
+    sim_gap: dict
+    sim_gap_stderr: dict
+    seed_gap: dict
+    seed_gap_stderr: dict
+    mc_error: dict
+    z_max: dict
+
+    def rows(self) -> list[dict]:
+        """One dict per group size with the values at the last block (and ``z_max``)."""
+        out = []
+        for G in self.group_sizes:
+            out.append({
+                "group_size": G,
+                "mf_gap": float(self.mf_gap[G][-1]),
+                "sim_gap": float(self.sim_gap[G][-1]),
+                "sim_gap_stderr": float(self.sim_gap_stderr[G][-1]),
+                "seed_gap": float(self.seed_gap[G][-1]),
+                "seed_gap_stderr": float(self.seed_gap_stderr[G][-1]),
+                "ln_gap": float(self.ln_gap[-1]),
+                "dist_to_ln": float(np.max(np.abs(self.meanfield[G].gram[-1] - self.layernorm.gram[-1]))),
+                "z_max": float(self.z_max[G]),
+            })
+        return out
+
+    def table(self) -> str:
+        """The `rows` as a fixed-width text table."""
+        head = (f"{'G':>4} {'gap MF':>9} {'gap sim (mean Gram)':>22} {'gap per seed':>20} {'gap LN':>9} "
+                f"{'|K_G-K_LN|':>10} {'z_max':>6}")
+        pl = self.placement if self.activation is not None else "none (linear: Dense -> GLN)"
+        lines = [f"activation={self.activation}, placement={pl}, depth={self.depth}, "
+                 f"width={self.width}, seeds={self.seeds}, n={self.X.shape[0]}; values at the last block",
+                 head]
+        for r in self.rows():
+            lines.append(
+                f"{r['group_size']:>4} {r['mf_gap']:9.4f} {r['sim_gap']:12.4f} +- {r['sim_gap_stderr']:6.4f} "
+                f"{r['seed_gap']:10.4f} +- {r['seed_gap_stderr']:6.4f} {r['ln_gap']:9.4f} {r['dist_to_ln']:10.4f} "
+                f"{r['z_max']:6.2f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _check_int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
+    return int(v)
+
+
+def group_size_network(depth: int, group_size: int | None = None, activation=None, placement: str = "pre",
+                       sigma_w: float = 1.0, sigma_b: float = 0.0):
+    """The network of `group_size_study`: ``depth`` blocks of Dense and a norm, with an optional activation.
+
+    The norm is GroupLayerNorm(group_size=group_size), or plain LayerNorm for ``group_size=None``.
+    ``activation=None`` gives the linear network Dense -> norm (``placement`` is then irrelevant);
+    otherwise `meanfield.mlp` with ``norm="gln"`` (or ``"ln"``) and the placement ("pre": Dense -> norm ->
+    activation, "post": Dense -> activation -> norm).
+    """
+    from meanfield.layers import Block, Dense, GroupLayerNorm, LayerNorm
+    from meanfield.network import Network, mlp
+
+    depth = _check_int("depth", depth, 1)
+    if placement not in ("pre", "post"):
+        raise ValueError(f"placement must be 'pre' or 'post'; got {placement!r}")
+    if group_size is not None:
+        group_size = _check_int("group_size", group_size, 2)
+    if activation is None:
+        nl = LayerNorm() if group_size is None else GroupLayerNorm(group_size=group_size)
+        block = Block((Dense(sigma_w=sigma_w, sigma_b=sigma_b), nl))
+        return Network([block] * depth)
+    if group_size is None:
+        return mlp(depth, activation, norm="ln", placement=placement, sigma_w=sigma_w, sigma_b=sigma_b)
+    return mlp(depth, activation, norm="gln", placement=placement, sigma_w=sigma_w, sigma_b=sigma_b,
+               group_size=group_size)
+
+
+def _jackknife_gap(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Isometry gap of the seed-mean Gram and its jackknife standard error; gram (S, L+1, n, n)."""
+    from meanfield.measures import isometry_gap
+
+    S = gram.shape[0]
+    mean = gram.mean(axis=0)
+    gap = np.asarray(isometry_gap(mean), dtype=float)
+    if S < 2:
+        return gap, np.full_like(gap, np.nan)
+    loo = (S * mean[None] - gram) / (S - 1)
+    g = np.asarray(isometry_gap(loo), dtype=float)
+    with np.errstate(invalid="ignore"):
+        se = np.sqrt((S - 1) / S * np.sum((g - g.mean(axis=0)) ** 2, axis=0))
+    return gap, se
+
+
+def group_size_study(activation="relu", group_sizes: Sequence[int] = (3, 4, 8, 16), depth: int = 10,
+                     width: int = 480, seeds: int = 32, n: int = 4, placement: str = "pre", seed: int = 0,
+                     X=None, sigma_w: float = 1.0, sigma_b: float = 0.0,
+                     mc_samples: int = 2**16) -> GroupSizeStudy:
+    """Finite-group-size LayerNorm: the mean field with GroupLayerNorm(group_size=G) against simulation.
+
+    At infinite width LayerNorm divides each sample by a deterministic constant (its feature variance
+    concentrates), so in the mean field it is a fixed rescaling of the Gram and its nonlinearity (the
+    Hessian measure of `nonlinearity`, which decays like 3 / sigma^4 per group of size m, summed over
+    d / m groups) is invisible. With a fixed group size G the normalization stays nonlinear at any width:
+    each group of G features is normalized by its own random variance. `meanfield.propagate` has the exact
+    rule for GroupLayerNorm(group_size=G) on a Gaussian input, K_ab -> E[cos(x_a, x_b)] of two correlated
+    Gaussian vectors in dimension G - 1 (Monte Carlo on non-Gaussian inputs, with ``mc_error``), and it
+    tends to LayerNorm's rule as G grows. This function runs, for each G, the same network through
+    `meanfield.propagate` and `meanfield.simulate` (nothing is re-derived here) and collects the Gram
+    trajectories and isometry gaps; the plain-LN mean field is the reference G = infinity.
+
+    For the linear network (``activation=None``: Dense -> GLN) the expected cosine contracts every
+    correlation (|E cos| < |rho|), so smaller groups drive the Gram towards isometry faster: the isometry
+    gap at a given depth increases with G towards LN's, which stays constant after the first block.
+
+    Parameters
+    ----------
+    activation : activation name/callable, or None
+        None: the linear network Dense -> GLN; otherwise Dense, GLN and the activation in ``placement``
+        order (`group_size_network`).
+    group_sizes : sequence of int >= 2
+        Each must divide ``width``.
+    depth, width, seeds : int
+        Blocks; width of every layer in the simulation; number of simulated networks.
+    n : int
+        Batch size of the default input (ignored when X is given).
+    placement : "pre" or "post"
+    seed : int
+        Seeds the default input, the simulation and propagate's Monte Carlo.
+    X : array (n, d0), optional
+        The input batch. Default: n rows x_a = sqrt(1/2) (z_0 + z_a), z ~ N(0, I_64), pairwise
+        correlation about 1/2.
+    sigma_w, sigma_b : float
+        Dense layer parameters.
+    mc_samples : int
+        Monte Carlo samples of `propagate` (used only where its rule is not exact).
+
+    Returns
+    -------
+    GroupSizeStudy
+        Trajectories, seed means and standard errors, isometry gaps, and ``table()`` / ``rows()``.
+    """
+    from meanfield.propagate import propagate
+    from meanfield.simulate import simulate
+
+    depth = _check_int("depth", depth, 1)
+    width = _check_int("width", width, 2)
+    seeds = _check_int("seeds", seeds, 2)
+    if placement not in ("pre", "post"):
+        raise ValueError(f"placement must be 'pre' or 'post'; got {placement!r}")
+    try:
+        gs = tuple(int(_check_int("group_sizes entry", G, 2)) for G in group_sizes)
+    except TypeError as exc:
+        raise ValueError(f"group_sizes must be a sequence of integers >= 2; got {group_sizes!r}") from exc
+    if not gs:
+        raise ValueError("group_sizes must not be empty")
+    if len(set(gs)) != len(gs):
+        raise ValueError(f"group_sizes must be distinct; got {gs}")
+    bad = [G for G in gs if width % G]
+    if bad:
+        raise ValueError(f"every group size must divide width = {width}; {bad} do not")
+    if X is None:
+        n = _check_int("n", n, 2)
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal((n + 1, 64))
+        Xa = math.sqrt(0.5) * (z[:1] + z[1:])
+    else:
+        Xa = _as_samples(X, "X")
+    nets, mfs, sims = {}, {}, {}
+    sim_mean, sim_se, mf_gap, sim_gap, sim_gap_se, seed_gap, seed_gap_se, mc, zmax = ({} for _ in range(9))
+    for G in gs:
+        net = group_size_network(depth, G, activation, placement, sigma_w, sigma_b)
+        mf = propagate(net, X=Xa, mc_samples=mc_samples, seed=seed)
+        sim = simulate(net, Xa, width=width, seeds=seeds, seed=seed)
+        nets[G], mfs[G], sims[G] = net, mf, sim
+        sim_mean[G] = sim.gram.mean(axis=0)
+        sim_se[G] = sim.stderr()
+        mf_gap[G] = np.asarray(mf.isometry_gap(), dtype=float)
+        sim_gap[G], sim_gap_se[G] = _jackknife_gap(sim.gram)
+        g = np.asarray(sim.isometry_gap(), dtype=float)
+        seed_gap[G] = g.mean(axis=0)
+        with np.errstate(invalid="ignore"):
+            seed_gap_se[G] = g.std(axis=0, ddof=1) / math.sqrt(seeds)
+        mc[G] = np.zeros(depth + 1) if mf.mc_error is None else np.asarray(mf.mc_error, dtype=float)
+        diff = np.abs(sim_mean[G] - mf.gram)[1:]
+        den = np.sqrt(sim_se[G][1:] ** 2 + mc[G][1:, None, None] ** 2)
+        z = np.where(diff <= 1e-10, 0.0, diff / np.maximum(den, 1e-300))
+        zmax[G] = float(np.max(z))
+    ln = propagate(group_size_network(depth, None, activation, placement, sigma_w, sigma_b), X=Xa)
+    return GroupSizeStudy(
+        group_sizes=gs, activation=None if activation is None else str(getattr(activation, "name", activation)),
+        placement=placement, depth=depth, width=width, seeds=seeds, X=Xa, networks=nets, meanfield=mfs,
+        simulation=sims, layernorm=ln, sim_mean=sim_mean, sim_stderr=sim_se, mf_gap=mf_gap,
+        ln_gap=np.asarray(ln.isometry_gap(), dtype=float), sim_gap=sim_gap, sim_gap_stderr=sim_gap_se,
+        seed_gap=seed_gap, seed_gap_stderr=seed_gap_se, mc_error=mc, z_max=zmax)
+
+
+def predict_grid(net, xlim=(-3.0, 3.0), ylim=(-3.0, 3.0), num: int = 200, chunk: int = 128):
+    """Labels of an LN-Net on a regular 2-D grid, for drawing decision regions.
+
+    Calls `predict` on chunks of at most ``chunk`` grid points (a `Network` is run through
+    `meanfield.propagate`, which forms the n x n Gram of its batch, so one call on the whole grid would
+    need O(num^4) memory and time; chunks of ~100 points are fastest). The network must take 2-D inputs.
+
+    Returns
+    -------
+    xx, yy, labels : ndarrays of shape (num, num)
+        ``xx, yy = meshgrid(linspace(*xlim, num), linspace(*ylim, num))`` and the predicted labels there.
+    """
+    num = _check_int("num", num, 2)
+    chunk = _check_int("chunk", chunk, 1)
+    lims = []
+    for nm, lim in (("xlim", xlim), ("ylim", ylim)):
+        try:
+            lo, hi = (float(v) for v in lim)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{nm} must be a pair (lo, hi) of finite numbers with lo < hi; got {lim!r}") from exc
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"{nm} must be a pair (lo, hi) of finite numbers with lo < hi; got {lim!r}")
+        lims.append((lo, hi))
+    xx, yy = np.meshgrid(np.linspace(*lims[0], num), np.linspace(*lims[1], num))
+    pts = np.column_stack([xx.ravel(), yy.ravel()])
+    labels = np.concatenate([predict(net, pts[i:i + chunk]) for i in range(0, len(pts), chunk)])
+    return xx, yy, labels.reshape(xx.shape)
