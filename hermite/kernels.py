@@ -259,7 +259,8 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
     M = r.size
     out = np.empty(M)
     pending = np.arange(M)
-    for K in SERIES_K:
+    smooth = all(not f.kinks and f.frequency == 0.0 for f in (fa, fb))
+    for K in SERIES_K + ((1024,) if smooth else ()):
         if pending.size == 0:
             break
         Qa, Qb = Q1[pending], Q2[pending]
