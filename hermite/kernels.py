@@ -245,7 +245,7 @@ def _series_parts(core: Core, K: int, Q: np.ndarray, derivative: int):
         c = c1[:, 1:] * np.sqrt(k[None, :] / Q[:, None])
         m = _derivative_moment(core, Q)
     # the tail is known only up to the rounding of M and of sum c_k^2: never trust it below 1e-15 M
-    t = np.maximum(m - np.sum(c * c, axis=1), 0.0) + 1e-15 * m
+    t = np.maximum(m - np.einsum("ij,ij->i", c, c), 0.0) + 1e-15 * m
     return c, m, t
 
 

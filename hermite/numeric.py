@@ -256,16 +256,17 @@ def _interpolated_in_log_q(core: Core, K: int, Q: np.ndarray, out: np.ndarray) -
         if np.max(np.abs(approx - direct)) > 3e-14 * scale:
             continue
         chunk = max(1, (1 << 22) // m)
-        T = np.empty((min(chunk, Q.size), m))
+        T = np.empty((m, min(chunk, Q.size)))  # T_j(x) in rows: contiguous recurrence steps
         for c0 in range(0, Q.size, chunk):
             xs = x[c0:c0 + chunk]
-            Tc = T[: xs.size]
-            Tc[:, 0] = 1.0
-            Tc[:, 1] = xs
+            Tc = T[:, : xs.size]
+            Tc[0] = 1.0
+            Tc[1] = xs
+            x2 = 2.0 * xs
             for j in range(2, m):  # T_j = 2 x T_{j-1} - T_{j-2}
-                np.multiply(Tc[:, j - 1], 2.0 * xs, out=Tc[:, j])
-                Tc[:, j] -= Tc[:, j - 2]
-            out[c0:c0 + chunk] = Tc @ A
+                np.multiply(Tc[j - 1], x2, out=Tc[j])
+                Tc[j] -= Tc[j - 2]
+            out[c0:c0 + chunk] = Tc.T @ A
         done[:] = True
         return done
     return done
@@ -356,12 +357,13 @@ def _memo(kind: str, core: Core, K: int, Q: np.ndarray, compute):
     hit = _MEMO.get(key)
     if hit is not None:
         _MEMO.move_to_end(key)
-        return hit[1].copy()
+        return hit[1]
     val = compute()
+    val.setflags(write=False)  # shared: callers read it, the public functions return copies
     _MEMO[key] = (core, val)
     if len(_MEMO) > 64:
         _MEMO.popitem(last=False)
-    return val.copy()
+    return val
 
 
 def core_coefficients(core: Core, K: int, Q: np.ndarray, fast: bool = False) -> np.ndarray:
@@ -444,7 +446,7 @@ def coefficients(act, K: int, q=1.0, convention: str = "orthonormal") -> np.ndar
     if convention not in ("orthonormal", "probabilists", "physicists"):
         raise ValueError(f"convention={convention!r} must be 'orthonormal', 'probabilists' or 'physicists'")
     Q = qa.ravel()
-    c = activation_coefficients(act, K, Q)
+    c = np.array(activation_coefficients(act, K, Q))  # a private copy (the engines share a memo)
     c = _convert(c, convention)
     return c.reshape(qa.shape + (K + 1,))
 
@@ -469,7 +471,7 @@ def second_moment(act, q=1.0) -> np.ndarray | float:
     act = activation(act)
     qa = check_variance(q)
     Q = qa.ravel()
-    m = activation_second_moment(act, Q)
+    m = np.array(activation_second_moment(act, Q))  # a private copy (the engines share a memo)
     return float(m[0]) if qa.ndim == 0 else m.reshape(qa.shape)
 
 
