@@ -180,7 +180,15 @@ def _closed_kernel(core: Core, r, Q1, Q2, derivative):
         if fam == "homog1":
             a, b = p
             if derivative == 0:
-                return s12 * ((a * a + b * b) * _j1(r) + 2 * a * b * _j1(-r))
+                fused = _numba_homog1() if r.size >= 4096 else None
+                if fused is not None:
+                    out = np.empty(r.size)
+                    fused(np.ascontiguousarray(r, dtype=np.float64).ravel(),
+                          np.ascontiguousarray(np.broadcast_to(s12, r.shape), dtype=np.float64).ravel(),
+                          float(a * a + b * b), float(2 * a * b), out)
+                    return out.reshape(r.shape)
+                k1 = (a * a + b * b) * _j1(r)
+                return s12 * (k1 + 2 * a * b * _j1(-r)) if a * b != 0 else s12 * k1
             fam, p, derivative = "homog0", (a, -b), 0  # f' = a 1{x>0} - b 1{x<0}
         if fam == "homog0":
             a, b = p
@@ -263,6 +271,8 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
     for K in SERIES_K + ((1024,) if smooth else ()):
         if pending.size == 0:
             break
+        if K == 1024 and pending.size < max(64, np.unique(np.concatenate([Q1[pending], Q2[pending]])).size):
+            break  # a few entries: direct quadrature is cheaper than order-1024 coefficients
         Qa, Qb = Q1[pending], Q2[pending]
         if fb is fa:
             u, inv = np.unique(np.concatenate([Qa, Qb]), return_inverse=True)
@@ -288,6 +298,33 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
 
 
 _NUMBA_SUM: list = []
+
+
+_NUMBA_HOMOG1: list = []
+
+
+def _numba_homog1():
+    """Compiled arc-cosine kernel s12 (w1 J1(r) + w2 J1(-r)) for large arrays (numba, cached), or None."""
+    if not _NUMBA_HOMOG1:
+        try:
+            import numba
+
+            @numba.njit(parallel=True, cache=True, fastmath=False)
+            def homog1(r, s12, w1, w2, out):  # pragma: no cover - compiled
+                inv2pi = 1.0 / (2.0 * np.pi)
+                for e in numba.prange(r.size):
+                    x = r[e]
+                    sq = np.sqrt(max(1.0 - x * x, 0.0))
+                    t = np.arccos(x)
+                    v = w1 * (sq + (np.pi - t) * x)
+                    if w2 != 0.0:
+                        v += w2 * (sq - t * x)  # J1(-r): arccos(-x) = pi - arccos(x)
+                    out[e] = s12[e] * v * inv2pi
+
+            _NUMBA_HOMOG1.append(homog1)
+        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy fallback
+            _NUMBA_HOMOG1.append(None)
+    return _NUMBA_HOMOG1[0]
 
 
 def _numba_mehler():

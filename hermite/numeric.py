@@ -372,10 +372,8 @@ def core_coefficients(core: Core, K: int, Q: np.ndarray, fast: bool = False) -> 
     fast=True (the engines' internal calls) lets many variances of a smooth core share two verified
     Gauss-Hermite rules (accurate to ~1e-14 instead of ~1e-16); the public `coefficients` never does.
     """
-    if core.closed_form is None:
-        return _memo("cf" if fast else "c", core, K, np.ascontiguousarray(Q, dtype=np.float64),
-                     lambda: _core_coefficients_uncached(core, K, Q, fast))
-    return _core_coefficients_uncached(core, K, Q, fast)
+    return _memo("cf" if fast else "c", core, K, np.ascontiguousarray(Q, dtype=np.float64),
+                 lambda: _core_coefficients_uncached(core, K, Q, fast))
 
 
 def _core_coefficients_uncached(core: Core, K: int, Q: np.ndarray, fast: bool = False) -> np.ndarray:

@@ -101,7 +101,7 @@ def _gauss_sampler(G: np.ndarray) -> Callable:
 
 
 def _gaussian_state(G: np.ndarray) -> State:
-    G = 0.5 * (G + G.T)
+    # every rule keeps K exactly symmetric (products and sums of symmetric terms), so no re-symmetrization
     return State(G, np.zeros(G.shape[0]), True, _gauss_sampler(G))
 
 
@@ -116,13 +116,16 @@ def _activation_exact(act: HermiteActivation, G: np.ndarray):
     d = np.diag(G).copy()
     if d[0] > 0 and np.all(d == d[0]):
         # equal variances (e.g. after a norm): one vectorized pass over the whole matrix
-        q = np.full(n * n, d[0])
-        r = np.clip(G.ravel() / d[0], -1.0, 1.0)
-        r[G.ravel() == d[0]] = 1.0  # duplicated inputs: exactly 1
-        K = activation_kernel(act, r, q, q, 0)
-        # rho = 1 (duplicated inputs, or the diagonal) is the second moment exactly: the two routes to it
+        g = G.ravel()
+        # rho = 1 (the diagonal, duplicated inputs) is the second moment exactly: the two routes to it
         # differ in the last bit, and where rho = 1 is unstable the map would amplify that difference
-        K[r == 1.0] = activation_second_moment(act, d[:1])[0]
+        one = g == d[0]
+        K = np.empty(n * n)
+        K[one] = activation_second_moment(act, d[:1])[0]
+        rest = ~one
+        if np.any(rest):
+            q = np.full(int(rest.sum()), d[0])
+            K[rest] = activation_kernel(act, np.clip(g[rest] / d[0], -1.0, 1.0), q, q, 0)
         K = K.reshape(n, n)
         m = np.full(n, activation_means(act, d[:1], 0)[0])
         return 0.5 * (K + K.T), m
@@ -134,13 +137,15 @@ def _activation_exact(act: HermiteActivation, G: np.ndarray):
     if np.any(both):
         a, b = iu[both], ju[both]
         r = np.clip(G[a, b] / np.sqrt(d[a] * d[b]), -1.0, 1.0)
-        r[(a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))] = 1.0  # the diagonal and duplicated inputs
-        vals = activation_kernel(act, r, d[a], d[b], 0)
-        # exact second moments on the diagonal and between duplicated inputs (rho = 1, equal variances)
-        diag = (a == b) | ((r == 1.0) & (d[a] == d[b]))
-        # one value per distinct variance: a batched quadrature may round rows differently
+        # the diagonal and duplicated inputs (rho = 1, equal variances) are second moments, exactly: one
+        # value per distinct variance (a batched quadrature may round rows differently)
+        diag = (a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))
+        vals = np.empty(a.size)
         uq, inv = np.unique(d[a[diag]], return_inverse=True)
         vals[diag] = activation_second_moment(act, uq)[inv]
+        off = ~diag
+        if np.any(off):
+            vals[off] = activation_kernel(act, r[off], d[a[off]], d[b[off]], 0)
         K[a, b] = vals
         K[b, a] = vals
     if np.any(live):
@@ -194,7 +199,11 @@ def _affine(st: State, shift: np.ndarray | None, scale: np.ndarray | None) -> St
     """x_a -> (x_a - shift_a) * scale_a, exactly on (K, m) and composed into the sampler."""
     K, m = st.K, st.m
     if shift is not None:
-        K = K - np.outer(shift, m) - np.outer(m, shift) + np.outer(shift, shift)
+        if shift is m or np.array_equal(shift, m):  # centering: K - m m^T, exactly symmetric
+            K = K - np.outer(m, m)
+        else:
+            C = np.outer(shift, m)
+            K = K - C - C.T + np.outer(shift, shift)
         m = m - shift
     if scale is not None:
         K = K * np.outer(scale, scale)
@@ -207,7 +216,7 @@ def _affine(st: State, shift: np.ndarray | None, scale: np.ndarray | None) -> St
         return (src(rng, M) - sh) * scl
 
     gaussian = st.gaussian and (shift is None or not np.any(shift))
-    return State(0.5 * (K + K.T), m, gaussian, _gauss_sampler(K) if gaussian else sample, st.mc_error)
+    return State(K, m, gaussian, _gauss_sampler(K) if gaussian else sample, st.mc_error)
 
 
 def _inv_sqrt(d: np.ndarray) -> np.ndarray:
