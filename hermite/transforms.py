@@ -66,9 +66,13 @@ def transform(act, remove=(0, 1), unit_variance: bool = True, q: float = 1.0) ->
     label = f"{act.name} - orders {orders} (q={qv:g})" if orders else act.name
     if unit_variance:
         m = float(activation_second_moment(out, np.array([qv]))[0])
-        if not m > 0:
-            raise ValueError(f"transform: nothing is left of {act.name!r} after removing orders {orders}; "
-                             "unit_variance is impossible")
+        m0 = float(activation_second_moment(act, np.array([qv]))[0])
+        # the terms that cancel in E T^2 are of size E f^2 + (alpha^2 q + beta^2) gamma^2: below 1e-12 of
+        # them only round-off is left, and scaling it up would fabricate an activation
+        size = m0 + out.gamma**2 * (out.alpha**2 * qv + out.beta**2)
+        if not m > 1e-12 * size:
+            raise ValueError(f"transform: remove={tuple(orders)} leaves nothing of {act.name!r} at q={qv:g} "
+                             f"(E f^2 drops from {m0:.3g} to {m:.3g}); unit_variance is impossible")
         out = replace(out, gamma=out.gamma / math.sqrt(m))
         label += ", unit variance"
     return replace(out, label=label)

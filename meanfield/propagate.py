@@ -57,6 +57,7 @@ from meanfield.layers import (
     Center,
     Dense,
     GroupLayerNorm,
+    Layer,
     LayerNorm,
     Linear,
     MaxPool,
@@ -499,7 +500,8 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     ----------
     net : Network
     K0 : (n, n) array, optional
-        The input Gram matrix (symmetric PSD, checked). A non-square array is taken as a data matrix X.
+        The input Gram matrix (symmetric PSD, checked). A non-square array is taken as a data matrix X; a
+        square data matrix must be passed as ``X=`` (a square positional array is always read as K0).
     X : (n, d) array, optional
         Data matrix; K0 = X X^T / d.
     exchangeable : bool
@@ -524,8 +526,11 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     >>> np.round(t.gram[1], 6).tolist()    # arc-cosine kernel: 2 * 1/(2 pi) off the diagonal
     [[1.0, 0.31831], [0.31831, 1.0]]
     """
+    if isinstance(net, (list, tuple, Layer)):  # a bare layer or list of layers, as simulate accepts
+        net = Network(net)
     if not isinstance(net, Network):
-        raise ValueError(f"propagate: net must be a meanfield.Network, got {type(net).__name__}")
+        raise ValueError(f"propagate: net must be a meanfield.Network (or a list of layers), got "
+                         f"{type(net).__name__}")
     if X is not None and K0 is not None:
         raise ValueError("propagate: give K0 or X, not both")
     if K0 is None and X is None:
@@ -542,7 +547,10 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
             raise ValueError("propagate: X contains NaN or inf")
         K = Xa @ Xa.T / Xa.shape[1]
     else:
-        K = check_gram(K0, name="K0", allow_stack=False)
+        try:
+            K = check_gram(K0, name="K0", allow_stack=False)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (a square data matrix must be passed as propagate(net, X=X))") from None
     if isinstance(mc_samples, bool) or int(mc_samples) < 64:
         raise ValueError(f"propagate: mc_samples={mc_samples!r} must be an integer >= 64")
     n = K.shape[0]

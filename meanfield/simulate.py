@@ -1333,7 +1333,7 @@ def simulate_outputs(net: Network, X, width=512, seeds: int = 32, backend: Any =
         raise ValueError(f"simulate_outputs: seeds={seeds} must be an integer >= 1")
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     if max_memory is None:
-        max_memory = 2.0**31
+        max_memory = _default_memory(_resolve_backend(backend, dtype))
     elif not (isinstance(max_memory, (int, float)) and max_memory > 0):
         raise ValueError(f"simulate_outputs: max_memory={max_memory!r} must be a positive number of bytes")
     n, d0 = X.shape

@@ -760,3 +760,11 @@ def test_import_is_fast_and_compiles_nothing():
     assert all(flag == "False" for *_, flag in runs), "import hermite must not import (or compile) numba"
     assert min(cpu for cpu, *_ in runs) < 1.0, runs
     assert min(wall for _, wall, _ in runs) < 5.0, runs
+
+
+def test_transform_that_leaves_nothing_is_an_error():
+    """Removing orders 0 and 1 of an affine activation leaves round-off: unit_variance must refuse."""
+    with pytest.raises(ValueError, match="remove"):
+        hermite.transform("identity", remove=(0, 1))
+    t = hermite.transform("identity", remove=(0, 1), unit_variance=False)
+    assert hermite.second_moment(t, 1.0) < 1e-15
