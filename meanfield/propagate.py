@@ -16,8 +16,10 @@ N(0, K). One rule per layer type, each exact at infinite width:
   Mode "exact" on a Gaussian input N(0, G): the batch-coupled expectation reduces to one dimension
   (Yang et al. 2019): with P G P = U diag(lambda) U^T,
   K = n U diag(lambda_i int_0^inf (1 + 2 t lambda_i)^-1 prod_k (1 + 2 t lambda_k)^-1/2 dt) U^T,
-  computed by adaptive quadrature (relative error < 1e-13). On a non-Gaussian input (after an
-  activation), Monte Carlo over the exact law of x with the standard error reported in ``mc_error``.
+  computed by adaptive quadrature (relative error < 1e-13). A positively homogeneous activation after it
+  (relu, leaky_relu, abs, identity, step, sign: the BatchNorm-before-activation placement) is exact too,
+  by the same reduction (`_activation_after_bn`). On a non-Gaussian input (after an activation), Monte
+  Carlo over the exact law of x with the standard error reported in ``mc_error``.
 - With ``exchangeable=True`` the n inputs stand for an infinite i.i.d. data set (used for the initial
   guessing bias): BatchNorm uses population statistics, K -> (K - c) / (mean diag K - c) with c the mean
   off-diagonal entry, exact at infinite data.
@@ -85,6 +87,7 @@ class State:
     sampler: Callable  # (rng, M) -> (M, n) samples of the unit vector
     mc_error: float = 0.0
     features: np.ndarray | None = None  # explicit (n, d) features of a deterministic prefix
+    bn_of: np.ndarray | None = None  # exact BatchNorm of N(0, bn_of): enables exact rules that follow
 
 
 def _gauss_sampler(G: np.ndarray) -> Callable:
@@ -192,6 +195,10 @@ def _activation(st: State, act: HermiteActivation, rng, M) -> State:
 
     if st.gaussian:
         K, m = _activation_exact(act, st.K)
+        return State(K, m, False, sample, st.mc_error)
+    degree = _homogeneous_degree(act) if st.bn_of is not None else None
+    if degree is not None:  # exact BatchNorm followed by a positively homogeneous activation: exact
+        K, m = _activation_after_bn(act, st.bn_of, degree)
         return State(K, m, False, sample, st.mc_error)
     return _mc_state(sample, st.K.shape[0], rng, M, st.mc_error)
 
@@ -311,8 +318,77 @@ def _batchnorm(st: State, mode: str, exchangeable: bool, rng, M) -> State:
 
     if st.gaussian:
         Kn = _bn_gaussian_exact(K)
-        return State(Kn, np.zeros(n), False, sample, st.mc_error)
+        return State(Kn, np.zeros(n), False, sample, st.mc_error, None, K.copy())
     return _mc_state(sample, n, rng, M, st.mc_error)
+
+
+def _homogeneous_degree(act: HermiteActivation) -> int | None:
+    """1 for f(cx) = c f(x) (a relu(x) + b relu(-x) + alpha x, any gain > 0 and scale), 0 for
+    f(cx) = f(x) (a 1{x>0} + b 1{x<0} + beta), None otherwise."""
+    fam = act.core.closed_form[0] if act.core.closed_form else None
+    if fam == "homog1" and act.beta == 0.0:
+        return 1
+    if fam == "homog0" and act.alpha == 0.0:
+        return 0
+    return None
+
+
+def _activation_after_bn(act: HermiteActivation, G: np.ndarray, degree: int):
+    """E[f(y_a) f(y_b)] and E f(y_a) for y = BN(g), g ~ N(0, G), f positively homogeneous (exact).
+
+    With v = P g ~ N(0, C), C = P G P = U diag(lambda) U^T and y = sqrt(n) v / |v|: a degree-0 f gives
+    the kernel of N(0, C) itself; a degree-1 f gives (Yang et al. 2019's reduction to one dimension)
+        E[f(y_a) f(y_b)] = n int_0^inf prod_i (1 + 2 t lambda_i)^-1/2 k_f(C_t)_ab dt,
+        E f(y_a) = sqrt(n/pi) int_0^inf t^-1/2 prod_i (1 + 2 t lambda_i)^-1/2 E_{C_t} f(v_a) dt,
+    with C_t = C (I + 2 t C)^-1, from 1/|v|^2 = int e^{-t |v|^2} dt and the Gaussian tilt of e^{-t |v|^2}.
+    """
+    n = G.shape[0]
+    P = np.eye(n) - 1.0 / n
+    C = P @ G @ P
+    lam, U = np.linalg.eigh(0.5 * (C + C.T))
+    top = max(lam.max(), 0.0)
+    if top <= 1e-12 * max(float(np.trace(G)) / n, 0.0) or top <= 0:
+        f0 = float(act.fn(np.zeros(1))[0])  # a constant batch maps to y = 0
+        return np.full((n, n), f0 * f0), np.full(n, f0)
+    lam = np.where(lam > 1e-13 * top, lam, 0.0)
+    iu, ju = np.triu_indices(n)
+
+    def kernel_of(Ct):
+        d = np.clip(np.diag(Ct).copy(), 0.0, None)
+        live = d > 0
+        out = np.zeros(iu.size)
+        ok = live[iu] & live[ju]
+        a, b = iu[ok], ju[ok]
+        r = np.clip(Ct[a, b] / np.sqrt(d[a] * d[b]), -1.0, 1.0)
+        r[a == b] = 1.0
+        out[ok] = activation_kernel(act, r, d[a], d[b], 0)
+        m = np.zeros(n)
+        if np.any(live):
+            m[live] = activation_means(act, d[live], 0)
+        return out, m
+
+    if degree == 0:
+        vals, m = kernel_of(U @ np.diag(lam) @ U.T)
+    else:
+        pos = lam > 0
+        tau = 1.0 / np.mean(lam[pos])
+
+        def integrand(u):
+            t = tau * (u / (1.0 - u)) ** 2
+            dt = 2.0 * tau * u / (1.0 - u) ** 3
+            w = lam / (1.0 + 2.0 * t * lam)
+            det = np.exp(-0.5 * np.sum(np.log1p(2.0 * t * lam[pos])))
+            kv, mv = kernel_of((U * w) @ U.T)
+            # t^-1/2 dt = 2 sqrt(tau) / (1 - u)^2 du
+            return np.concatenate([n * det * dt * kv, math.sqrt(n / math.pi) * det * 2.0 * math.sqrt(tau)
+                                   / (1.0 - u) ** 2 * mv])
+
+        res, _ = si.quad_vec(integrand, 0.0, 1.0, epsabs=0.0, epsrel=1e-13, limit=400)
+        vals, m = res[: iu.size], res[iu.size:]
+    K = np.empty((n, n))
+    K[iu, ju] = vals
+    K[ju, iu] = vals
+    return K, m
 
 
 def _expected_cosine(rho: np.ndarray, k: int) -> np.ndarray:

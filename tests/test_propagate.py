@@ -574,7 +574,8 @@ def test_relu_batchnorm_vs_numpy_simulation(placement):
     X = rng.standard_normal((4, 16)) * np.array([[0.5], [1.0], [1.5], [2.0]]) + 0.3
     net = _relu_bn_net(placement)
     mf = propagate(net, X, mc_samples=2**16)
-    assert np.all(mf.mc_error[1:] > 0)  # Monte Carlo was needed
+    # BN -> ReLU (pre) is exact; ReLU -> BN (post) needs Monte Carlo for the BN of a non-Gaussian input
+    assert np.all(mf.mc_error[1:] == 0) if placement == "pre" else np.all(mf.mc_error[1:] > 0)
     width = 2048
     sim, _ = simulate_np(net, X, width, 20)
     assert_within_sampling_error(mf.gram[1:], sim[:, 1:], width, mc_error=mf.mc_error[1:])
@@ -793,10 +794,11 @@ def test_unit_diagonal_exact_after_norm(structural_runs, name):
 
 
 def test_mc_error_zero_for_exact_networks(structural_runs):
-    for name in ("relu_ln_post", "tanh_rms_post", "gelu_ln_pre", "relu_residual", "transformed", "formula"):
+    for name in ("relu_ln_post", "tanh_rms_post", "gelu_ln_pre", "relu_residual", "transformed", "formula",
+                 "relu_bn_pre"):
         assert np.all(structural_runs[name].mc_error == 0.0), name
-    # BN -> ReLU, MaxPool and a fixed group size after the activation have non-Gaussian inputs: Monte Carlo
-    for name in ("relu_bn_pre", "erf_maxpool", "relu_gln_size"):
+    # MaxPool and a fixed group size after the activation have non-Gaussian inputs: Monte Carlo
+    for name in ("erf_maxpool", "relu_gln_size"):
         assert np.all(structural_runs[name].mc_error[1:] > 0.0), name
         assert structural_runs[name].mc_error[0] == 0.0
 
@@ -934,3 +936,32 @@ def test_nonsquare_K0_is_taken_as_data_matrix():
     """Documented behaviour: a non-square 2-D K0 is a data matrix X (K0 = X X^T / d)."""
     X = np.random.default_rng(46).standard_normal((3, 5))
     np.testing.assert_allclose(propagate(mlp(2, "relu"), X).gram[0], X @ X.T / 5, rtol=1e-15)
+
+
+@pytest.mark.parametrize("act", ["relu", "step", "leaky_relu", "abs"])
+def test_batchnorm_then_homogeneous_activation_is_exact(act):
+    """Dense -> BatchNorm -> ReLU (BN pre): Yang et al.'s one-dimensional reduction, no Monte Carlo.
+    Checked against 10^6 samples of the exact law y = sqrt(n) P g / |P g|, g ~ N(0, G)."""
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((4, 6))
+    G = A @ A.T / 6
+    net = Network([Block([Dense(1.0), BatchNorm(), Activation(act)])])
+    t = propagate(net, G)
+    assert t.mc_error[-1] == 0.0
+    assert np.array_equal(t.gram, propagate(net, G, seed=9).gram)  # deterministic
+    M = 10**6
+    g = rng.standard_normal((M, 4)) @ np.linalg.cholesky(G).T
+    v = g - g.mean(axis=1, keepdims=True)
+    y = 2.0 * v / np.linalg.norm(v, axis=1, keepdims=True)
+    fy = hermite.activation(act)(y)
+    K = fy.T @ fy / M
+    se = np.sqrt(np.mean((fy[:, :, None] * fy[:, None, :]) ** 2, axis=0) / M)
+    assert np.max(np.abs(t.gram[-1] - K) / se) < 5
+    assert np.max(np.abs(t.means[-1] - fy.mean(axis=0)) / (fy.std(axis=0) / np.sqrt(M))) < 5
+
+
+def test_batchnorm_then_identity_equals_the_exact_batchnorm():
+    G = random_gram(8, 5, spread=0.5)
+    a = propagate(Network([Block([Dense(1.0), BatchNorm()])]), G).gram[-1]
+    b = propagate(Network([Block([Dense(1.0), BatchNorm(), Activation("identity")])]), G).gram[-1]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
