@@ -26,8 +26,10 @@ N(0, K). One rule per layer type, each exact at infinite width:
 - GroupLayerNorm(groups=g): LayerNorm's rule (each group is infinitely wide). GroupLayerNorm(group_size=G)
   on a Gaussian input: the expected cosine of two correlated Gaussian vectors in dimension k = G - 1,
   E cos = (2/k) (Gamma((k+1)/2)/Gamma(k/2))^2 rho 2F1(1/2, 1/2; k/2 + 1; rho^2); Monte Carlo otherwise.
-- WeightNormDense: init "fixed" is Dense(sigma_w=g, sigma_b); init "data" is Dense(1, 0) followed by
-  exact batch standardization (the BatchNorm rule).
+- WeightNormDense: init "fixed" is Dense(sigma_w=g, sigma_b) for an infinitely wide input; on the data
+  X itself (finite fan-in d) its pre-activations are g times the projection of a uniform direction on
+  the sphere, not Gaussian, so an activation after it is sampled from that exact law (Monte Carlo).
+  init "data" is Dense(1, 0) followed by exact batch standardization (the BatchNorm rule).
 - Residual: K -> K_s + alpha^2 K_r + alpha (m_s m_r^T + m_r m_s^T), m -> m_s + alpha m_r: the shortcut and
   the branch are independent given the input when one of them starts with its own random weights
   (otherwise a ValueError).
@@ -113,6 +115,21 @@ def _gaussian_state(G: np.ndarray) -> State:
 # rules
 def _dense(st: State, sigma_w: float, sigma_b: float) -> State:
     return _gaussian_state(sigma_w**2 * st.K + sigma_b**2)
+
+
+def _weightnorm_on_data(F: np.ndarray, g: float, sigma_b: float) -> State:
+    """WeightNormDense(fixed) on explicit features F (n, d) of finite fan-in d: h = g (F u) + b with u
+    uniform on the unit sphere of R^d. The second moments are Dense's (g^2 F F^T / d + sigma_b^2) but the
+    law is a spherical projection, Gaussian only as d -> infinity: later rules sample it exactly."""
+    d = F.shape[1]
+    K = g * g * (F @ F.T) / d + sigma_b**2
+
+    def sample(rng, M):
+        z = rng.standard_normal((M, d))
+        u = z / np.linalg.norm(z, axis=1, keepdims=True)
+        return g * (u @ F.T) + sigma_b * rng.standard_normal((M, 1))
+
+    return State(K, np.zeros(F.shape[0]), False, sample)
 
 
 def _activation_exact(act: HermiteActivation, G: np.ndarray):
@@ -532,7 +549,9 @@ def _apply(st: State, layer, ctx: _Ctx) -> State:
     if isinstance(layer, Dense):
         out = _dense(st, layer.sigma_w, layer.sigma_b)
     elif isinstance(layer, WeightNormDense):
-        if layer.init == "fixed":
+        if layer.init == "fixed" and st.features is not None:
+            out = _weightnorm_on_data(st.features, layer.g, layer.sigma_b)
+        elif layer.init == "fixed":
             out = _dense(st, layer.g, layer.sigma_b)
         else:
             out = _batchnorm(_dense(st, 1.0, 0.0), "exact", ctx.exchangeable, ctx.rng, ctx.M)

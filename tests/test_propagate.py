@@ -965,3 +965,20 @@ def test_batchnorm_then_identity_equals_the_exact_batchnorm():
     a = propagate(Network([Block([Dense(1.0), BatchNorm()])]), G).gram[-1]
     b = propagate(Network([Block([Dense(1.0), BatchNorm(), Activation("identity")])]), G).gram[-1]
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_weightnorm_fixed_on_narrow_data_uses_the_spherical_law():
+    """WeightNormDense(fixed) on a 4-dimensional input is not Gaussian: the engine samples the exact
+    spherical projection (mc_error > 0) and agrees with a wide simulation; Dense stays exact."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((5, 4))
+    net = Network([Block([WeightNormDense(g=1.0), Activation("tanh")])])
+    mf = propagate(net, X=X)
+    assert mf.mc_error[-1] > 0
+    sim = meanfield.simulate(net, X, width=4096, seeds=30, progress=False)
+    se = sim.gram.std(axis=0, ddof=1)[-1] / np.sqrt(30)
+    z = np.abs(sim.gram.mean(axis=0)[-1] - mf.gram[-1]) / np.sqrt(se**2 + mf.mc_error[-1] ** 2)
+    assert np.max(z) < 5
+    # the Gaussian (Dense) rule would be visibly off here
+    dense = propagate(Network([Block([Dense(1.0), Activation("tanh")])]), X=X)
+    assert np.max(np.abs(dense.gram[-1] - mf.gram[-1])) > 5 * mf.mc_error[-1]
