@@ -99,12 +99,10 @@ class Activation:
     @property
     def parity(self) -> int | None:
         p = self.core.parity
-        if p == -1 and self.beta == 0.0:
+        if p == -1 and self.beta == 0.0:  # odd + alpha x stays odd
             return -1
-        if p == 1 and self.alpha == 0.0:
+        if p == 1 and self.alpha == 0.0:  # even + beta stays even
             return 1
-        if p is None and self.alpha == 0.0 and self.beta == 0.0:
-            return None
         return None
 
     @property

@@ -78,7 +78,7 @@ def kernel(act, rho, q1=1.0, q2=None, derivative: int = 0, centered: bool = Fals
         raise ValueError(f"derivative={derivative!r} must be 0 (E f f) or 1 (E f' f')")
     if not isinstance(centered, (bool, np.bool_)):
         raise ValueError(f"centered={centered!r} must be True or False")
-    r = _check_rho(rho)
+    r = check_correlation(rho)
     a1 = check_variance(q1, "q1")
     a2 = a1 if q2 is None else check_variance(q2, "q2")
     r, a1, a2 = np.broadcast_arrays(r, a1, a2)
@@ -106,15 +106,8 @@ def check_correlation(rho, name: str = "rho") -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-_check_rho = check_correlation
-
 
 # ------------------------------------------------------------------------------------------------
-def _unique_coefficients(core: Core, K: int, Q: np.ndarray):
-    uq, inv = np.unique(Q, return_inverse=True)
-    return core_coefficients(core, K, uq)[inv]
-
-
 def activation_means(act: Activation, q: np.ndarray, derivative: int = 0) -> np.ndarray:
     """E f(u) (derivative=0) or E f'(u) (derivative=1) for u ~ N(0, q), q 1-D (internal)."""
     Q = act.gain**2 * q
@@ -234,12 +227,9 @@ def _derivative_moment(core: Core, Q: np.ndarray) -> np.ndarray:
         return np.full(Q.shape, np.inf)
     if core.derivative is None:
         raise ValueError(f"activation {core.name!r} has no derivative: pass derivative= to hermite.activation")
-    from dataclasses import replace
+    from hermite.numeric import _core_coefficients_quad, _SquaredCore
 
-    from hermite.numeric import _core_coefficients_quad
-
-    sq = replace(core, fn=lambda x: core.derivative(x) ** 2, closed_form=None)
-    return _core_coefficients_quad(sq, 0, Q)[:, 0]
+    return _core_coefficients_quad(_SquaredCore(core, core.derivative), 0, Q)[:, 0]
 
 
 def _series_parts(core: Core, K: int, Q: np.ndarray, derivative: int):

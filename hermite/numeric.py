@@ -341,10 +341,12 @@ def _core_second_moment(core: Core, Q: np.ndarray) -> np.ndarray:
     return _core_coefficients_quad(sq, 0, Q)[:, 0]
 
 
-def _SquaredCore(core: Core) -> Core:
+def _SquaredCore(core: Core, fn=None) -> Core:
+    """A core whose function is fn(x)^2 (default: the core's own function), for second moments."""
     from dataclasses import replace
 
-    return replace(core, fn=lambda x: core.fn(x) ** 2, closed_form=None, name=core.name + "^2")
+    f = core.fn if fn is None else fn
+    return replace(core, fn=lambda x: f(x) ** 2, closed_form=None, name=core.name + "^2")
 
 
 _MEMO: OrderedDict = OrderedDict()

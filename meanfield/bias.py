@@ -162,8 +162,6 @@ def gamma_from_gram(G) -> np.ndarray:
     return g + 0.0  # no negative zeros
 
 
-_gammas_of_grams = gamma_from_gram
-
 
 def _exchangeable_trajectory(owner, net, input_correlation, mc_samples, seed):
     if not isinstance(net, Network):
@@ -196,7 +194,7 @@ def gamma_trajectory(net: Network, input_correlation: float = 0.0, *, mc_samples
     [0.0, 0.466942, 0.466942, 0.466942]
     """
     t = _exchangeable_trajectory("gamma_trajectory", net, input_correlation, mc_samples, seed)
-    g = _gammas_of_grams(t.gram)
+    g = gamma_from_gram(t.gram)
     if float(input_correlation) >= 0:  # an i.i.d. data set: K_ab = |E_x h(x)|^2 >= 0, so gamma >= 0 exactly
         g = np.where(g < 0, 0.0, g)
     return g
