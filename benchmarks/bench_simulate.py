@@ -39,7 +39,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import meanfield  # noqa: E402
-from meanfield.simulate import _HostStreams, _resolve_backend, simulate  # noqa: E402
+from meanfield.core.backends import resolve_backend  # noqa: E402
+from meanfield.core.streams import HostStreams  # noqa: E402
+from meanfield.finite import simulate  # noqa: E402
 
 N, SEEDS = 64, 16
 
@@ -87,11 +89,11 @@ def rng_fill_time(w: int, dtype: str, reps: int) -> float:
     """Time to fill (16, w, w) normals with the simulator's per-network streams (threads as in a run)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    be = _resolve_backend("numpy", dtype)
+    be = resolve_backend("numpy", dtype)
     seqs = np.random.SeedSequence(0).spawn(SEEDS)
     workers = min(SEEDS, _cpus())
     with ThreadPoolExecutor(workers) as pool:
-        st = _HostStreams(seqs, be, pool if workers > 1 else None)
+        st = HostStreams(seqs, be, pool if workers > 1 else None)
         st.normal((w, w), reuse=True)
         return best_time(lambda: st.normal((w, w), reuse=True), reps)
 

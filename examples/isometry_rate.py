@@ -32,7 +32,7 @@ def main(depth: int = 40) -> None:
           f" | {'gap':>7} {'fitted':>8}")
     for name in ACTIVATIONS:
         s = rates.summary(name)
-        traj = meanfield.propagate(meanfield.mlp(depth, name, norm="ln"), X)
+        traj = meanfield.propagate(meanfield.mlp(depth, name, norm="ln"), X=X)
         fits = []
         for measure in ("potential", "isometry_gap"):
             try:

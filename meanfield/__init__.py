@@ -1,42 +1,28 @@
 """meanfield: infinite-width (mean-field) and finite-width analysis of deep networks at initialization.
 
-One network description (`Network`, `mlp`), two engines: `propagate` (the Gram recursion at infinite
-width, using the Hermite expansions of `hermite`) and `simulate` (finite-width Monte Carlo); both
-return a `Trajectory`.
+One network description (`Network`, `mlp`, the layer types of `meanfield.layers`), two engines: `propagate`
+(the Gram recursion at infinite width, using the Hermite expansions of `hermite`; module
+`meanfield.infinite`) and `simulate` (finite-width Monte Carlo; module `meanfield.finite`); both return a
+`Trajectory`. New layer types subclass `Layer` (see `layer_types`).
 """
 
-from meanfield.layers import (
-    Activation,
-    BatchNorm,
-    Block,
-    Center,
-    Dense,
-    GroupLayerNorm,
-    LayerNorm,
-    Linear,
-    MaxPool,
-    Residual,
-    RMSNorm,
-    Scale,
-    WeightNormDense,
-)
+from meanfield.finite import simulate, simulate_outputs
+from meanfield.infinite import propagate
+from meanfield.layers import *  # noqa: F403 - every built-in layer type
+from meanfield.layers import Layer, layer_types
 from meanfield.measures import isometry, isometry_gap, potential
 from meanfield.network import Network, mlp
-from meanfield.propagate import propagate
-from meanfield.simulate import simulate, simulate_outputs
 from meanfield.trajectory import Trajectory
 
 __all__ = [
-    "Activation", "BatchNorm", "Block", "Center", "Dense", "GroupLayerNorm", "LayerNorm", "Linear", "MaxPool",
-    "Residual", "RMSNorm", "Scale", "WeightNormDense", "Network", "mlp", "propagate", "simulate",
-    "simulate_outputs", "Trajectory",
-    "isometry", "isometry_gap", "potential",
+    "Layer", "layer_types", *(cls.__name__ for cls in layer_types()), "Network", "mlp", "propagate", "simulate",
+    "simulate_outputs", "Trajectory", "isometry", "isometry_gap", "potential",
 ]
 __version__ = "0.1.0"
 
 
 _SUBMODULES = ("maps", "bias", "rates", "checks", "layernorm", "weightnorm", "fisher", "transformations",
-               "sweep", "plot", "cli", "measures", "simulate", "propagate")
+               "sweep", "plot", "cli", "measures", "infinite", "finite")
 
 
 def __getattr__(name):

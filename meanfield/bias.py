@@ -63,10 +63,11 @@ import numpy as np
 import scipy.special as sc
 
 import hermite
+from meanfield.finite import simulate_outputs
+from meanfield.infinite import propagate
 from meanfield.layers import Block, Dense
+from meanfield.measures import gamma_from_gram
 from meanfield.network import Network, mlp
-from meanfield.propagate import propagate
-from meanfield.simulate import simulate_outputs
 
 __all__ = [
     "gamma", "gamma_trajectory", "gamma_from_gram", "output_correlation", "gamma_from_correlation",
@@ -141,26 +142,6 @@ def correlation_from_gamma(g):
 def _input_gram(owner: str, input_correlation) -> np.ndarray:
     r = _real(owner, "input_correlation", input_correlation, lo=-1.0, hi=1.0)
     return np.array([[1.0, r], [r, 1.0]])
-
-
-def gamma_from_gram(G) -> np.ndarray:
-    """gamma = c / (K - c) per Gram of a stack (..., n, n), with K the mean diagonal entry and c the mean
-    off-diagonal entry: the infinite-data bias of an output whose second moments over initialization are
-    G, reading the n inputs as independent draws from the data (exchangeable: for n = 2 the two diagonal
-    entries agree up to Monte Carlo noise). +inf when c = K (collinear outputs), NaN for a zero output.
-    """
-    G = np.asarray(G, dtype=np.float64)
-    if G.ndim < 2 or G.shape[-1] != G.shape[-2] or G.shape[-1] < 2:
-        raise ValueError(f"gamma_from_gram: G must be a stack of n x n Grams with n >= 2, got shape {G.shape}")
-    n = G.shape[-1]
-    diag = np.trace(G, axis1=-2, axis2=-1) / n
-    off = (G.sum(axis=(-2, -1)) - n * diag) / (n * (n - 1))
-    gap = diag - off
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.where(gap > 0, off / np.where(gap > 0, gap, 1.0), np.inf)
-    g = np.where(diag > 0, g, np.nan)
-    return g + 0.0  # no negative zeros
-
 
 
 def _exchangeable_trajectory(owner, net, input_correlation, mc_samples, seed):

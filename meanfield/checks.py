@@ -36,9 +36,9 @@ import scipy.optimize as so
 
 import hermite
 from meanfield import rates
+from meanfield.infinite import propagate
 from meanfield.measures import am_gm_ratio, check_gram, correlations, isometry, potential
 from meanfield.network import mlp
-from meanfield.propagate import propagate
 
 __all__ = [
     "CheckReport",

@@ -37,9 +37,9 @@ def demo(out: str = "meanfield-demo.png", quick: bool = False) -> Path:
     import numpy as np
 
     from meanfield import plot
+    from meanfield.finite import simulate
+    from meanfield.infinite import propagate
     from meanfield.network import mlp
-    from meanfield.propagate import propagate
-    from meanfield.simulate import simulate
 
     depth = 12 if quick else 30
     widths = (64, 256) if quick else (128, 512)

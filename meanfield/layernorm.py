@@ -677,8 +677,8 @@ def predict(net, X) -> np.ndarray:
     run through `meanfield.propagate`, whose rule for fixed Linear layers and norms acts exactly on the
     explicit features.
     """
+    from meanfield.infinite import propagate
     from meanfield.network import Network
-    from meanfield.propagate import propagate
 
     if isinstance(net, LNNet):
         s = net.scores(X)
@@ -1260,8 +1260,8 @@ def group_size_study(activation="relu", group_sizes: Sequence[int] = (3, 4, 8, 1
     GroupSizeStudy
         Trajectories, seed means and standard errors, isometry gaps, and ``table()`` / ``rows()``.
     """
-    from meanfield.propagate import propagate
-    from meanfield.simulate import simulate
+    from meanfield.finite import simulate
+    from meanfield.infinite import propagate
 
     depth = _check_int("depth", depth, 1)
     width = _check_int("width", width, 2)

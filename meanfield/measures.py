@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from meanfield.core.validate import as_real_array, check_finite, check_gram, check_gram_eig, check_tol, where
+
 __all__ = [
     "am_gm_ratio",
+    "gamma_from_gram",
     "check_gram",
     "correlations",
     "isometry",
@@ -41,107 +44,6 @@ __all__ = [
 
 _EPS = float(np.finfo(np.float64).eps)
 
-
-# ---------------------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _where(name: str, batch_shape: tuple, flat: int) -> str:
-    """``name`` for a single matrix, ``name[i, j]`` for the matrix at flat index ``flat`` of a stack."""
-    if not batch_shape:
-        return name
-    idx = np.unravel_index(int(flat), batch_shape)
-    return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
-
-
-def _check_tol(value: float, argname: str, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{argname} must be a non-negative float; got {value!r}") from None
-    if not (v >= 0.0):  # also rejects NaN
-        raise ValueError(f"{argname} must be a non-negative float (>= 0); got {value!r}")
-    return v
-
-
-def _as_real_array(A, name: str, what: str) -> np.ndarray:
-    """Convert to a float64 array, rejecting ragged, complex and non-numeric input."""
-    try:
-        arr = np.asarray(A)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be {what}; could not convert it to an array ({exc})") from None
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be {what} of real numbers; got dtype {arr.dtype}")
-    return np.array(arr, dtype=np.float64)  # always a copy: never alias the caller's array
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    finite = np.isfinite(arr)
-    if not finite.all():
-        idx = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise ValueError(
-            f"{name} must be finite (no NaN or inf); got {arr[idx]} at index {idx} "
-            f"({int((~finite).sum())} non-finite entries); valid entries are finite reals"
-        )
-
-
-def _check_gram_eig(
-    K, name: str, psd_tol: float, sym_tol: float, allow_stack: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """`check_gram` that also returns the ascending eigenvalues (..., n) it computed."""
-    psd_tol = _check_tol(psd_tol, "psd_tol")
-    sym_tol = _check_tol(sym_tol, "sym_tol")
-    what = "an n x n Gram matrix or a stack (..., n, n)" if allow_stack else "an n x n Gram matrix"
-    arr = _as_real_array(K, name, what)
-    if arr.ndim < 2:
-        raise ValueError(f"{name} must be {what}; got shape {arr.shape} ({arr.ndim}-D), need at least 2-D")
-    if not allow_stack and arr.ndim != 2:
-        raise ValueError(f"{name} must be {what} (2-D); got shape {arr.shape} ({arr.ndim}-D)")
-    n = arr.shape[-1]
-    if arr.shape[-2] != n:
-        raise ValueError(
-            f"{name} must be square in its last two axes ({what}); got shape {arr.shape} "
-            f"({arr.shape[-2]} x {n})"
-        )
-    if n == 0:
-        raise ValueError(f"{name} must hold at least one sample (n >= 1); got shape {arr.shape}")
-    _check_finite(arr, name)
-    batch = arr.shape[:-2]
-
-    # symmetry, relative to the largest entry of each matrix
-    At = np.swapaxes(arr, -1, -2)
-    asym = np.abs(arr - At).max(axis=(-2, -1))
-    scale = np.abs(arr).max(axis=(-2, -1))
-    bad = asym > sym_tol * scale
-    if bad.any():
-        rel = np.where(bad, asym / np.where(scale > 0, scale, 1.0), -1.0)
-        k = int(np.argmax(rel))
-        raise ValueError(
-            f"{_where(name, batch, k)} must be symmetric; got max |K - K^T| = {asym.flat[k]:.3g} "
-            f"({rel.flat[k]:.3g} relative to its largest entry {scale.flat[k]:.3g}); valid: at most "
-            f"{sym_tol:g} relative"
-        )
-    sym = 0.5 * (arr + At)  # exactly symmetric: IEEE addition commutes
-
-    # positive semi-definite up to round-off
-    lam = np.linalg.eigvalsh(sym)
-    lmin, lmax = lam[..., 0], lam[..., -1]
-    floor = -psd_tol * np.maximum(1.0, lmax)
-    bad = lmin < floor
-    if bad.any():
-        margin = np.where(bad, floor - lmin, -np.inf)
-        k = int(np.argmax(margin))
-        raise ValueError(
-            f"{_where(name, batch, k)} must be positive semi-definite; got smallest eigenvalue "
-            f"{lmin.flat[k]:.6g} (largest {lmax.flat[k]:.6g}); valid: smallest eigenvalue >= "
-            f"-psd_tol * max(1, largest) = {floor.flat[k]:.3g} (psd_tol = {psd_tol:g})"
-        )
-    return sym, lam
-
-
 def _scalar_or_array(x: np.ndarray) -> float | np.ndarray:
     """A numpy float64 scalar (a `float`) for 0-d results, the array otherwise."""
     x = np.asarray(x, dtype=np.float64)
@@ -150,9 +52,9 @@ def _scalar_or_array(x: np.ndarray) -> float | np.ndarray:
 
 def _normalized_spectrum(K, name: str, rcond: float | None, measure: str) -> np.ndarray:
     """Eigenvalues divided by the largest one, with those at or below ``rcond`` set to exactly 0."""
-    sym, lam = _check_gram_eig(K, name, 1e-10, 1e-12, True)
+    sym, lam = check_gram_eig(K, name, 1e-10, 1e-12, True)
     n = sym.shape[-1]
-    rc = _check_tol(rcond, "rcond", allow_none=True)
+    rc = check_tol(rcond, "rcond", allow_none=True)
     if rc is None:
         rc = n * _EPS
     lmax = lam[..., -1]
@@ -161,7 +63,7 @@ def _normalized_spectrum(K, name: str, rcond: float | None, measure: str) -> np.
         k = int(np.argmax(bad))
         tr = np.trace(sym, axis1=-2, axis2=-1)
         raise ValueError(
-            f"{_where(name, sym.shape[:-2], k)} has trace {tr.flat[k]:.3g} and no positive eigenvalue "
+            f"{where(name, sym.shape[:-2], k)} has trace {tr.flat[k]:.3g} and no positive eigenvalue "
             f"(largest {lmax.flat[k]:.3g}); the {measure} needs tr K > 0 (K = 0 has no {measure})"
         )
     t = lam / lmax[..., None]
@@ -170,58 +72,6 @@ def _normalized_spectrum(K, name: str, rcond: float | None, measure: str) -> np.
 
 def _diag(K: np.ndarray) -> np.ndarray:
     return np.diagonal(K, axis1=-2, axis2=-1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# validation
-# ---------------------------------------------------------------------------------------------------------
-
-
-def check_gram(
-    K,
-    name: str = "K",
-    *,
-    psd_tol: float = 1e-10,
-    sym_tol: float = 1e-12,
-    allow_stack: bool = True,
-) -> np.ndarray:
-    """Validate a Gram matrix (or a stack of them) and return it as an exactly symmetric float64 array.
-
-    A Gram matrix K_ab = <x_a, x_b> / d of a batch of n inputs is real, finite, square, symmetric and
-    positive semi-definite. This function checks each of these up to round-off and raises ValueError
-    naming the argument (``name``, with the stack index for stacks), the offending value and the valid
-    range:
-
-    * real numeric, finite (no NaN or inf), at least 2-D (exactly 2-D if ``allow_stack`` is False),
-      square in its last two axes, n >= 1;
-    * symmetric: ``max |K - K^T| <= sym_tol * max |K|`` for each matrix of the stack;
-    * positive semi-definite: ``lambda_min >= -psd_tol * max(1, lambda_max)`` for each matrix.
-
-    Parameters
-    ----------
-    K : array_like, shape (..., n, n)
-        Gram matrix or stack of Gram matrices.
-    name : str
-        Name of the argument, used in error messages.
-    psd_tol : float
-        Tolerance on negative eigenvalues, relative to ``max(1, lambda_max)``.
-    sym_tol : float
-        Tolerance on the asymmetry, relative to the largest absolute entry.
-    allow_stack : bool
-        Whether leading stack dimensions are allowed.
-
-    Returns
-    -------
-    numpy.ndarray, float64, shape (..., n, n)
-        A new array equal to ``(K + K^T) / 2``, exactly symmetric. Tiny negative eigenvalues allowed by
-        ``psd_tol`` are left as they are; the measures clip them.
-
-    Raises
-    ------
-    ValueError
-        If any of the conditions above fails.
-    """
-    return _check_gram_eig(K, name, psd_tol, sym_tol, allow_stack)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,7 +270,7 @@ def _orthogonality_from_gram(G: np.ndarray, name: str) -> np.ndarray:
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(
-            f"{_where(name, G.shape[:-2], k)} has zero norm (trace {tr.flat[k]:.3g}); the orthogonality "
+            f"{where(name, G.shape[:-2], k)} has zero norm (trace {tr.flat[k]:.3g}); the orthogonality "
             f"gap needs a nonzero representation (trace > 0)"
         )
     M = G / tr[..., None, None]
@@ -451,12 +301,12 @@ def orthogonality_gap(H) -> float | np.ndarray:
         If H is not real, finite and at least 2-D with d, n >= 1, or if H = 0.
     """
     what = "a d x n representation matrix (features x samples) or a stack (..., d, n)"
-    H = _as_real_array(H, "H", what)
+    H = as_real_array(H, "H", what)
     if H.ndim < 2:
         raise ValueError(f"H must be {what}; got shape {H.shape} ({H.ndim}-D), need at least 2-D")
     if H.shape[-1] == 0 or H.shape[-2] == 0:
         raise ValueError(f"H must have d >= 1 features and n >= 1 samples; got shape {H.shape}")
-    _check_finite(H, "H")
+    check_finite(H, "H")
     scale = np.abs(H).max(axis=(-2, -1))
     Hn = H / np.where(scale > 0, scale, 1.0)[..., None, None]  # avoid overflow in H^T H
     G = np.swapaxes(Hn, -1, -2) @ Hn
@@ -528,7 +378,7 @@ def am_gm_ratio(K) -> float | np.ndarray:
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(
-            f"{_where('K', K.shape[:-2], k)} has an all-zero diagonal (trace 0); the AM/GM ratio of the "
+            f"{where('K', K.shape[:-2], k)} has an all-zero diagonal (trace 0); the AM/GM ratio of the "
             f"sample norms needs tr K > 0"
         )
     dn = d / s[..., None]
@@ -538,3 +388,22 @@ def am_gm_ratio(K) -> float | np.ndarray:
     with np.errstate(over="ignore"):
         ratio = np.exp(np.maximum(log_ratio, 0.0))
     return _scalar_or_array(ratio)
+
+
+def gamma_from_gram(G) -> np.ndarray:
+    """gamma = c / (K - c) per Gram of a stack (..., n, n), with K the mean diagonal entry and c the mean
+    off-diagonal entry: the infinite-data bias of an output whose second moments over initialization are
+    G, reading the n inputs as independent draws from the data (exchangeable: for n = 2 the two diagonal
+    entries agree up to Monte Carlo noise). +inf when c = K (collinear outputs), NaN for a zero output.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    if G.ndim < 2 or G.shape[-1] != G.shape[-2] or G.shape[-1] < 2:
+        raise ValueError(f"gamma_from_gram: G must be a stack of n x n Grams with n >= 2, got shape {G.shape}")
+    n = G.shape[-1]
+    diag = np.trace(G, axis1=-2, axis2=-1) / n
+    off = (G.sum(axis=(-2, -1)) - n * diag) / (n * (n - 1))
+    gap = diag - off
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.where(gap > 0, off / np.where(gap > 0, gap, 1.0), np.inf)
+    g = np.where(diag > 0, g, np.nan)
+    return g + 0.0  # no negative zeros

@@ -9,26 +9,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from meanfield.layers import (
-    Activation,
-    BatchNorm,
-    Block,
-    Center,
-    Dense,
-    GroupLayerNorm,
-    Layer,
-    LayerNorm,
-    Linear,
-    Residual,
-    RMSNorm,
-    WeightNormDense,
-    layer_from_dict,
-)
+from meanfield.core.validate import check_choice, check_int
+from meanfield.layers import Activation, Block, Center, Dense, Layer, Residual, layer_from_dict, norm_layer_types
 
-__all__ = ["Network", "mlp", "NORMS", "PLACEMENTS"]
+__all__ = ["Network", "mlp", "NORMS", "PLACEMENTS", "norm_choices", "norm_layers", "check_placement"]
 
-NORMS = (None, "ln", "rms", "bn", "gln", "wn")
 PLACEMENTS = ("pre", "post")
+
+
+def norm_choices() -> tuple:
+    """The one norm vocabulary of `mlp`, `maps` and `sweep`: None and the ``norm_key`` of every registered
+    norm layer type ("ln", "rms", "bn", "gln", "wn", "mobn", and user-defined ones); two keys joined by "+"
+    combine a weight normalization with a norm layer (e.g. "wn+mobn", Salimans and Kingma 2016)."""
+    return (None, *norm_layer_types())
+
+
+NORMS = norm_choices()  # the built-in vocabulary
 
 
 @dataclass(frozen=True, eq=True, repr=False)
@@ -91,7 +87,7 @@ class Network:
     @property
     def widths(self) -> list:
         """Output width of every Dense/WeightNormDense layer (None where the simulator's width applies)."""
-        return [layer.width for layer in _walk(self.layers) if isinstance(layer, (Dense, Linear, WeightNormDense))]
+        return [layer.width for layer in _walk(self.layers) if layer.weighted]
 
     def to_dict(self) -> dict:
         d = {"blocks": [b.to_dict() for b in self.blocks]}
@@ -127,24 +123,31 @@ class Network:
 def _walk(layers):
     for layer in layers:
         yield layer
-        if isinstance(layer, Residual):
-            yield from _walk(layer.branch)
-            if layer.shortcut is not None:
-                yield from _walk(layer.shortcut)
+        yield from _walk(layer.sublayers())
 
 
-def _norm_layer(norm, groups, group_size, bn_mode):
-    if norm == "ln":
-        return LayerNorm()
-    if norm == "rms":
-        return RMSNorm()
-    if norm == "bn":
-        return BatchNorm(mode=bn_mode)
-    if norm == "gln":
-        if groups is None and group_size is None:
-            groups = 1
-        return GroupLayerNorm(groups=groups, group_size=group_size)
-    return None
+def norm_layers(owner: str, norm) -> tuple[type | None, type | None]:
+    """(weight-norm class or None, norm-layer class or None) for a ``norm`` of the vocabulary
+    (`norm_choices`); ValueError naming ``owner`` otherwise."""
+    if norm is None:
+        return None, None
+    table = norm_layer_types()
+    keys = norm.split("+") if isinstance(norm, str) else [norm]
+    if not all(isinstance(k, str) and k in table for k in keys) or len(keys) > 2:
+        raise ValueError(f"{owner}: norm={norm!r} must be one of {norm_choices()} (or a weight norm and a norm "
+                         "layer joined by '+', e.g. 'wn+mobn')")
+    classes = [table[k] for k in keys]
+    dense = [c for c in classes if c.replaces_dense]
+    other = [c for c in classes if not c.replaces_dense]
+    if len(dense) > 1 or len(other) > 1:
+        raise ValueError(f"{owner}: norm={norm!r} combines two {'weight norms' if len(dense) > 1 else 'norm layers'}; "
+                         "give at most one weight norm and one norm layer")
+    return (dense[0] if dense else None), (other[0] if other else None)
+
+
+def check_placement(owner: str, placement) -> str:
+    """"pre" (Dense -> Norm -> Activation) or "post" (Dense -> Activation -> Norm)."""
+    return check_choice(owner, "placement", placement, PLACEMENTS)
 
 
 def mlp(depth: int, activation="relu", norm: str | None = None, placement: str = "post",
@@ -160,9 +163,10 @@ def mlp(depth: int, activation="relu", norm: str | None = None, placement: str =
     ----------
     depth : int >= 1
     activation : name, callable or hermite.Activation
-    norm : None, "ln", "rms", "bn", "gln" or "wn"
+    norm : None, "ln", "rms", "bn", "gln", "wn", "mobn", or "wn+<norm>" (see `norm_choices`)
         "gln" takes ``groups`` or ``group_size``; "wn" replaces Dense by WeightNormDense(g=sigma_w,
-        init=wn_init) and adds no norm layer; "bn" uses BatchNorm(mode=bn_mode).
+        init=wn_init) and adds no norm layer; "bn" uses BatchNorm(mode=bn_mode); "mobn" is
+        MeanOnlyBatchNorm; "wn+mobn" is Salimans and Kingma's weight norm with mean-only BatchNorm.
     placement : "pre" or "post"
     centering : None, "layer" or "meanfield"
         Adds Center(mode=centering) right after the activation (Joudaki et al. 2023).
@@ -171,25 +175,15 @@ def mlp(depth: int, activation="relu", norm: str | None = None, placement: str =
     readout : int, True or None
         Adds one more block, Dense(sigma_w, 0, width=readout) (True: one output).
     """
-    try:
-        ok = not isinstance(depth, bool) and float(depth).is_integer()
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"mlp: depth={depth!r} must be an integer >= 1")
-    depth = int(depth)
-    if depth < 1:
-        raise ValueError(f"mlp: depth={depth!r} must be an integer >= 1")
-    if norm not in NORMS:
-        raise ValueError(f"mlp: norm={norm!r} must be one of {NORMS}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"mlp: placement={placement!r} must be one of {PLACEMENTS}")
-    if centering not in (None, "layer", "meanfield"):
-        raise ValueError(f"mlp: centering={centering!r} must be None, 'layer' or 'meanfield'")
+    depth = check_int("mlp", "depth", depth, lo=1)
+    dense_cls, norm_cls = norm_layers("mlp", norm)
+    check_placement("mlp", placement)
+    check_choice("mlp", "centering", centering, (None, "layer", "meanfield"))
     act = Activation(activation)
-    dense = (WeightNormDense(g=sigma_w, init=wn_init, sigma_b=sigma_b) if norm == "wn"
-             else Dense(sigma_w=sigma_w, sigma_b=sigma_b))
-    nl = _norm_layer(norm, groups, group_size, bn_mode)
+    options = {"groups": groups, "group_size": group_size, "bn_mode": bn_mode, "wn_init": wn_init,
+               "sigma_w": sigma_w, "sigma_b": sigma_b}
+    dense = Dense(sigma_w=sigma_w, sigma_b=sigma_b) if dense_cls is None else dense_cls.for_mlp(**options)
+    nl = None if norm_cls is None else norm_cls.for_mlp(**options)
     core = [act] + ([Center(mode=centering)] if centering else [])
     if nl is None:
         body = [dense, *core]

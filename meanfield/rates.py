@@ -880,7 +880,7 @@ def measure_bn_gradient_rate(act="identity", batch_size: int = 8, *, width: int 
     skip : int >= 0, blocks left out at either end (2 skip < depth - 1)
     X : (batch_size, d0) array, optional input batch (default: i.i.d. N(0, 1), d0 = 2 batch_size)
     """
-    from meanfield.simulate import simulate
+    from meanfield.finite import simulate
 
     B = _int_at_least(batch_size, "batch_size", 4)
     L = _int_at_least(depth, "depth", 3)

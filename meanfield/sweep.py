@@ -165,9 +165,9 @@ def run_point(p: dict, measures=MEASURES) -> list[dict]:
     A simulation row holds, per measure, the seed mean, standard deviation, median and 10% / 90%
     quantiles (``<measure>_std``, ``_median``, ``_q10``, ``_q90``; `meanfield.plot.seed_quantiles`).
     """
+    from meanfield.finite import simulate
+    from meanfield.infinite import propagate
     from meanfield.plot import seed_quantiles
-    from meanfield.propagate import propagate
-    from meanfield.simulate import simulate
 
     net = _network(p)
     X = _batch(p)

@@ -7,7 +7,7 @@ so the same call works on both and "theory vs simulation" is one line:
 >>> import numpy as np, meanfield
 >>> net = meanfield.mlp(3, "relu", norm="ln")
 >>> X = np.eye(4)
->>> mf = meanfield.propagate(net, X)                       # doctest: +SKIP
+>>> mf = meanfield.propagate(net, X=X)                       # doctest: +SKIP
 >>> sim = meanfield.simulate(net, X, width=256, seeds=8)   # doctest: +SKIP
 >>> mf.isometry_gap(), sim.isometry_gap().mean(axis=0)     # doctest: +SKIP
 """
@@ -107,7 +107,7 @@ class Trajectory:
     def gamma(self) -> np.ndarray:
         """Initial guessing bias per block (and seed): c/(K - c), K the mean diagonal and c the mean
         off-diagonal second moment, reading the inputs as independent draws (`meanfield.bias`)."""
-        from meanfield.bias import gamma_from_gram
+        from meanfield.measures import gamma_from_gram
 
         return gamma_from_gram(self.gram)
 

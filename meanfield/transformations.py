@@ -89,9 +89,9 @@ import hermite
 from hermite.basis import panel_rule
 from hermite.kernels import activation_means
 from meanfield import fisher
+from meanfield.infinite import propagate
 from meanfield.layers import Activation, Block, Dense, Residual
 from meanfield.network import Network
-from meanfield.propagate import propagate
 
 __all__ = [
     "GAMMA_CHOICES",

@@ -11,7 +11,7 @@ import pytest
 import hermite
 import meanfield
 from meanfield import checks, rates
-from meanfield.simulate import simulate
+from meanfield.finite import simulate
 
 FAST_ACTS = ["relu", "tanh", "sigmoid", "silu", "gelu", "sin", "exp", "abs", "identity",
              ("hermite", {"k": 2}), ("hermite", {"k": 3}), "0.3*x + 1.2*(x**2 - 1) - 0.4*x**3",
@@ -127,7 +127,7 @@ def test_simulation_agrees_with_meanfield_isometry_curve():
     X[1] = X[0] + 0.3 * X[1]
     for act in ("relu", "tanh"):
         net = meanfield.mlp(depth, act, norm="ln")
-        mf = meanfield.propagate(net, X)
+        mf = meanfield.propagate(net, X=X)
         sim = simulate(net, X, width=width, seeds=seeds, seed=1)
         g = sim.isometry_gap()
         se = g.std(axis=0, ddof=1) / math.sqrt(seeds)

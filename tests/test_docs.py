@@ -31,7 +31,7 @@ def test_gen_api_writes_the_reference(tmp_path, capsys):
                  "hermite.transform", "meanfield.propagate", "meanfield.mlp", "meanfield.Network",
                  "meanfield.Trajectory", "meanfield.Trajectory.isometry_gap", "meanfield.isometry_gap",
                  "meanfield.sweep.run_sweep", "meanfield.sweep.Sweep", "meanfield.plot.depth_curve",
-                 "meanfield.plot.theory_vs_simulation", "meanfield.simulate.simulate"):
+                 "meanfield.plot.theory_vs_simulation", "meanfield.finite.simulate"):
         assert f"`{name}`" in text, name
     # the docstring text itself, and the signatures
     assert "orthonormal" in text and "run_sweep(sweep" in text

@@ -18,7 +18,7 @@ from matplotlib.contour import ContourSet
 import hermite
 import meanfield
 from meanfield import plot
-from meanfield.simulate import simulate
+from meanfield.finite import simulate
 from meanfield.trajectory import Trajectory
 
 

@@ -573,7 +573,7 @@ def test_relu_batchnorm_vs_numpy_simulation(placement):
     rng = np.random.default_rng(7)
     X = rng.standard_normal((4, 16)) * np.array([[0.5], [1.0], [1.5], [2.0]]) + 0.3
     net = _relu_bn_net(placement)
-    mf = propagate(net, X, mc_samples=2**16)
+    mf = propagate(net, X=X, mc_samples=2**16)
     # BN -> ReLU (pre) is exact; ReLU -> BN (post) needs Monte Carlo for the BN of a non-Gaussian input
     assert np.all(mf.mc_error[1:] == 0) if placement == "pre" else np.all(mf.mc_error[1:] > 0)
     width = 2048
@@ -584,12 +584,12 @@ def test_relu_batchnorm_vs_numpy_simulation(placement):
 @pytest.mark.slow
 def test_relu_batchnorm_vs_meanfield_simulate():
     """The same comparison with the package's finite-width engine, when it is there."""
-    simulate_mod = pytest.importorskip("meanfield.simulate")
+    simulate_mod = pytest.importorskip("meanfield.finite")
     rng = np.random.default_rng(8)
     X = rng.standard_normal((4, 16)) + 0.2
     for placement in ("pre", "post"):
         net = _relu_bn_net(placement)
-        mf = propagate(net, X, mc_samples=2**16)
+        mf = propagate(net, X=X, mc_samples=2**16)
         width = 2048
         sim = simulate_mod.simulate(net, X, width=width, seeds=20, seed=1)
         assert sim.gram.shape == (20, 4, 4, 4)
@@ -688,7 +688,7 @@ def test_residual_identity_shortcut():
     alpha, sw, sb, depth = 0.6, 1.2, 0.2, 4
     net = mlp(depth, "relu", sigma_w=sw, sigma_b=sb, residual=alpha)
     assert all(isinstance(b.layers[0], Residual) for b in net.blocks)
-    t = propagate(net, X)
+    t = propagate(net, X=X)
     Kref, mref = residual_truth(X @ X.T / width, X.mean(axis=1), depth, alpha, sw, sb)
     assert scaled_err(t.gram, Kref) < 1e-12
     np.testing.assert_allclose(t.means, mref, rtol=1e-12, atol=1e-15)
@@ -758,7 +758,7 @@ def structural_runs():
     rng = np.random.default_rng(40)
     X = rng.standard_normal((6, 9)) * np.exp(0.4 * rng.standard_normal((6, 1)))
     X[4] = X[1]  # a duplicated sample: rho = 1 exactly at the input
-    return {name: propagate(net, X, mc_samples=2**12) for name, net in _structural_nets().items()}
+    return {name: propagate(net, X=X, mc_samples=2**12) for name, net in _structural_nets().items()}
 
 
 @pytest.mark.parametrize("name", sorted(_structural_nets()))
@@ -838,7 +838,7 @@ def test_zero_variance_sample_maps_to_zero(net):
     rng = np.random.default_rng(41)
     X = rng.standard_normal((4, 6))
     X[2] = 0.0
-    t = propagate(net, X, mc_samples=2**10)
+    t = propagate(net, X=X, mc_samples=2**10)
     assert np.all(np.isfinite(t.gram)) and np.all(np.isfinite(t.means))
     assert np.all(t.gram[1:, 2, :] == 0.0) and np.all(t.gram[1:, :, 2] == 0.0)
     others = [0, 1, 3]
@@ -868,7 +868,7 @@ def test_means_shape_and_values():
     np.testing.assert_array_equal(t.means[0], 0.0)  # K0 given: means taken as 0
     np.testing.assert_allclose(t.means[1], relu_mean(dense(K0, 1.5, 0.2)), rtol=1e-14)
     X = np.random.default_rng(0).standard_normal((5, 7)) + 2.0
-    np.testing.assert_allclose(propagate(mlp(3, "relu"), X).means[0], X.mean(axis=1))
+    np.testing.assert_allclose(propagate(mlp(3, "relu"), X=X).means[0], X.mean(axis=1))
 
 
 def test_data_matrix_and_gram_inputs_agree():
@@ -876,7 +876,7 @@ def test_data_matrix_and_gram_inputs_agree():
     X = rng.standard_normal((6, 11))
     K0 = X @ X.T / 11
     for net in (mlp(5, "relu", norm="ln"), mlp(3, "tanh", norm="bn", placement="pre")):
-        a = propagate(net, X, mc_samples=2**10)
+        a = propagate(net, X=X, mc_samples=2**10)
         b = propagate(net, K0, mc_samples=2**10)
         c = propagate(net, X=X, mc_samples=2**10)
         np.testing.assert_allclose(a.gram, b.gram, rtol=1e-13, atol=1e-15)
@@ -932,10 +932,13 @@ def test_bad_propagate_arguments():
         propagate(net, np.eye(2), mc_samples=3)
 
 
-def test_nonsquare_K0_is_taken_as_data_matrix():
-    """Documented behaviour: a non-square 2-D K0 is a data matrix X (K0 = X X^T / d)."""
+def test_nonsquare_K0_raises_and_points_to_X():
+    """A positional array is always the Gram K0 (DESIGN.md): a non-square one raises and names X=; the same
+    matrix passed as X= is read as data (K0 = X X^T / d)."""
     X = np.random.default_rng(46).standard_normal((3, 5))
-    np.testing.assert_allclose(propagate(mlp(2, "relu"), X).gram[0], X @ X.T / 5, rtol=1e-15)
+    with pytest.raises(ValueError, match=r"X=X"):
+        propagate(mlp(2, "relu"), X)
+    np.testing.assert_allclose(propagate(mlp(2, "relu"), X=X).gram[0], X @ X.T / 5, rtol=1e-15)
 
 
 @pytest.mark.parametrize("act", ["relu", "step", "leaky_relu", "abs"])

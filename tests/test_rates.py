@@ -226,7 +226,7 @@ def test_fit_rate_geometric_series():
 def test_fit_rate_meanfield_matches_prediction():
     rng = np.random.default_rng(2)
     X = rng.standard_normal((4, 6))
-    traj = meanfield.propagate(meanfield.mlp(40, "relu", norm="ln"), X)
+    traj = meanfield.propagate(meanfield.mlp(40, "relu", norm="ln"), X=X)
     b0 = rates.beta0("relu")
     fp = rates.fit_rate(traj, "potential", start=25)
     fg = rates.fit_rate(traj, "isometry_gap", start=25)
@@ -275,7 +275,7 @@ def test_bn_gradient_rate_relu_large_batch():
 
 
 def test_bn_gradient_network_needs_head():
-    from meanfield.simulate import simulate
+    from meanfield.finite import simulate
 
     X = np.random.default_rng(0).standard_normal((6, 8))
     bare = simulate(rates.bn_gradient_network("identity", 3, head=False), X, width=32, seeds=2, gradients=True)

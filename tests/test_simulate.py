@@ -30,9 +30,9 @@ from meanfield import (
     Scale,
     WeightNormDense,
 )
-from meanfield.simulate import simulate
+from meanfield.finite import simulate
 
-sim_mod = importlib.import_module("meanfield.simulate")
+sim_mod = importlib.import_module("meanfield.finite")
 SQ2 = math.sqrt(2.0)
 
 
@@ -135,7 +135,7 @@ def test_bias_of_the_seed_mean_shrinks_like_inverse_width():
 
 
 def _propagate():
-    return importlib.import_module("meanfield.propagate").propagate
+    return importlib.import_module("meanfield.infinite").propagate
 
 
 def wide_batch(n=4, d=1024, seed=1):

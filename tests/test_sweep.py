@@ -20,7 +20,7 @@ import pytest
 
 import meanfield
 from meanfield import sweep as sw
-from meanfield.simulate import simulate
+from meanfield.finite import simulate
 from meanfield.sweep import Sweep, load_errors, load_results, point_id, run_point, run_sweep
 
 TINY = {"depth": 3, "n": 4, "input_dim": 8, "width": 16, "seeds": 3}

@@ -291,12 +291,12 @@ def test_transformed_network_correlations_contract_faster(act):
 
 
 def test_shortcut_network_simulate_matches_propagate():
-    from meanfield.simulate import simulate
+    from meanfield.finite import simulate
 
     rng = np.random.default_rng(4)
     X = rng.standard_normal((4, 32))
     net = tr.shortcut_network(3, "tanh", sigma_b=0.2, sigma_d=0.1)
-    mf = meanfield.propagate(net, X)
+    mf = meanfield.propagate(net, X=X)
     sim = simulate(net, X, width=512, seeds=12, seed=1)
     err = np.abs(sim.gram.mean(axis=0) - mf.gram)
     assert np.all(err <= 5 * sim.stderr() + 2e-3)

@@ -1,0 +1,285 @@
+"""One validation module for `meanfield`: every public function checks its arguments here.
+
+One message style everywhere: ``"<owner>: <name>=<value> must be <allowed range>"`` (ValueError), where the
+owner is the public function or layer that received the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_array", "check_data", "check_gram",
+           "check_gram_eig", "check_tol", "check_seed", "check_widths", "where", "as_real_array",
+           "check_finite"]
+
+_EPS = float(np.finfo(np.float64).eps)
+
+
+def _prefix(owner: str | None) -> str:
+    return f"{owner}: " if owner else ""
+
+
+def check_int(owner: str | None, name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer (an integral float is accepted, a bool is not) in [lo, hi]."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer, float, np.floating))
+    if ok:
+        try:
+            ok = math.isfinite(float(value)) and float(value).is_integer()
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+    if ok:
+        v = int(value)
+        ok = (lo is None or v >= lo) and (hi is None or v <= hi)
+    if not ok:
+        if lo is not None and hi is not None:
+            rng = f"an integer in [{lo}, {hi}]"
+        elif lo is not None:
+            rng = f"an integer >= {lo}"
+        elif hi is not None:
+            rng = f"an integer <= {hi}"
+        else:
+            rng = "an integer"
+        raise ValueError(f"{_prefix(owner)}{name}={value!r} must be {rng}")
+    return int(value)
+
+
+def check_real(owner: str | None, name: str, value, lo: float | None = None, hi: float | None = None, *,
+               lo_open: bool = False, hi_open: bool = False, allow_inf: bool = False,
+               allow_none: bool = False) -> float | None:
+    """A real number (not a bool), finite unless ``allow_inf``, in the interval given by lo/hi."""
+    if value is None and allow_none:
+        return None
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    rng = f"{left}{'-inf' if lo is None else format(lo, 'g')}, {'inf' if hi is None else format(hi, 'g')}{right}"
+    if isinstance(value, bool):
+        raise ValueError(f"{_prefix(owner)}{name}={value!r} must be a real number in {rng}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_prefix(owner)}{name}={value!r} must be a real number in {rng}") from None
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ValueError(f"{_prefix(owner)}{name}={value!r} must be a finite real number in {rng}")
+    below = lo is not None and (v <= lo if lo_open else v < lo)
+    above = hi is not None and (v >= hi if hi_open else v > hi)
+    if below or above:
+        raise ValueError(f"{_prefix(owner)}{name}={value!r} must be in {rng}")
+    return v
+
+
+def check_bool(owner: str | None, name: str, value) -> bool:
+    if value not in (True, False) or not isinstance(value, (bool, np.bool_, int)):
+        raise ValueError(f"{_prefix(owner)}{name}={value!r} must be True or False")
+    return bool(value)
+
+
+def check_choice(owner: str | None, name: str, value, choices: Sequence) -> Any:
+    """One of ``choices`` (compared with ==; strings exactly)."""
+    for c in choices:
+        if value is c or (type(value) is type(c) and value == c):
+            return c
+    raise ValueError(f"{_prefix(owner)}{name}={value!r} must be one of {', '.join(repr(c) for c in choices)}")
+
+
+def check_seed(owner: str | None, seed, name: str = "seed"):
+    """A non-negative integer seed or a numpy SeedSequence."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    return check_int(owner, name, seed, lo=0)
+
+
+def check_array(owner: str | None, name: str, value, ndim: int | Sequence[int] | None = None) -> np.ndarray:
+    """A real, finite float64 array (a copy), with ``ndim`` dimensions when given."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_prefix(owner)}{name} must be a real numeric array, got {type(value).__name__}") \
+            from None
+    if arr.dtype.kind not in "biuf":
+        kind = "complex" if arr.dtype.kind == "c" else str(arr.dtype)
+        raise ValueError(f"{_prefix(owner)}{name} must be a real numeric array, got dtype {kind}")
+    arr = np.array(arr, dtype=np.float64)
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in dims:
+            raise ValueError(f"{_prefix(owner)}{name} must have {' or '.join(map(str, dims))} dimensions, got "
+                             f"shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(f"{_prefix(owner)}{name} must be finite, got {int(bad.sum())} NaN/inf entries")
+    return arr
+
+
+def check_data(owner: str | None, X, name: str = "X") -> np.ndarray:
+    """A data batch: a real, finite (n, d) array with n >= 1 inputs and d >= 1 features."""
+    if not isinstance(X, np.ndarray) and hasattr(X, "shape") and hasattr(X, "dtype"):
+        from meanfield.core.backends import to_host
+
+        X = to_host(X)
+    try:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError
+        A = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_prefix(owner)}{name} must be a real (n, d) array, got "
+                         f"{getattr(np.asarray(X, dtype=object), 'dtype', type(X).__name__)}") from None
+    if A.ndim != 2 or A.shape[0] < 1 or A.shape[1] < 1:
+        raise ValueError(f"{_prefix(owner)}{name} must be a 2-D (n, d) array with n >= 1 inputs and d >= 1 "
+                         f"features, got shape {A.shape}")
+    bad = ~np.isfinite(A)
+    if bad.any():
+        raise ValueError(f"{_prefix(owner)}{name} must be finite, got {int(bad.sum())} NaN/inf entries (first at "
+                         f"row {int(np.argwhere(bad)[0][0])})")
+    return A
+
+
+def check_widths(owner: str | None, width, depth: int) -> list[int]:
+    """One positive integer width, or a sequence of ``depth`` of them (one per block)."""
+    if isinstance(width, (str, bytes)) or not isinstance(width, Sequence | np.ndarray):
+        try:
+            return [check_int(owner, "width", width, lo=1)] * depth
+        except ValueError:
+            raise ValueError(f"{_prefix(owner)}width={width!r} must be an integer >= 1 or a sequence of {depth} "
+                             "such integers (one per block)") from None
+    ws = list(width)
+    if len(ws) != depth:
+        raise ValueError(f"{_prefix(owner)}width has {len(ws)} entries but the network has {depth} blocks; give "
+                         "one width per block or a single integer")
+    return [check_int(owner, f"width[{i}]", v, lo=1) for i, v in enumerate(ws)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gram matrices
+def where(name: str, batch_shape: tuple, flat: int) -> str:
+    """``name`` for a single matrix, ``name[i, j]`` for the matrix at flat index ``flat`` of a stack."""
+    if not batch_shape:
+        return name
+    idx = np.unravel_index(int(flat), batch_shape)
+    return f"{name}[{', '.join(str(int(i)) for i in idx)}]"
+
+
+def check_tol(value: float, argname: str, *, allow_none: bool = False) -> float | None:
+    """A non-negative tolerance."""
+    if value is None and allow_none:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argname} must be a non-negative float; got {value!r}") from None
+    if not (v >= 0.0):  # also rejects NaN
+        raise ValueError(f"{argname} must be a non-negative float (>= 0); got {value!r}")
+    return v
+
+
+def as_real_array(A, name: str, what: str) -> np.ndarray:
+    """Convert to a float64 array, rejecting ragged, complex and non-numeric input."""
+    try:
+        arr = np.asarray(A)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be {what}; could not convert it to an array ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be {what} of real numbers; got dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64)  # always a copy: never alias the caller's array
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    finite = np.isfinite(arr)
+    if not finite.all():
+        idx = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise ValueError(
+            f"{name} must be finite (no NaN or inf); got {arr[idx]} at index {idx} "
+            f"({int((~finite).sum())} non-finite entries); valid entries are finite reals"
+        )
+
+
+def check_gram_eig(K, name: str, psd_tol: float, sym_tol: float, allow_stack: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`check_gram` that also returns the ascending eigenvalues (..., n) it computed."""
+    psd_tol = check_tol(psd_tol, "psd_tol")
+    sym_tol = check_tol(sym_tol, "sym_tol")
+    what = "an n x n Gram matrix or a stack (..., n, n)" if allow_stack else "an n x n Gram matrix"
+    arr = as_real_array(K, name, what)
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must be {what}; got shape {arr.shape} ({arr.ndim}-D), need at least 2-D")
+    if not allow_stack and arr.ndim != 2:
+        raise ValueError(f"{name} must be {what} (2-D); got shape {arr.shape} ({arr.ndim}-D)")
+    n = arr.shape[-1]
+    if arr.shape[-2] != n:
+        raise ValueError(
+            f"{name} must be square in its last two axes ({what}); got shape {arr.shape} "
+            f"({arr.shape[-2]} x {n})"
+        )
+    if n == 0:
+        raise ValueError(f"{name} must hold at least one sample (n >= 1); got shape {arr.shape}")
+    check_finite(arr, name)
+    batch = arr.shape[:-2]
+
+    # symmetry, relative to the largest entry of each matrix
+    At = np.swapaxes(arr, -1, -2)
+    asym = np.abs(arr - At).max(axis=(-2, -1))
+    scale = np.abs(arr).max(axis=(-2, -1))
+    bad = asym > sym_tol * scale
+    if bad.any():
+        rel = np.where(bad, asym / np.where(scale > 0, scale, 1.0), -1.0)
+        k = int(np.argmax(rel))
+        raise ValueError(
+            f"{where(name, batch, k)} must be symmetric; got max |K - K^T| = {asym.flat[k]:.3g} "
+            f"({rel.flat[k]:.3g} relative to its largest entry {scale.flat[k]:.3g}); valid: at most "
+            f"{sym_tol:g} relative"
+        )
+    sym = 0.5 * (arr + At)  # exactly symmetric: IEEE addition commutes
+
+    # positive semi-definite up to round-off
+    lam = np.linalg.eigvalsh(sym)
+    lmin, lmax = lam[..., 0], lam[..., -1]
+    floor = -psd_tol * np.maximum(1.0, lmax)
+    bad = lmin < floor
+    if bad.any():
+        margin = np.where(bad, floor - lmin, -np.inf)
+        k = int(np.argmax(margin))
+        raise ValueError(
+            f"{where(name, batch, k)} must be positive semi-definite; got smallest eigenvalue "
+            f"{lmin.flat[k]:.6g} (largest {lmax.flat[k]:.6g}); valid: smallest eigenvalue >= "
+            f"-psd_tol * max(1, largest) = {floor.flat[k]:.3g} (psd_tol = {psd_tol:g})"
+        )
+    return sym, lam
+
+
+def check_gram(K, name: str = "K", *, psd_tol: float = 1e-10, sym_tol: float = 1e-12,
+               allow_stack: bool = True) -> np.ndarray:
+    """Validate a Gram matrix (or a stack of them) and return it as an exactly symmetric float64 array.
+
+    A Gram matrix K_ab = <x_a, x_b> / d of a batch of n inputs is real, finite, square, symmetric and
+    positive semi-definite. This function checks each of these up to round-off and raises ValueError
+    naming the argument (``name``, with the stack index for stacks), the offending value and the valid
+    range:
+
+    * real numeric, finite (no NaN or inf), at least 2-D (exactly 2-D if ``allow_stack`` is False),
+      square in its last two axes, n >= 1;
+    * symmetric: ``max |K - K^T| <= sym_tol * max |K|`` for each matrix of the stack;
+    * positive semi-definite: ``lambda_min >= -psd_tol * max(1, lambda_max)`` for each matrix.
+
+    Parameters
+    ----------
+    K : array_like, shape (..., n, n)
+        Gram matrix or stack of Gram matrices.
+    name : str
+        Name of the argument, used in error messages.
+    psd_tol : float
+        Tolerance on negative eigenvalues, relative to ``max(1, lambda_max)``.
+    sym_tol : float
+        Tolerance on the asymmetry, relative to the largest absolute entry.
+    allow_stack : bool
+        Whether leading stack dimensions are allowed.
+
+    Returns
+    -------
+    numpy.ndarray, float64, shape (..., n, n)
+        A new array equal to ``(K + K^T) / 2``, exactly symmetric. Tiny negative eigenvalues allowed by
+        ``psd_tol`` are left as they are; the measures clip them.
+    """
+    return check_gram_eig(K, name, psd_tol, sym_tol, allow_stack)[0]

@@ -1,0 +1,141 @@
+"""The mean-field engine: the batch Gram matrix through every layer at infinite width.
+
+At infinite width the features of a layer are, unit by unit, i.i.d. copies of a random n-vector x (one entry
+per input of the batch). The engine carries the law of x (`meanfield.core.law`): its second-moment Gram
+K_ab = E[x_a x_b] (what `Trajectory.gram` holds), its per-sample mean m_a = E[x_a], and what later rules
+need to stay exact. This module is a driver: each layer type holds its own rule (`Layer.infinite`, its
+population rule `Layer.population` for ``exchangeable=True``, its action on explicit features
+`Layer.on_features`), documented with the layer in `meanfield.layers`. Exact rules are used wherever they
+exist; the others (an activation of a non-Gaussian input, exact BatchNorm after an activation, fixed-size
+group norm after an activation, MaxPool(k > 2)) are Monte Carlo over the exact law, with the standard error
+reported in ``traj.mc_error``: never a silently wrong number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meanfield.core.law import Features, Law, Unknown
+from meanfield.core.validate import check_data, check_gram, check_int
+from meanfield.layers.base import Layer
+from meanfield.network import Network
+from meanfield.trajectory import Trajectory
+
+__all__ = ["propagate", "Propagation"]
+
+_RAW_INPUT = ("propagate: the law of the raw input features across units is unknown; a layer that needs it "
+              "(activation, batch norm, pooling) must follow a Dense layer")
+_FIXED_PREFIX = ("propagate: the features of a fixed (Linear) prefix have no infinite-width law; a Dense layer "
+                 "must come before a rule that needs one")
+
+
+class Propagation:
+    """The context of one mean-field run, handed to the layer rules.
+
+    ``rng`` and ``M`` (samples) serve Monte Carlo rules; ``exchangeable`` selects the population rules;
+    ``run(layers, law)`` applies a sequence of layers (structure layers call it for their branches).
+    """
+
+    def __init__(self, rng: np.random.Generator, M: int, exchangeable: bool, detail: list | None):
+        self.rng = rng
+        self.M = M
+        self.exchangeable = exchangeable
+        self.detail = detail
+
+    def apply(self, layer: Layer, law: Law) -> Law:
+        """One layer: exactly on explicit features when the layer is deterministic, else its rule."""
+        out = None
+        if isinstance(law, Features) and not self.exchangeable:
+            F = layer.on_features(law.F)
+            if F is not None:
+                out = Features(F, _FIXED_PREFIX, law.mc_error)
+        if out is None:
+            out = layer.population(law, self) if self.exchangeable else layer.infinite(law, self)
+        if self.detail is not None:
+            self.detail.append((repr(layer), out.K.copy()))
+        return out
+
+    def run(self, layers, law: Law) -> Law:
+        for layer in layers:
+            law = self.apply(layer, law)
+        return law
+
+
+def _input_law(K0, X) -> Law:
+    if X is not None and K0 is not None:
+        raise ValueError("propagate: give K0 or X, not both")
+    if K0 is None and X is None:
+        raise ValueError("propagate: give the input Gram K0 (n x n) or a data matrix X (n x d)")
+    if X is not None:
+        return Features(check_data("propagate", X), _RAW_INPUT, symmetrize=False)  # K0 = X X^T / d as given
+    arr = np.asarray(K0)
+    if arr.ndim == 2 and arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"propagate: K0 must be a square n x n Gram matrix, got shape {arr.shape}; pass a data "
+                         "matrix as propagate(net, X=X)")
+    try:
+        K = check_gram(K0, name="K0", allow_stack=False)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (a data matrix must be passed as propagate(net, X=X))") from None
+    return Unknown(K, np.zeros(K.shape[0]), _RAW_INPUT)
+
+
+def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, detail: bool = False,
+              mc_samples: int = 2**17, seed: int = 0) -> Trajectory:
+    """Carry the batch Gram matrix through every block of ``net`` at infinite width.
+
+    Parameters
+    ----------
+    net : Network
+        The description (`meanfield.mlp` or `meanfield.Network`); a single layer or list of layers is
+        wrapped in a Network.
+    K0 : (n, n) array, optional
+        The input Gram matrix (symmetric PSD, checked). A positional array is always K0: a non-square one
+        raises, and a data matrix must be passed as ``X=``.
+    X : (n, d) array, optional
+        Data matrix; K0 = X X^T / d. Deterministic layers at the start of the network (Linear, norms,
+        activations) act on X itself, exactly.
+    exchangeable : bool
+        Treat the n inputs as representatives of an infinite i.i.d. data set: batch-coupled layers use their
+        population rule (`Layer.population`; BatchNorm then uses population statistics), and a batch-coupled
+        layer without one raises. Used by `meanfield.bias`.
+    detail : bool
+        Also record the Gram after every layer (``traj.layers``: list of (layer repr, K)).
+    mc_samples, seed : int
+        Samples and seed of the Monte Carlo expectations needed only for non-Gaussian inputs to an
+        activation, exact BatchNorm after an activation, fixed-size group norm after an activation and
+        MaxPool; their standard error is in ``traj.mc_error`` (0 for exact blocks).
+
+    Returns
+    -------
+    Trajectory with gram (L+1, n, n) and means (L+1, n).
+
+    Examples
+    --------
+    >>> import numpy as np, meanfield
+    >>> net = meanfield.mlp(2, "relu", sigma_w=2**0.5)
+    >>> t = meanfield.propagate(net, np.eye(2))
+    >>> np.round(t.gram[1], 6).tolist()    # arc-cosine kernel: 2 * 1/(2 pi) off the diagonal
+    [[1.0, 0.31831], [0.31831, 1.0]]
+    """
+    if isinstance(net, (list, tuple, Layer)):  # a bare layer or list of layers, as simulate accepts
+        net = Network(net)
+    if not isinstance(net, Network):
+        raise ValueError(f"propagate: net must be a meanfield.Network (or a list of layers), got "
+                         f"{type(net).__name__}")
+    law = _input_law(K0, X)
+    M = check_int("propagate", "mc_samples", mc_samples, lo=64)
+    ctx = Propagation(np.random.default_rng(seed), M, bool(exchangeable), [] if detail else None)
+    n = law.n
+    L = net.depth
+    grams = np.empty((L + 1, n, n))
+    means = np.empty((L + 1, n))
+    errs = np.zeros(L + 1)
+    grams[0], means[0] = law.K, law.m
+    for i, block in enumerate(net.blocks, start=1):
+        law = ctx.run(block.layers, law)
+        grams[i], means[i], errs[i] = law.K, law.m, law.mc_error
+    info = {"exchangeable": exchangeable}
+    if isinstance(law, Features):  # a fully deterministic network: its output features are known exactly
+        info["features"] = law.F
+    return Trajectory(gram=grams, engine="meanfield", network=net, means=means, mc_error=errs,
+                      layers=ctx.detail, info=info)

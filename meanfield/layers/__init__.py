@@ -1,0 +1,19 @@
+"""Layer types, one module per family; each layer class holds its description and its rules for both engines.
+
+Families: `dense` (Dense, WeightNormDense, Linear), `activation`, `norms` (LayerNorm, RMSNorm, GroupLayerNorm,
+Center, Scale), `batchnorm`, `mean_only_batchnorm`, `pooling` (MaxPool), `structure` (Residual, Block).
+A layer class registers itself when its module is imported: adding a family is one module and one import line
+below; `layer_types()` lists every registered class (user-defined ones included) and ``__all__`` exports the
+built-in ones.
+"""
+
+from meanfield.layers.activation import *  # noqa: F403
+from meanfield.layers.base import Layer, layer_from_dict, layer_types, norm_layer_types
+from meanfield.layers.batchnorm import *  # noqa: F403
+from meanfield.layers.dense import *  # noqa: F403
+from meanfield.layers.norms import *  # noqa: F403
+from meanfield.layers.pooling import *  # noqa: F403
+from meanfield.layers.structure import *  # noqa: F403
+
+__all__ = ["Layer", "layer_types", "layer_from_dict", "norm_layer_types",
+           *(cls.__name__ for cls in layer_types())]

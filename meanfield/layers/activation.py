@@ -1,0 +1,212 @@
+"""The elementwise activation layer: any `hermite.Activation` (transformed ones included).
+
+Mean field on a Gaussian input N(0, K): K_ab -> E[f(u_a) f(u_b)], the dual kernel with each entry's own
+variances K_aa, K_bb and correlation K_ab / sqrt(K_aa K_bb) (`hermite.kernel`, 1e-12 accurate up to
+rho = +-1); the per-sample feature mean becomes m_a = E f(u_a). After an exact BatchNorm of a Gaussian, a
+positively homogeneous f (relu, leaky_relu, abs, identity, step, sign) is exact by Yang et al.'s
+one-dimensional reduction (`meanfield.core.law.BatchNormOfGaussian.homogeneous_moments`). On any other input
+law (two activations in a row, an activation after a residual sum, ...): Monte Carlo over the exact law of
+the input, with its standard error; never a silently wrong number.
+
+Finite width: f elementwise on the backend (the activation's array-API implementation, or a host round trip
+for numpy-only callables); its derivative for the backward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import hermite
+from hermite.kernels import activation_kernel, activation_means
+from hermite.numeric import activation_second_moment
+from meanfield.core.backends import Backend, host_apply, same_kind
+from meanfield.core.law import BatchNormOfGaussian, Gaussian, Sampled, monte_carlo
+from meanfield.core.ops import ChainState, Op, Run
+from meanfield.layers.base import Layer
+
+__all__ = ["Activation", "gaussian_moments"]
+
+
+def _coerce_activation(act):
+    if isinstance(act, dict):
+        return hermite.Activation.from_dict(act)
+    return hermite.activation(act)
+
+
+@dataclass(frozen=True, repr=False, eq=True)
+class Activation(Layer):
+    """Elementwise activation f, any `hermite.Activation` (transformed ones included).
+
+    Mean field (Gaussian input): K_ab -> E[f(u_a) f(u_b)], the dual kernel with each entry's own
+    variances K_aa, K_bb (`hermite.kernel`); the per-sample feature mean becomes E f(u_a).
+    """
+
+    act: Any = "relu"
+
+    def __post_init__(self):
+        object.__setattr__(self, "act", _coerce_activation(self.act))
+
+    def __repr__(self):
+        return f"Activation({self.act.name!r})"
+
+    def infinite(self, law, ctx):
+        act = self.act
+        src = law.sampler()
+        fn = act.fn
+
+        def sample(rng_, M_):
+            return fn(src(rng_, M_))
+
+        if isinstance(law, Gaussian):
+            K, m = gaussian_moments(act, law.K)
+            return Sampled(K, m, sample, law.mc_error)
+        degree = _homogeneous_degree(act) if isinstance(law, BatchNormOfGaussian) else None
+        if degree is not None:  # exact BatchNorm followed by a positively homogeneous activation: exact
+            K, m = law.homogeneous_moments(act, degree, lambda r, q1, q2: activation_kernel(act, r, q1, q2, 0),
+                                           lambda q: activation_means(act, q, 0))
+            return Sampled(K, m, sample, law.mc_error)
+        return monte_carlo(sample, law.n, ctx.rng, ctx.M, law.mc_error)
+
+    def on_features(self, F):
+        return self.act.fn(F)
+
+    def compile(self, w_in, compiler):
+        if compiler.grad and self.act.core.derivative is None:
+            raise compiler.error(f"gradients=True needs the derivative of every activation; activation "
+                                 f"{self.act.name!r} has none (pass derivative= to hermite.activation)")
+        op = ActOp(self.act, w_in)
+        compiler.chain = {"act": op, "center": False, "scaled": False}
+        return op, w_in
+
+    @classmethod
+    def example(cls):
+        return cls("tanh")
+
+    @classmethod
+    def invalid_parameters(cls):
+        return [{"act": "no_such_activation"}, {"act": 3.0}]
+
+
+def _homogeneous_degree(act: hermite.Activation) -> int | None:
+    """1 for f(cx) = c f(x) (a relu(x) + b relu(-x) + alpha x, any gain > 0 and scale), 0 for
+    f(cx) = f(x) (a 1{x>0} + b 1{x<0} + beta), None otherwise."""
+    fam = act.core.closed_form[0] if act.core.closed_form else None
+    if fam == "homog1" and act.beta == 0.0:
+        return 1
+    if fam == "homog0" and act.alpha == 0.0:
+        return 0
+    return None
+
+
+def gaussian_moments(act: hermite.Activation, G: np.ndarray):
+    """E[f(u) f(u)^T] and E f(u) for u ~ N(0, G): the dual kernel entry by entry, exactly.
+
+    The diagonal and duplicated inputs (rho = 1 with equal variances) are second moments, exactly; a
+    zero-variance input gives f(0) deterministically.
+    """
+    n = G.shape[0]
+    d = np.diag(G).copy()
+    if d[0] > 0 and np.all(d == d[0]):
+        # equal variances (e.g. after a norm): one vectorized pass over the whole matrix
+        g = G.ravel()
+        # rho = 1 (the diagonal, duplicated inputs) is the second moment exactly: the two routes to it
+        # differ in the last bit, and where rho = 1 is unstable the map would amplify that difference
+        one = g == d[0]
+        K = np.empty(n * n)
+        K[one] = activation_second_moment(act, d[:1])[0]
+        rest = ~one
+        if np.any(rest):
+            q = np.full(int(rest.sum()), d[0])
+            K[rest] = activation_kernel(act, np.clip(g[rest] / d[0], -1.0, 1.0), q, q, 0)
+        K = K.reshape(n, n)
+        m = np.full(n, activation_means(act, d[:1], 0)[0])
+        return 0.5 * (K + K.T), m
+    live = d > 0
+    K = np.zeros((n, n))
+    m = np.zeros(n)
+    iu, ju = np.triu_indices(n)
+    both = live[iu] & live[ju]
+    if np.any(both):
+        a, b = iu[both], ju[both]
+        r = np.clip(G[a, b] / np.sqrt(d[a] * d[b]), -1.0, 1.0)
+        # the diagonal and duplicated inputs (rho = 1, equal variances) are second moments, exactly: one
+        # value per distinct variance (a batched quadrature may round rows differently)
+        diag = (a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))
+        vals = np.empty(a.size)
+        uq, inv = np.unique(d[a[diag]], return_inverse=True)
+        vals[diag] = activation_second_moment(act, uq)[inv]
+        off = ~diag
+        if np.any(off):
+            vals[off] = activation_kernel(act, r[off], d[a[off]], d[b[off]], 0)
+        K[a, b] = vals
+        K[b, a] = vals
+    if np.any(live):
+        m[live] = activation_means(act, d[live], 0)
+    if np.any(~live):  # a zero-variance input: f(0) deterministically
+        f0 = float(act.fn(np.zeros(1))[0])
+        dead = ~live
+        m[dead] = f0
+        K[dead, :] = f0 * m[None, :]
+        K[:, dead] = m[:, None] * f0
+        K[np.ix_(dead, dead)] = f0 * f0
+    return 0.5 * (K + K.T), m
+
+
+# ---------------------------------------------------------------------------------------------------------
+# finite width
+def _act_forward(act, x, be: Backend):
+    """f(x) with the activation's array-API implementation; a host round trip for user callables that only
+    work on numpy arrays."""
+    xp = be.xp
+    try:
+        y = act.array_fn(x, xp)
+    except Exception:  # noqa: BLE001 - numpy-only user callable on a non-numpy backend
+        return host_apply(act.fn, x, be)
+    if not same_kind(y, x):
+        return host_apply(act.fn, x, be)
+    if y.dtype != be.dtype:
+        y = xp.astype(y, be.dtype)
+    return y
+
+
+def _act_derivative(act, x, be: Backend):
+    """f'(x) (between the kinks) on the backend: numpy directly, other namespaces through the core's
+    numpy-ufunc derivative when it dispatches (cupy), else a host round trip."""
+    if be.kind == "numpy":
+        return np.asarray(act.derivative(x), dtype=be.np_dtype)
+    core = act.core
+    try:
+        d = core.derivative(act.gain * x if act.gain != 1.0 else x)
+        if not same_kind(d, x):
+            raise TypeError
+        d = act.gamma * (d * act.gain + act.alpha)
+        if d.dtype != be.dtype:
+            d = be.xp.astype(d, be.dtype)
+        return d
+    except Exception:  # noqa: BLE001
+        return host_apply(act.derivative, x, be)
+
+
+class ActOp(Op):
+    chain_role = "act"
+
+    def __init__(self, act, w: int):
+        self.act = act
+        self.w_in = self.w_out = w
+        self.need_q = False  # a mean-field Center/Scale reads the empirical input variances
+
+    def forward(self, h, rt: Run):
+        xp = rt.xp
+        y = _act_forward(self.act, h, rt.be)
+        rt.chain = ChainState(self.act, xp.mean(h * h, axis=-1)) if self.need_q else None
+        cache = _act_derivative(self.act, h, rt.be) if rt.grad else None
+        return y, cache
+
+    def backward(self, g, cache, rt: Run):
+        return g * cache
+
+    def cache_elems(self, n: int) -> int:
+        return n * self.w_out

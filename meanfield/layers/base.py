@@ -1,0 +1,186 @@
+"""The extension point: `Layer`, the base of every layer type, and the registry of layer types.
+
+A layer type is a frozen dataclass that says *what* happens to the features of a batch, and carries, beside
+its description, its rules for both engines:
+
+- ``infinite(law, ctx)``: the infinite-width rule on this batch, from the law of one unit's n-vector before
+  the layer to the law after it (`meanfield.core.law`), exact where possible, Monte Carlo with its
+  standard error otherwise;
+- ``population(law, ctx)``: the infinite-data rule, where the n inputs stand for an infinite i.i.d. data set
+  (``propagate(..., exchangeable=True)``, used by `meanfield.bias`). A layer that couples the inputs of a
+  batch (``batch_coupled``) must override it; without an override it raises a ValueError, never a silently
+  wrong number. Other layers act on each input alone, so their population rule is their batch rule;
+- ``on_features(F)``: for a deterministic layer, its exact action on explicit features (n, d) of a
+  deterministic prefix (data, then fixed Linear layers and norms); None for a random layer;
+- ``compile(w_in, compiler)``: the finite-width operation (`meanfield.core.ops.Op`: forward, vector-Jacobian
+  product, memory and cost) with its output width;
+- ``example()``: a typical instance that can follow a Dense layer, which the registry-wide contract tests
+  use; ``invalid_parameters()``: constructor arguments that must raise ValueError.
+
+Every subclass registers itself by its class name (`layer_types()`), which is also its ``"type"`` in
+``to_dict()``: a layer defined outside the package works with both engines, serialization and the contract
+tests as soon as its class is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, ClassVar
+
+import hermite
+
+__all__ = ["Layer", "layer_types", "layer_from_dict", "coerce_layers", "norm_layer_types"]
+
+_REGISTRY: dict[str, type] = {}
+
+
+class Layer:
+    """Base of all layer types (frozen dataclasses with their rules for both engines).
+
+    Subclass it to add a layer type; see the module docstring and docs/user_guide.md for a complete example.
+    """
+
+    #: couples the inputs of a batch (statistics over the batch): needs a population rule
+    batch_coupled: ClassVar[bool] = False
+    #: draws its own random weights (so a residual branch starting with it is independent of its shortcut)
+    random: ClassVar[bool] = False
+    #: has a weight matrix whose output width ``self.width`` it fixes (None: the simulator's width)
+    weighted: ClassVar[bool] = False
+    #: a mean-field Center/Scale that reads the preceding Activation (keeps the activation chain)
+    keeps_chain: ClassVar[bool] = False
+    #: the name under which `meanfield.mlp(norm=...)` offers this layer (None: not a norm of mlp)
+    norm_key: ClassVar[str | None] = None
+    #: with ``norm_key``: the layer replaces the Dense layer of an mlp block (weight normalization)
+    replaces_dense: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        name = cls.__name__
+        old = _REGISTRY.get(name)
+        if old is not None and old.__module__.startswith("meanfield.") and not cls.__module__.startswith("meanfield."):
+            raise ValueError(f"Layer: a layer type named {name!r} exists already ({old.__module__}); choose "
+                             "another class name")
+        _REGISTRY[name] = cls
+
+    # ---------------------------------------------------------------------------------------------------
+    # rules (override in subclasses)
+    def infinite(self, law, ctx):
+        """The infinite-width rule on this batch: the law after the layer."""
+        raise ValueError(f"propagate: layer {self!r} has no mean-field rule (define {type(self).__name__}.infinite)")
+
+    def population(self, law, ctx):
+        """The infinite-data rule (``exchangeable=True``); the batch rule for layers that act on each input
+        alone."""
+        if self.batch_coupled:
+            raise ValueError(f"propagate(exchangeable=True): {type(self).__name__} couples the inputs of a batch "
+                             "and has no infinite-data (population) rule; define "
+                             f"{type(self).__name__}.population, or propagate without exchangeable=True")
+        return self.infinite(law, ctx)
+
+    def on_features(self, F):
+        """A deterministic layer's action on explicit features F (n, d); None for a random layer."""
+        return None
+
+    def compile(self, w_in: int, compiler):
+        """The finite-width operation and its output width: ``(op, w_out)``."""
+        raise compiler.error(f"layer type {type(self).__name__} has no finite-width operation (define "
+                             f"{type(self).__name__}.compile)")
+
+    def sublayers(self) -> tuple:
+        """Layers nested inside this one (branches of a Residual, members of a Block)."""
+        return ()
+
+    @classmethod
+    def example(cls) -> Layer:
+        """A typical instance that can follow a Dense layer (used by the contract tests)."""
+        return cls()
+
+    @classmethod
+    def invalid_parameters(cls) -> list[dict]:
+        """Constructor keyword arguments that must raise ValueError (used by the contract tests)."""
+        return []
+
+    @classmethod
+    def for_mlp(cls, **options) -> Layer:
+        """The layer that ``mlp(norm=cls.norm_key, ...)`` inserts, from mlp's options (groups, group_size,
+        bn_mode, wn_init, sigma_w, sigma_b)."""
+        return cls()
+
+    # ---------------------------------------------------------------------------------------------------
+    # description: serialization and printing
+    def to_dict(self) -> dict:
+        """Plain, JSON-safe description; ``layer_from_dict`` inverts it."""
+        d: dict[str, Any] = {"type": type(self).__name__}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not hasattr(v, "shape") and v == f.default:
+                continue
+            d[f.name] = _plain(v)
+        return d
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if hasattr(v, "shape") or v != f.default:
+                if isinstance(v, hermite.Activation):
+                    parts.append(repr(v.name))
+                    continue
+                parts.append(f"{f.name}={v!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _plain(v):
+    if isinstance(v, Layer):
+        return v.to_dict()
+    if isinstance(v, tuple) and v and all(isinstance(x, Layer) for x in v):
+        return [x.to_dict() for x in v]
+    if isinstance(v, hermite.Activation):
+        return v.to_dict()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return v
+
+
+def layer_types() -> tuple:
+    """Every registered layer class, built-in and user-defined, in order of definition."""
+    return tuple(_REGISTRY.values())
+
+
+def norm_layer_types() -> dict:
+    """The layer classes that `meanfield.mlp` offers as ``norm=``, by their key."""
+    return {cls.norm_key: cls for cls in _REGISTRY.values() if cls.norm_key is not None}
+
+
+def coerce_layers(owner: str, layers) -> tuple:
+    """A tuple of layers from a layer, a sequence of layers, or their dicts."""
+    if isinstance(layers, Layer):
+        layers = (layers,)
+    if isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
+        raise ValueError(f"{owner}: {layers!r} must be a layer or a sequence of layers")
+    out = []
+    for layer in layers:
+        if isinstance(layer, dict):
+            layer = layer_from_dict(layer)
+        if not isinstance(layer, Layer):
+            raise ValueError(f"{owner}: {layer!r} is not a layer (one of {', '.join(sorted(_REGISTRY))})")
+        out.append(layer)
+    return tuple(out)
+
+
+def layer_from_dict(d: dict) -> Layer:
+    """Inverse of ``Layer.to_dict``: nested lists of layer dicts become tuples of layers."""
+    if not isinstance(d, dict) or "type" not in d:
+        raise ValueError(f"layer description {d!r} must be a dict with a 'type' key")
+    d = dict(d)
+    typ = d.pop("type")
+    if typ not in _REGISTRY:
+        raise ValueError(f"unknown layer type {typ!r}; known: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[typ]
+    for key, v in d.items():
+        if isinstance(v, list) and v and all(isinstance(x, dict) and "type" in x for x in v):
+            d[key] = tuple(layer_from_dict(x) for x in v)
+    try:
+        return cls(**d)
+    except TypeError as exc:
+        raise ValueError(f"bad fields for layer {typ}: {exc}") from None
