@@ -48,6 +48,9 @@ class Layer:
     weighted: ClassVar[bool] = False
     #: a mean-field Center/Scale that reads the preceding Activation (keeps the activation chain)
     keeps_chain: ClassVar[bool] = False
+    #: has no infinite-width rule after a random layer: acts only on the explicit features of a deterministic
+    #: prefix of the network (fixed weights); its contract example then runs on the data itself
+    deterministic_only: ClassVar[bool] = False
     #: the name under which `meanfield.mlp(norm=...)` offers this layer (None: not a norm of mlp)
     norm_key: ClassVar[str | None] = None
     #: with ``norm_key``: the layer replaces the Dense layer of an mlp block (weight normalization)

@@ -172,6 +172,7 @@ class Linear(Layer):
     b: Any = None
 
     weighted = True
+    deterministic_only = True
 
     def __post_init__(self):
         W = np.array(self.W, dtype=np.float64)
