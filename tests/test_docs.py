@@ -7,6 +7,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +100,15 @@ def test_kernel_example_runs(capsys):
     # the series converges to the kernel away from |rho| = 1 (last column: K = 640)
     rows = [line.split() for line in out.splitlines() if re.match(r"^\s+-?0\.50\s", line)]
     assert rows and all(float(r[-1]) < 1e-12 for r in rows)
+
+
+def test_the_layer_extension_example_in_the_user_guide_runs():
+    """The user guide's complete example of a new layer type runs, and both engines agree on it."""
+    text = (DOCS / "user_guide.md").read_text()
+    block = re.search(r"### Adding a layer type.*?```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "user_guide.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    mf, sim = namespace["mf"], namespace["sim"]
+    se = sim.gram.std(axis=0, ddof=1) / 4.0
+    assert np.all(np.abs(sim.gram.mean(axis=0) - mf.gram) <= 5 * se + 4.0 / 1024)
+    assert any(cls.__name__ == "ScaleShift" for cls in namespace["meanfield"].layer_types())
