@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from finite_differences import input_gradient_fd
 
 import meanfield
 from meanfield import (
@@ -253,14 +254,7 @@ def test_vjps_against_finite_differences():
     X = np.random.default_rng(7).standard_normal((3, 5))
     loss, grad = sim_mod._input_gradient(net, X, width=8, seed=3)
     assert grad.shape == X.shape and np.all(np.isfinite(grad)) and np.abs(grad).max() > 1e-3
-    h = 1e-6
-    fd = np.zeros_like(X)
-    for idx in np.ndindex(*X.shape):
-        Xp, Xm = X.copy(), X.copy()
-        Xp[idx] += h
-        Xm[idx] -= h
-        fd[idx] = (sim_mod._input_gradient(net, Xp, width=8, seed=3)[0]
-                   - sim_mod._input_gradient(net, Xm, width=8, seed=3)[0]) / (2 * h)
+    fd = input_gradient_fd(net, X, width=8, seed=3, h=1e-6)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-7 * np.abs(fd).max())
 
 
@@ -272,14 +266,7 @@ def test_vjps_relu_maxpool_against_finite_differences():
                    Block([Dense(1.0), Activation("relu")])])
     X = np.random.default_rng(8).standard_normal((4, 6))
     loss, grad = sim_mod._input_gradient(net, X, width=9, seed=5)
-    h = 1e-7
-    fd = np.zeros_like(X)
-    for idx in np.ndindex(*X.shape):
-        Xp, Xm = X.copy(), X.copy()
-        Xp[idx] += h
-        Xm[idx] -= h
-        fd[idx] = (sim_mod._input_gradient(net, Xp, width=9, seed=5)[0]
-                   - sim_mod._input_gradient(net, Xm, width=9, seed=5)[0]) / (2 * h)
+    fd = input_gradient_fd(net, X, width=9, seed=5, h=1e-7)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
 
 
