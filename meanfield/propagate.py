@@ -52,8 +52,6 @@ import scipy.special as sc
 
 from hermite.activations import Activation as HermiteActivation
 from hermite.activations import activation as _hermite_activation
-from hermite.kernels import activation_kernel, activation_means
-from hermite.numeric import activation_second_moment
 from meanfield.layers import (
     Activation,
     BatchNorm,
@@ -142,13 +140,13 @@ def _activation_exact(act: HermiteActivation, G: np.ndarray):
         # differ in the last bit, and where rho = 1 is unstable the map would amplify that difference
         one = g == d[0]
         K = np.empty(n * n)
-        K[one] = activation_second_moment(act, d[:1])[0]
+        K[one] = act.second_moment_at(d[:1])[0]
         rest = ~one
         if np.any(rest):
             q = np.full(int(rest.sum()), d[0])
-            K[rest] = activation_kernel(act, np.clip(g[rest] / d[0], -1.0, 1.0), q, q, 0)
+            K[rest] = act.kernel_at(np.clip(g[rest] / d[0], -1.0, 1.0), q, q, 0)
         K = K.reshape(n, n)
-        m = np.full(n, activation_means(act, d[:1], 0)[0])
+        m = np.full(n, act.mean_at(d[:1], 0)[0])
         return 0.5 * (K + K.T), m
     live = d > 0
     K = np.zeros((n, n))
@@ -163,14 +161,14 @@ def _activation_exact(act: HermiteActivation, G: np.ndarray):
         diag = (a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))
         vals = np.empty(a.size)
         uq, inv = np.unique(d[a[diag]], return_inverse=True)
-        vals[diag] = activation_second_moment(act, uq)[inv]
+        vals[diag] = act.second_moment_at(uq)[inv]
         off = ~diag
         if np.any(off):
-            vals[off] = activation_kernel(act, r[off], d[a[off]], d[b[off]], 0)
+            vals[off] = act.kernel_at(r[off], d[a[off]], d[b[off]], 0)
         K[a, b] = vals
         K[b, a] = vals
     if np.any(live):
-        m[live] = activation_means(act, d[live], 0)
+        m[live] = act.mean_at(d[live], 0)
     if np.any(~live):  # a zero-variance input: f(0) deterministically
         f0 = float(act.fn(np.zeros(1))[0])
         dead = ~live
@@ -342,12 +340,7 @@ def _batchnorm(st: State, mode: str, exchangeable: bool, rng, M) -> State:
 def _homogeneous_degree(act: HermiteActivation) -> int | None:
     """1 for f(cx) = c f(x) (a relu(x) + b relu(-x) + alpha x, any gain > 0 and scale), 0 for
     f(cx) = f(x) (a 1{x>0} + b 1{x<0} + beta), None otherwise."""
-    fam = act.core.closed_form[0] if act.core.closed_form else None
-    if fam == "homog1" and act.beta == 0.0:
-        return 1
-    if fam == "homog0" and act.alpha == 0.0:
-        return 0
-    return None
+    return act.homogeneous_degree
 
 
 def _activation_after_bn(act: HermiteActivation, G: np.ndarray, degree: int):
@@ -378,10 +371,10 @@ def _activation_after_bn(act: HermiteActivation, G: np.ndarray, degree: int):
         a, b = iu[ok], ju[ok]
         r = np.clip(Ct[a, b] / np.sqrt(d[a] * d[b]), -1.0, 1.0)
         r[a == b] = 1.0
-        out[ok] = activation_kernel(act, r, d[a], d[b], 0)
+        out[ok] = act.kernel_at(r, d[a], d[b], 0)
         m = np.zeros(n)
         if np.any(live):
-            m[live] = activation_means(act, d[live], 0)
+            m[live] = act.mean_at(d[live], 0)
         return out, m
 
     if degree == 0:
