@@ -76,9 +76,9 @@ def quad_coefficients(f, kinks, K, q, ks=None):
 
 def _clear_rule_cache():
     """Drop hermite's cached quadrature rules (internal; skipped if the cache is renamed)."""
-    import hermite.numeric as hn
+    from hermite import quadrature
 
-    cache = getattr(hn, "_RULES", None)
+    cache = getattr(quadrature, "_RULES", None)
     if hasattr(cache, "clear"):
         cache.clear()
         return True

@@ -9,8 +9,8 @@ Importing this package compiles nothing and touches no network.
 """
 
 from hermite.activations import Activation, activation, builtin_names, parse_expression
+from hermite.expansions import coefficients, second_moment, tail_mass
 from hermite.kernels import kernel
-from hermite.numeric import coefficients, second_moment, tail_mass
 from hermite.symbolic import exact_coefficients
 from hermite.transforms import transform
 

@@ -8,6 +8,9 @@ functions psi_k(z) = h_k(z) sqrt(phi(z)) satisfy the stable three-term recurrenc
 
 and |psi_k| stays below 1 for every k and z; an integral E[g(z) h_k(z)] is then
 sum_j w_j g(z_j) sqrt(phi(z_j)) psi_k(z_j) for a rule (z_j, w_j) of dz.
+
+Mehler's formula E[h_j(u) h_k(v)] = delta_jk rho^k (standard Gaussians with correlation rho) turns a dual
+kernel into the power series sum_k a_k b_k rho^k, summed by Horner's rule in `mehler_sum`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 import scipy.special as sc
 
 __all__ = ["gauss_legendre", "gauss_hermite", "hermite_functions", "hermite_polynomials", "panel_rule",
-           "sqrt_gaussian_density"]
+           "sqrt_gaussian_density", "mehler_sum", "exact_number",
+           "piecewise_coefficients"]
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -85,3 +89,118 @@ def hermite_polynomials(K: int, z: np.ndarray) -> np.ndarray:
     for k in range(1, K):
         out[k + 1] = (z * out[k] - math.sqrt(k) * out[k - 1]) / math.sqrt(k + 1)
     return out
+
+
+_NUMBA_SUM: list = []
+
+
+def _numba_mehler():
+    """The compiled Horner kernel (numba, compiled on first use and cached on disk), or None."""
+    if not _NUMBA_SUM:
+        try:
+            import numba
+
+            @numba.njit(parallel=True, cache=True, fastmath=False)
+            def horner(ca, cb, ia, ib, r, out):  # pragma: no cover - compiled
+                K = ca.shape[1] - 1
+                for e in numba.prange(r.size):
+                    a = ia[e]
+                    b = ib[e]
+                    x = r[e]
+                    v = ca[a, K] * cb[b, K]
+                    for k in range(K - 1, -1, -1):
+                        v = v * x + ca[a, k] * cb[b, k]
+                    out[e] = v
+
+            _NUMBA_SUM.append(horner)
+        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy fallback
+            _NUMBA_SUM.append(None)
+    return _NUMBA_SUM[0]
+
+
+def mehler_sum(ca, cb, ia, ib, r, chunk=8192):
+    """sum_k ca[ia, k] cb[ib, k] r^k by Horner's rule (numba in parallel, numpy in chunks otherwise)."""
+    out = np.empty(r.size)
+    horner = _numba_mehler() if r.size >= 2048 else None
+    if horner is not None:
+        horner(np.ascontiguousarray(ca), np.ascontiguousarray(cb), ia.astype(np.int64), ib.astype(np.int64),
+               np.ascontiguousarray(r, dtype=np.float64), out)
+        return out
+    K = ca.shape[1] - 1
+    for s in range(0, r.size, chunk):
+        e = min(s + chunk, r.size)
+        P = ca[ia[s:e]] * cb[ib[s:e]]
+        rr = r[s:e]
+        v = P[:, K].copy()
+        for k in range(K - 1, -1, -1):
+            v *= rr
+            v += P[:, k]
+        out[s:e] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# exact Hermite coefficients of piecewise polynomials (sympy, imported on use)
+def _sp():
+    import sympy as sp
+
+    return sp
+
+
+def exact_number(v):
+    """An exact sympy number (rational for floats, +-oo for infinities)."""
+    sp = _sp()
+    if isinstance(v, sp.Basic):
+        return v
+    if isinstance(v, float) and math.isinf(v):
+        return sp.oo if v > 0 else -sp.oo
+    return sp.nsimplify(v, rational=True)
+
+
+def _moments(a, b, mmax):
+    """I_m = int_a^b x^m phi(x) dx for m = 0..mmax (exact): I_m = [-x^(m-1) phi]_a^b + (m - 1) I_(m-2)."""
+    sp = _sp()
+    phi = lambda t: 0 if t in (sp.oo, -sp.oo) else sp.exp(-t**2 / 2) / sp.sqrt(2 * sp.pi)
+    Phi = lambda t: (sp.Integer(1) if t == sp.oo else sp.Integer(0) if t == -sp.oo
+                     else (1 + sp.erf(t / sp.sqrt(2))) / 2)
+
+    def bracket(m1):  # [-x^m1 phi(x)]_a^b
+        def term(t):
+            return 0 if t in (sp.oo, -sp.oo) else -(t**m1) * phi(t)
+        return term(b) - term(a)
+
+    out = [Phi(b) - Phi(a)]
+    if mmax >= 1:
+        out.append(phi(a) - phi(b))
+    for m in range(2, mmax + 1):
+        out.append(sp.expand(bracket(m - 1) + (m - 1) * out[m - 2]))
+    return out
+
+
+def piecewise_coefficients(pieces, K: int, q) -> list:
+    """Exact c_0..c_K(q) of phi = p_i(x) on [a_i, b_i), pieces ((a, b, (p0, p1, ...)), ...) (sympy).
+
+    c_k(q) = sum over pieces of int p(sqrt(q) x) He_k(x) phi(x) dx / sqrt(k!) over [a/sqrt(q), b/sqrt(q)],
+    a finite combination of phi and Phi at the scaled breakpoints by the recursion of `_moments`.
+    q may be a positive sympy number or symbol.
+    """
+    sp = _sp()
+    x = sp.Symbol("x", real=True)
+    sq = sp.sqrt(q)
+    he = [sp.Integer(1), x]
+    for k in range(1, K):
+        he.append(sp.expand(x * he[k] - k * he[k - 1]))
+    he = he[: K + 1]
+    coeffs = [sp.Integer(0)] * (K + 1)
+    for a, b, poly in pieces:
+        aa = exact_number(a) / sq if not (isinstance(a, float) and math.isinf(a)) else exact_number(a)
+        bb = exact_number(b) / sq if not (isinstance(b, float) and math.isinf(b)) else exact_number(b)
+        p = sum(exact_number(c) * (sq * x) ** i for i, c in enumerate(poly))
+        deg = len(poly) - 1
+        mom = _moments(aa, bb, deg + K)
+        for k in range(K + 1):
+            prod = sp.Poly(sp.expand(p * he[k]), x)
+            val = sum(c * mom[m[0]] for m, c in zip(prod.monoms(), prod.coeffs()))
+            coeffs[k] += val
+    return [sp.simplify(c / sp.sqrt(sp.factorial(k))) if K <= 40 else c / sp.sqrt(sp.factorial(k))
+            for k, c in enumerate(coeffs)]

@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from hermite.activations import Activation, Core, activation
-from hermite.basis import hermite_polynomials
-from hermite.numeric import activation_coefficients, activation_second_moment, check_order, check_variance
+from hermite.activations import Activation, activation
+from hermite.cores import SubtractedCore
+from hermite.validate import check_orders, check_variance
 
 __all__ = ["transform"]
 
@@ -47,13 +47,11 @@ def transform(act, remove=(0, 1), unit_variance: bool = True, q: float = 1.0) ->
     True
     """
     act = activation(act)
+    act.check_single("transform")
     qv = float(check_variance(q))
-    try:
-        orders = sorted({check_order(k) for k in remove})
-    except TypeError:
-        raise ValueError(f"remove={remove!r} must be an iterable of non-negative integers") from None
+    orders = check_orders(remove, "remove")
     K = max(orders) if orders else 0
-    c = activation_coefficients(act, K, np.array([qv]))[0]
+    c = act.coefficients_at(K, np.array([qv]))[0]
     out = act
     low = [k for k in orders if k <= 1]
     high = [k for k in orders if k >= 2]
@@ -62,11 +60,11 @@ def transform(act, remove=(0, 1), unit_variance: bool = True, q: float = 1.0) ->
         alpha = out.alpha - (c[1] / (out.gamma * math.sqrt(qv)) if 1 in low else 0.0)
         out = replace(out, alpha=alpha, beta=beta, label=None)
     if high:
-        out = _subtract_polynomial(out, {k: c[k] for k in high}, qv)
+        out = Activation(SubtractedCore.of(out, {k: c[k] for k in high}, qv))
     label = f"{act.name} - orders {orders} (q={qv:g})" if orders else act.name
     if unit_variance:
-        m = float(activation_second_moment(out, np.array([qv]))[0])
-        m0 = float(activation_second_moment(act, np.array([qv]))[0])
+        m = float(out.second_moment_at(np.array([qv]))[0])
+        m0 = float(act.second_moment_at(np.array([qv]))[0])
         # the terms that cancel in E T^2 are of size E f^2 + (alpha^2 q + beta^2) gamma^2: below 1e-12 of
         # them only round-off is left, and scaling it up would fabricate an activation
         size = m0 + out.gamma**2 * (out.alpha**2 * qv + out.beta**2)
@@ -76,37 +74,3 @@ def transform(act, remove=(0, 1), unit_variance: bool = True, q: float = 1.0) ->
         out = replace(out, gamma=out.gamma / math.sqrt(m))
         label += ", unit variance"
     return replace(out, label=label)
-
-
-def _subtract_polynomial(act: Activation, ck: dict, q: float) -> Activation:
-    """f(x) - sum_k ck[k] h_k(x/sqrt(q)) as a new core (closed forms of f are lost)."""
-    K = max(ck)
-    sq = math.sqrt(q)
-    weights = np.zeros(K + 1)
-    for k, v in ck.items():
-        weights[k] = v
-
-    def fn(x):
-        x = np.asarray(x, dtype=np.float64)
-        return act.fn(x) - np.tensordot(weights, hermite_polynomials(K, x / sq), axes=1)
-
-    def deriv(x):
-        x = np.asarray(x, dtype=np.float64)
-        h = hermite_polynomials(K, x / sq)
-        # h_k' = sqrt(k) h_{k-1}
-        dk = np.array([math.sqrt(k) * weights[k] for k in range(1, K + 1)])
-        return act.derivative(x) - np.tensordot(dk, h[:K], axes=1) / sq
-
-    try:
-        spec = {"subtract": {"base": act.to_dict(), "orders": {str(k): float(v) for k, v in ck.items()}, "q": q}}
-    except ValueError:
-        spec = None
-    core = Core(f"{act.name} - poly", fn, {}, None, act.kinks, act.jumps, tuple(act.core.features),
-                act.core.frequency, None, deriv, None, None, None, spec)
-    return Activation(core)
-
-
-def subtract_from_dict(d: dict) -> Activation:
-    """Inverse of the serialized form of a polynomial-subtracted activation (internal)."""
-    base = Activation.from_dict(d["base"])
-    return _subtract_polynomial(base, {int(k): float(v) for k, v in d["orders"].items()}, float(d["q"]))

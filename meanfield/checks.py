@@ -426,7 +426,7 @@ def check_rank_collapse(act="relu", *, depth: int = 500, sigma_w: float = 1.0, r
                "worst_meaning": "1 - rho_L", "margin_units": "correlation"}
     holds = collapsed
     margin = tol - float(eps[-1])
-    if a.core.name == "relu" and a.is_plain:
+    if a == hermite.activation("relu"):
         fit = collapse_constant(rho)
         rel = float(fit["C"] / RELU_COLLAPSE_CONSTANT - 1.0)
         details.update({"fitted_constant": float(fit["C"]), "expected_constant": RELU_COLLAPSE_CONSTANT,

@@ -81,7 +81,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 import hermite
-from hermite.kernels import check_correlation
+from hermite.validate import check_correlation
 
 __all__ = [
     "FixedPoint", "qmap", "cmap", "cmap_slope", "fixed_point_q", "fixed_point_c", "chi1", "chi_c",

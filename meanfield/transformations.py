@@ -86,8 +86,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 import hermite
-from hermite.basis import panel_rule
-from hermite.kernels import activation_means
+from hermite.quadrature import gaussian_expectation
 from meanfield import fisher
 from meanfield.infinite import propagate
 from meanfield.layers import Activation, Block, Dense, Residual
@@ -210,43 +209,16 @@ def _make(alpha, beta, Ephi2_c, cov_phi_u, q, Edphi2_c, choice, what) -> Transfo
 
 
 def _quad_moments(act: hermite.Activation, q: float, m: float) -> np.ndarray:
-    """(E phi, E phi', E phi^2, E phi'^2, E[phi (u - m)]) for u ~ N(m, q) by split composite quadrature."""
-    s = math.sqrt(q)
-    g = act.gain
-    points = sorted(set(act.kinks) | {t / g for t in act.core.features})
-    L = 12.0
-    for _ in range(8):
-        breaks = [-L, L]
-        for t in act.kinks:
-            z = (t - m) / s
-            if -L < z < L:
-                breaks.append(z)
-        h = 1.0 / (g * s)  # unit scale of phi in z
-        for t in points:
-            z0 = (t - m) / s
-            j = 0
-            while h * 2**j < 1.0:
-                for z in (z0 - h * 2**j, z0 + h * 2**j):
-                    if -L < z < L:
-                        breaks.append(z)
-                j += 1
-        br = np.unique(np.asarray(breaks))
-        fine = [br[0]]
-        for a, b in zip(br[:-1], br[1:]):
-            k = max(1, math.ceil((b - a) / 0.5 - 1e-9))
-            fine.extend(a + (b - a) * np.arange(1, k + 1) / k)
-        z, w = panel_rule(np.asarray(fine), 20)
-        w = w * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-        u = m + s * z
+    """(E phi, E phi', E phi^2, E phi'^2, E[phi (u - m)]) for u ~ N(m, q) by split composite quadrature
+    (`hermite.quadrature.gaussian_expectation`, its tail checked on E phi^2)."""
+
+    def moments(u):
         f = act.fn(u)
         d = act.derivative(u)
-        ends = act.fn(np.array([m - s * L, m + s * L]))
-        tail = np.max(ends * ends) * math.exp(-0.5 * L * L)
-        vals = np.array([w @ f, w @ d, w @ (f * f), w @ (d * d), w @ (f * (u - m))])
-        if tail <= 1e-17 * max(abs(vals[2]), 1e-300):
-            return vals
-        L *= 1.5
-    return vals
+        return np.stack([f, d, f * f, d * d, f * (u - m)])
+
+    return gaussian_expectation(moments, m, q, kinks=act.kinks, features=act.features, gain=act.gain,
+                                tail_rows=2)
 
 
 def gaussian(act="tanh", q: ArrayLike = 1.0, m: ArrayLike = 0.0, gamma: str | None = "variance") -> Transformation:
@@ -294,7 +266,7 @@ def gaussian(act="tanh", q: ArrayLike = 1.0, m: ArrayLike = 0.0, gamma: str | No
     """
     choice = _check_gamma_choice(gamma)
     a = _hermite_activation(act)
-    if a.core.derivative is None:
+    if not a.has_derivative:
         raise ValueError(f"act={a.name!r} has no derivative: alpha = -E phi'(u) needs one (pass derivative= "
                          "to hermite.activation)")
     qa = _finite_array(q, "q")
@@ -316,7 +288,7 @@ def gaussian(act="tanh", q: ArrayLike = 1.0, m: ArrayLike = 0.0, gamma: str | No
         Ephi[zero] = c[inv, 0]
         cov[zero] = (np.sqrt(uq) * c[:, 1])[inv]
         Ephi2[zero] = np.asarray(hermite.second_moment(a, q=uq))[inv]
-        Edphi[zero] = activation_means(a, uq, 1)[inv]
+        Edphi[zero] = a.mean_at(uq, 1)[inv]
         Edphi2[zero] = np.asarray(hermite.kernel(a, 1.0, q1=uq, derivative=1)).reshape(-1)[inv]
     for i in np.flatnonzero(~zero):
         Ephi[i], Edphi[i], Ephi2[i], Edphi2[i], cov[i] = _quad_moments(a, float(Q[i]), float(M[i]))
@@ -340,7 +312,7 @@ def _phi_pair(phi, dphi) -> tuple[Callable, Callable]:
         return p.fn, p.d1
     if isinstance(phi, (str, hermite.Activation)):
         a = hermite.activation(phi)
-        if a.core.derivative is None:
+        if not a.has_derivative:
             raise ValueError(f"phi={phi!r} has no derivative; pass dphi")
         return a.fn, a.derivative
     raise ValueError(f"dphi=None needs phi to be a name, a fisher.Phi or a hermite.Activation, got {phi!r}")

@@ -20,8 +20,6 @@ from typing import Any
 import numpy as np
 
 import hermite
-from hermite.kernels import activation_kernel, activation_means
-from hermite.numeric import activation_second_moment
 from meanfield.core.backends import Backend, host_apply, same_kind
 from meanfield.core.law import BatchNormOfGaussian, Gaussian, Sampled, monte_carlo
 from meanfield.core.ops import ChainState, Op, Run
@@ -63,10 +61,10 @@ class Activation(Layer):
         if isinstance(law, Gaussian):
             K, m = gaussian_moments(act, law.K)
             return Sampled(K, m, sample, law.mc_error)
-        degree = _homogeneous_degree(act) if isinstance(law, BatchNormOfGaussian) else None
+        degree = act.homogeneous_degree if isinstance(law, BatchNormOfGaussian) else None
         if degree is not None:  # exact BatchNorm followed by a positively homogeneous activation: exact
-            K, m = law.homogeneous_moments(act, degree, lambda r, q1, q2: activation_kernel(act, r, q1, q2, 0),
-                                           lambda q: activation_means(act, q, 0))
+            K, m = law.homogeneous_moments(act, degree, lambda r, q1, q2: act.kernel_at(r, q1, q2, 0),
+                                           lambda q: act.mean_at(q, 0))
             return Sampled(K, m, sample, law.mc_error)
         return monte_carlo(sample, law.n, ctx.rng, ctx.M, law.mc_error)
 
@@ -74,7 +72,7 @@ class Activation(Layer):
         return self.act.fn(F)
 
     def compile(self, w_in, compiler):
-        if compiler.grad and self.act.core.derivative is None:
+        if compiler.grad and not self.act.has_derivative:
             raise compiler.error(f"gradients=True needs the derivative of every activation; activation "
                                  f"{self.act.name!r} has none (pass derivative= to hermite.activation)")
         op = ActOp(self.act, w_in)
@@ -88,17 +86,6 @@ class Activation(Layer):
     @classmethod
     def invalid_parameters(cls):
         return [{"act": "no_such_activation"}, {"act": 3.0}]
-
-
-def _homogeneous_degree(act: hermite.Activation) -> int | None:
-    """1 for f(cx) = c f(x) (a relu(x) + b relu(-x) + alpha x, any gain > 0 and scale), 0 for
-    f(cx) = f(x) (a 1{x>0} + b 1{x<0} + beta), None otherwise."""
-    fam = act.core.closed_form[0] if act.core.closed_form else None
-    if fam == "homog1" and act.beta == 0.0:
-        return 1
-    if fam == "homog0" and act.alpha == 0.0:
-        return 0
-    return None
 
 
 def gaussian_moments(act: hermite.Activation, G: np.ndarray):
@@ -116,13 +103,13 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
         # differ in the last bit, and where rho = 1 is unstable the map would amplify that difference
         one = g == d[0]
         K = np.empty(n * n)
-        K[one] = activation_second_moment(act, d[:1])[0]
+        K[one] = act.second_moment_at(d[:1])[0]
         rest = ~one
         if np.any(rest):
             q = np.full(int(rest.sum()), d[0])
-            K[rest] = activation_kernel(act, np.clip(g[rest] / d[0], -1.0, 1.0), q, q, 0)
+            K[rest] = act.kernel_at(np.clip(g[rest] / d[0], -1.0, 1.0), q, q, 0)
         K = K.reshape(n, n)
-        m = np.full(n, activation_means(act, d[:1], 0)[0])
+        m = np.full(n, act.mean_at(d[:1], 0)[0])
         return 0.5 * (K + K.T), m
     live = d > 0
     K = np.zeros((n, n))
@@ -137,14 +124,14 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
         diag = (a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))
         vals = np.empty(a.size)
         uq, inv = np.unique(d[a[diag]], return_inverse=True)
-        vals[diag] = activation_second_moment(act, uq)[inv]
+        vals[diag] = act.second_moment_at(uq)[inv]
         off = ~diag
         if np.any(off):
-            vals[off] = activation_kernel(act, r[off], d[a[off]], d[b[off]], 0)
+            vals[off] = act.kernel_at(r[off], d[a[off]], d[b[off]], 0)
         K[a, b] = vals
         K[b, a] = vals
     if np.any(live):
-        m[live] = activation_means(act, d[live], 0)
+        m[live] = act.mean_at(d[live], 0)
     if np.any(~live):  # a zero-variance input: f(0) deterministically
         f0 = float(act.fn(np.zeros(1))[0])
         dead = ~live
@@ -173,16 +160,14 @@ def _act_forward(act, x, be: Backend):
 
 
 def _act_derivative(act, x, be: Backend):
-    """f'(x) (between the kinks) on the backend: numpy directly, other namespaces through the core's
-    numpy-ufunc derivative when it dispatches (cupy), else a host round trip."""
+    """f'(x) (between the kinks) on the backend: numpy directly, other namespaces through the activation's
+    array derivative when it dispatches (cupy), else a host round trip."""
     if be.kind == "numpy":
         return np.asarray(act.derivative(x), dtype=be.np_dtype)
-    core = act.core
     try:
-        d = core.derivative(act.gain * x if act.gain != 1.0 else x)
+        d = act.array_derivative(x, be.xp)
         if not same_kind(d, x):
             raise TypeError
-        d = act.gamma * (d * act.gain + act.alpha)
         if d.dtype != be.dtype:
             d = be.xp.astype(d, be.dtype)
         return d

@@ -1,0 +1,711 @@
+"""Cores: the scalar functions phi behind activations, and what is known about their Gaussian integrals.
+
+The base class `Core` computes everything numerically for any phi smooth between its kinks: coefficients
+c_k(Q) = E[phi(sqrt(Q) z) h_k(z)] by kink-split, feature-graded quadrature (`hermite.quadrature`, with
+verified Gauss-Hermite and Chebyshev-in-log-q fast paths for engines), the second moment, the derivative
+moment E phi'^2, and the dual kernel by the Mehler series sum_k c_k(Q1) c_k(Q2) r^k wherever its remainder
+is proven below 2e-14 sqrt(E phi(u)^2 E phi(v)^2) (Cauchy-Schwarz: the tail is at most
+|r|^(K+1) sqrt(T_K(Q1) T_K(Q2)), T_K the tail mass), else by two-dimensional quadrature. It knows no exact
+coefficients (ValueError) and no homogeneity degree (None).
+
+A closed-form family is a subclass overriding only what it knows: ``closed_coefficients``,
+``closed_second_moment``, ``closed_kernel`` (None where it knows nothing), ``exact_coefficients``,
+``homogeneous_degree``. Here: piecewise polynomials, the arc-cosine family a relu(x) + b relu(-x) (Cho and
+Saul 2009), the step family a 1{x>0} + b 1{x<0}, erf (Williams 1997), exp, sin, cos, the gaussian
+exp(-x^2/2), gelu x Phi(x); and the user cores: formulas, opaque callables, and the polynomial-subtracted
+cores of `hermite.transform`. `hermite.builtins` maps names to these classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.special as sc
+
+from hermite import quadrature
+from hermite.basis import hermite_polynomials, mehler_sum, piecewise_coefficients
+
+__all__ = ["Core", "NoClosedForm", "PiecewisePolynomialCore", "ArcCosineCore", "StepCore", "ErfCore",
+           "ExpCore", "SinCore", "CosCore", "GaussianCore", "GeluCore", "ExpressionCore", "CallableCore",
+           "SubtractedCore", "pair_kernel"]
+
+TOL = 2e-14  # target relative accuracy of each kernel method (the guarantee is 1e-12)
+SERIES_K = (32, 256)
+_MEMO: OrderedDict = OrderedDict()
+
+
+def _memo(kind: str, core, K: int, Q: np.ndarray, compute):
+    """Small LRU memo: engines ask for the same variances several times per layer (kernel, means,
+    second moments). The core object is kept in the entry so its id cannot be reused."""
+    key = (kind, id(core), K, Q.tobytes())
+    hit = _MEMO.get(key)
+    if hit is not None:
+        _MEMO.move_to_end(key)
+        return hit[1]
+    val = compute()
+    val.setflags(write=False)  # shared: callers read it, the public functions return copies
+    _MEMO[key] = (core, val)
+    if len(_MEMO) > 64:
+        _MEMO.popitem(last=False)
+    return val
+
+
+class NoClosedForm(ValueError):
+    """No closed form is known for the Hermite coefficients of the named activation."""
+
+    def __init__(self, name: str):
+        super().__init__(f"no closed form is known for the Hermite coefficients of {name!r}; "
+                         "use hermite.coefficients (accurate quadrature) instead")
+
+
+@dataclass(frozen=True, eq=False)
+class Core:
+    """A scalar function phi with the metadata the numerics need (internal; see `Activation`).
+
+    ``kinks`` are the points where phi or a derivative is discontinuous (``jumps`` those where phi
+    itself is), ``features`` the points near which phi varies on the unit scale (quadrature is graded
+    towards them at large variance), ``frequency`` the oscillation frequency (sin, cos), ``parity`` +1
+    (even), -1 (odd) or None; ``derivative`` and ``second_derivative`` are numpy functions valid between
+    the kinks (or None); ``array_fn(x, xp)`` evaluates phi with array-API functions only; ``expr`` is a
+    sympy expression or formula string (or None); ``spec`` the JSON-safe description (None: opaque).
+    """
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    params: dict = field(default_factory=dict)
+    expr: Any = None
+    kinks: tuple = ()
+    jumps: tuple = ()
+    features: tuple = ()
+    frequency: float = 0.0
+    parity: int | None = None
+    derivative: Callable | None = None
+    second_derivative: Callable | None = None
+    array_fn: Callable | None = None
+    spec: dict | None = None
+
+    homogeneous_degree: ClassVar[int | None] = None  # d with phi(c x) = c^d phi(x) for c > 0, d in {0, 1}
+
+    @classmethod
+    def build(cls, name: str, params: dict | None = None, **fields):
+        """A built-in core: its spec is {"name": name, "params": params} (params only when not empty)."""
+        params = dict(params or {})
+        spec = {"name": name, "params": dict(params)} if params else {"name": name}
+        return cls(name=name, params=params, spec=spec, **fields)
+
+    # --------------------------------------------------------------------------------------------
+    # what a family may know in closed form (None: not known)
+    def closed_coefficients(self, K: int, Q: np.ndarray) -> np.ndarray | None:
+        """c_0..c_K at the 1-D variances Q, shape (Q.size, K+1), or None."""
+        return None
+
+    def closed_second_moment(self, Q: np.ndarray) -> np.ndarray | None:
+        """E phi(sqrt(Q) z)^2 at the 1-D variances Q, or None."""
+        return None
+
+    def closed_kernel(self, r, Q1, Q2, derivative: int) -> np.ndarray | None:
+        """E[phi(u) phi(v)] (derivative=1: of phi') on flat arrays, or None."""
+        return None
+
+    def exact_coefficients(self, K: int, q) -> list:
+        """Exact sympy expressions of c_0..c_K at the (sympy) variance q (NoClosedForm if not known)."""
+        raise NoClosedForm(self.name)
+
+    def pieces_expr(self):
+        """The sympy expression implied by exact pieces (piecewise polynomials), else None."""
+        return None
+
+    @property
+    def _generic(self) -> bool:
+        return (type(self).closed_kernel is Core.closed_kernel
+                and type(self).closed_second_moment is Core.closed_second_moment)
+
+    # --------------------------------------------------------------------------------------------
+    # the generic numerical path
+    def numerical_coefficients(self, K: int, Q: np.ndarray, fast: bool = False) -> np.ndarray:
+        """c_0..c_K by quadrature (parity zeros exact), shape (Q.size, K+1)."""
+        c = quadrature.hermite_coefficients(self, K, Q, fast)
+        if self.parity == 1:
+            c[:, 1::2] = 0.0
+        elif self.parity == -1:
+            c[:, 0::2] = 0.0
+        return c
+
+    def numerical_second_moment(self, Q: np.ndarray) -> np.ndarray:
+        """E phi(sqrt(Q) z)^2 by quadrature of phi^2."""
+        return quadrature.hermite_coefficients(self.squared(), 0, Q)[:, 0]
+
+    def numerical_kernel(self, r, Q1, Q2, derivative: int = 0) -> np.ndarray:
+        """The kernel by the proven Mehler series, else two-dimensional quadrature."""
+        return pair_kernel(self, self, r, Q1, Q2, derivative)
+
+    def squared(self, fn=None) -> Core:
+        """A core whose function is fn(x)^2 (default: phi's own), same kinks and features (for moments)."""
+        f = self.fn if fn is None else fn
+        return Core(self.name + "^2", lambda x: f(x) ** 2, kinks=self.kinks, jumps=self.jumps,
+                    features=self.features, frequency=self.frequency, parity=self.parity)
+
+    # --------------------------------------------------------------------------------------------
+    # what the activations call: closed form where known, else numerical (memoized, read-only)
+    def coefficients(self, K: int, Q: np.ndarray, fast: bool = False) -> np.ndarray:
+        """c_k(Q) for k = 0..K, Q 1-D: closed form when known, else quadrature.
+
+        fast=True (the engines' internal calls) lets many variances of a smooth core share two verified
+        Gauss-Hermite rules (accurate to ~1e-14 instead of ~1e-16); the public `coefficients` never does.
+        """
+        def compute():
+            c = self.closed_coefficients(K, Q)
+            return self.numerical_coefficients(K, Q, fast) if c is None else c
+
+        return _memo("cf" if fast else "c", self, K, np.ascontiguousarray(Q, dtype=np.float64), compute)
+
+    def second_moment(self, Q: np.ndarray) -> np.ndarray:
+        """E phi(sqrt(Q) z)^2, Q 1-D (a verified interpolant in log q for many variances of a generic core)."""
+        def compute():
+            if self._generic and Q.size > quadrature.INTERP_MIN:
+                out = np.empty((Q.size, 1))
+                if quadrature.interpolated_in_log_q(self.squared(), 0, Q, out).all():
+                    return out[:, 0]
+            m = self.closed_second_moment(Q)
+            return self.numerical_second_moment(Q) if m is None else m
+
+        return _memo("m", self, 0, np.ascontiguousarray(Q, dtype=np.float64), compute)
+
+    def derivative_moment(self, Q: np.ndarray) -> np.ndarray:
+        """E phi'(sqrt(Q) z)^2 (infinite when phi jumps)."""
+        if self.jumps:
+            return np.full(Q.shape, np.inf)
+        if self.derivative is None:
+            raise ValueError(f"activation {self.name!r} has no derivative: pass derivative= to hermite.activation")
+        return quadrature.hermite_coefficients(self.squared(self.derivative), 0, Q)[:, 0]
+
+    def kernel(self, r, Q1, Q2, derivative: int = 0) -> np.ndarray:
+        """E[phi(u) phi(v)] (derivative=1: E[phi'(u) phi'(v)]) on flat arrays: closed form, else numerical."""
+        with np.errstate(divide="ignore"):
+            out = self.closed_kernel(r, Q1, Q2, derivative)
+        return self.numerical_kernel(r, Q1, Q2, derivative) if out is None else out
+
+    def function(self, derivative: int):
+        """phi (derivative=0) or phi' (1) for quadrature; ValueError where phi' has delta masses or is unknown."""
+        if derivative == 0:
+            return self.fn
+        if self.jumps:
+            raise ValueError(f"the derivative of {self.name!r} has delta masses at its jumps {self.jumps}; "
+                             "derivative kernels are only available in closed form for such activations")
+        if self.derivative is None:
+            raise ValueError(f"activation {self.name!r} has no derivative: pass derivative= to hermite.activation")
+        return self.derivative
+
+
+# ------------------------------------------------------------------------------------------------
+# the Mehler series with its proven remainder
+def _series_parts(core: Core, K: int, Q: np.ndarray, derivative: int):
+    """Per-variance coefficients (of phi or phi'), second moments and tail masses."""
+    if derivative == 0:
+        c = core.coefficients(K, Q, fast=True)
+        m = core.second_moment(Q)
+    else:
+        c1 = core.coefficients(K + 1, Q, fast=True)
+        k = np.arange(1, K + 2)
+        c = c1[:, 1:] * np.sqrt(k[None, :] / Q[:, None])  # d_k = sqrt((k+1)/q) c_{k+1} (Stein's lemma)
+        m = core.derivative_moment(Q)
+    # the tail is known only up to the rounding of M and of sum c_k^2: never trust it below 1e-15 M
+    t = np.maximum(m - np.einsum("ij,ij->i", c, c), 0.0) + 1e-15 * m
+    return c, m, t
+
+
+def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
+    """E[fa(u) fb(v)] (or of the derivatives) on flat arrays, by proven series or quadrature.
+
+    One coefficient computation per distinct variance and truncation level (both functions share it
+    when they are the same core); an entry is summed at the first level whose tail bound proves it.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    M = r.size
+    out = np.empty(M)
+    pending = np.arange(M)
+    smooth = all(not f.kinks and f.frequency == 0.0 for f in (fa, fb))
+    for K in SERIES_K + ((1024,) if smooth else ()):
+        if pending.size == 0:
+            break
+        if K == 1024 and pending.size < max(64, np.unique(np.concatenate([Q1[pending], Q2[pending]])).size):
+            break  # a few entries: direct quadrature is cheaper than order-1024 coefficients
+        Qa, Qb = Q1[pending], Q2[pending]
+        if fb is fa:
+            u, inv = np.unique(np.concatenate([Qa, Qb]), return_inverse=True)
+            ia, ib = inv[: pending.size], inv[pending.size:]
+            ca, ma, ta = _series_parts(fa, K, u, derivative)
+            cb, mb, tb = ca, ma, ta
+        else:
+            ua, ia = np.unique(Qa, return_inverse=True)
+            ub, ib = np.unique(Qb, return_inverse=True)
+            ca, ma, ta = _series_parts(fa, K, ua, derivative)
+            cb, mb, tb = _series_parts(fb, K, ub, derivative)
+        rp = r[pending]
+        scale = np.sqrt(ma[ia] * mb[ib])
+        bound = np.abs(rp) ** (K + 1) * np.sqrt(ta[ia] * tb[ib])
+        ok = bound <= TOL * scale
+        if np.any(ok):
+            sel = np.nonzero(ok)[0]
+            out[pending[sel]] = mehler_sum(ca, cb, ia[sel], ib[sel], rp[sel])
+        pending = pending[~ok]
+    if pending.size:
+        f, g = fa.function(derivative), fb.function(derivative)
+        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# exact (sympy) coefficients of the families
+def _sp():
+    import sympy as sp
+
+    return sp
+
+
+def _generating(K: int, term) -> list:
+    """[term(k, sqrt(k!)) for k = 0..K] with sympy imported (closed-form families' exact coefficients)."""
+    sp = _sp()
+    return [term(sp, k, sp.sqrt(sp.factorial(k))) for k in range(K + 1)]
+
+
+@dataclass(frozen=True, eq=False)
+class PiecewisePolynomialCore(Core):
+    """phi = p_i(x) on [a_i, b_i), pieces ((a, b, (p0, p1, ...)), ...): exact coefficients piece by piece.
+
+    On [a, b], int_a^b x^m phi(x) dx = I_m with I_m = [-x^(m-1) phi(x)]_a^b + (m - 1) I_(m-2),
+    I_0 = Phi(b) - Phi(a), I_1 = phi(a) - phi(b), so c_k(q) is a finite combination of phi and Phi at the
+    scaled breakpoints. Positively homogeneous of degree d in {0, 1} when every break is at 0 and every
+    piece is a multiple of x^d.
+    """
+
+    pieces: tuple = ()
+
+    def exact_coefficients(self, K, q):
+        return piecewise_coefficients(self.pieces, K, q)
+
+    def pieces_expr(self):
+        sp = _sp()
+        x = sp.Symbol("x", real=True)
+        args = []
+        for _a, b, coeffs in self.pieces:
+            poly = sum(sp.nsimplify(c) * x**i for i, c in enumerate(coeffs))
+            args.append((poly, True) if b == math.inf else (poly, x < sp.nsimplify(b)))
+        return sp.Piecewise(*args)
+
+    @property
+    def homogeneous_degree(self):
+        if any(t not in (0.0, -math.inf, math.inf) for a, b, _ in self.pieces for t in (a, b)):
+            return None
+        degrees = {i for *_, p in self.pieces for i, c in enumerate(p) if c != 0}
+        return degrees.pop() if len(degrees) == 1 and degrees <= {0, 1} else None
+
+
+def _j1(r):
+    """(sqrt(1 - r^2) + (pi - arccos r) r) / (2 pi): E relu(u) relu(v) for unit variances."""
+    return (np.sqrt(np.maximum(1.0 - r * r, 0.0)) + (np.pi - np.arccos(r)) * r) / (2 * np.pi)
+
+
+def _j0(r):
+    """(pi - arccos r) / (2 pi) = P(u > 0, v > 0) for unit variances."""
+    return (np.pi - np.arccos(r)) / (2 * np.pi)
+
+
+def _step_kernel(a, b, r, Q1, Q2, derivative):
+    """E[f(u) f(v)] for f = a 1{x>0} + b 1{x<0}; f' = (a - b) delta(x) gives (a - b)^2 phi_2(0, 0)."""
+    if derivative == 0:
+        return (a * a + b * b) * _j0(r) + 2 * a * b * _j0(-r)
+    w = (a - b) ** 2
+    if w == 0:
+        return np.zeros_like(r)
+    return w / (2 * np.pi * np.sqrt(Q1 * Q2 * np.maximum(1 - r * r, 0.0)))
+
+
+# numpy forms of the named members (bitwise what they have always been): (a, b) -> fn, f', array fn
+_ARC_FORMS = {
+    (1.0, 0.0): (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(np.float64),
+                 lambda x, xp: xp.maximum(x, 0.0)),
+    (1.0, 1.0): (np.abs, np.sign, lambda x, xp: xp.abs(x)),
+    (1.0, -1.0): (lambda x: np.array(x, dtype=np.float64, copy=True), lambda x: np.ones_like(x),
+                  lambda x, xp: x + 0.0),
+}
+_NUMBA_ARC: list = []
+
+
+def _numba_arc_cosine():
+    """Compiled arc-cosine kernel s12 (w1 J1(r) + w2 J1(-r)) for large arrays (numba, cached), or None."""
+    if not _NUMBA_ARC:
+        try:
+            import numba
+
+            @numba.njit(parallel=True, cache=True, fastmath=False)
+            def arc(r, s12, w1, w2, out):  # pragma: no cover - compiled
+                inv2pi = 1.0 / (2.0 * np.pi)
+                for e in numba.prange(r.size):
+                    x = r[e]
+                    sq = np.sqrt(max(1.0 - x * x, 0.0))
+                    t = np.arccos(x)
+                    v = w1 * (sq + (np.pi - t) * x)
+                    if w2 != 0.0:
+                        v += w2 * (sq - t * x)  # J1(-r): arccos(-x) = pi - arccos(x)
+                    out[e] = s12[e] * v * inv2pi
+
+            _NUMBA_ARC.append(arc)
+        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy fallback
+            _NUMBA_ARC.append(None)
+    return _NUMBA_ARC[0]
+
+
+@dataclass(frozen=True, eq=False)
+class ArcCosineCore(PiecewisePolynomialCore):
+    """phi = a relu(x) + b relu(-x): relu (1, 0), leaky_relu (1, -s), abs (1, 1), identity (1, -1).
+
+    Arc-cosine kernel (Cho and Saul 2009): E[phi(u) phi(v)] = sqrt(Q1 Q2) [(a^2 + b^2) J1(r) + 2ab J1(-r)],
+    J1(r) = (sqrt(1 - r^2) + (pi - arccos r) r) / (2 pi); E phi^2 = (a^2 + b^2) Q / 2; phi' is the step
+    family a 1{x>0} - b 1{x<0}. Positively homogeneous of degree 1.
+    """
+
+    a: float = 1.0
+    b: float = 0.0
+    homogeneous_degree: ClassVar[int] = 1
+
+    @classmethod
+    def build(cls, name, params=None, a=1.0, b=0.0):
+        a, b = float(a), float(b)
+        named = _ARC_FORMS.get((a, b)) if math.copysign(1.0, b) > 0 or b != 0 else None  # not for b = -0.0
+        fn, d1, xfn = named or (lambda x: np.where(x > 0, a * x, -b * x),
+                                                  lambda x: np.where(x > 0, a, -b),
+                                                  lambda x, xp: xp.where(x > 0, a * x, -b * x))
+        if (a, b) == (1.0, -1.0):
+            pieces = ((-math.inf, math.inf, (0, 1)),)
+        else:
+            pieces = ((-math.inf, 0, (0, -b) if b != 0 else (0,)), (0, math.inf, (0, a)))
+        parity = 1 if a == b else (-1 if a == -b else None)
+        kinks = () if (a, b) == (1.0, -1.0) else (0.0,)
+        return super().build(name, params, fn=fn, kinks=kinks, parity=parity, derivative=d1,
+                             second_derivative=np.zeros_like, array_fn=xfn, pieces=pieces, a=a, b=b)
+
+    def closed_second_moment(self, Q):
+        return 0.5 * (self.a * self.a + self.b * self.b) * Q
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        a, b = self.a, self.b
+        if derivative == 1:
+            return _step_kernel(a, -b, r, Q1, Q2, 0)  # phi' = a 1{x>0} - b 1{x<0}
+        s12 = np.sqrt(Q1 * Q2)
+        fused = _numba_arc_cosine() if r.size >= 4096 else None
+        if fused is not None:
+            out = np.empty(r.size)
+            fused(np.ascontiguousarray(r, dtype=np.float64).ravel(),
+                  np.ascontiguousarray(np.broadcast_to(s12, r.shape), dtype=np.float64).ravel(),
+                  float(a * a + b * b), float(2 * a * b), out)
+            return out.reshape(r.shape)
+        k1 = (a * a + b * b) * _j1(r)
+        return s12 * (k1 + 2 * a * b * _j1(-r)) if a * b != 0 else s12 * k1
+
+
+@dataclass(frozen=True, eq=False)
+class StepCore(PiecewisePolynomialCore):
+    """phi = a 1{x>0} + b 1{x<0}: step (1, 0), sign (1, -1).
+
+    E[phi(u) phi(v)] = (a^2 + b^2) J0(r) + 2ab J0(-r), J0(r) = (pi - arccos r)/(2 pi) = P(u > 0, v > 0);
+    E phi^2 = (a^2 + b^2)/2; the derivative kernel is (a - b)^2 / (2 pi sqrt(Q1 Q2 (1 - r^2))) (the delta
+    mass of phi' at 0). Positively homogeneous of degree 0.
+    """
+
+    a: float = 1.0
+    b: float = 0.0
+    homogeneous_degree: ClassVar[int] = 0
+
+    @classmethod
+    def build(cls, name, params=None, a=1.0, b=0.0):
+        a, b = float(a), float(b)
+        if (a, b) == (1.0, -1.0):
+            fn, xfn = np.sign, (lambda x, xp: xp.sign(x))
+        elif (a, b) == (1.0, 0.0):
+            fn, xfn = (lambda x: (np.asarray(x) > 0).astype(np.float64)), (lambda x, xp: xp.astype(x > 0, x.dtype))
+        else:
+            fn, xfn = (lambda x: np.where(x > 0, a, np.where(x < 0, b, 0.0))), \
+                      (lambda x, xp: xp.where(x > 0, a, xp.where(x < 0, b, 0.0)))
+        pieces = ((-math.inf, 0, (b,)), (0, math.inf, (a,)))
+        parity = 1 if a == b else (-1 if a == -b else None)
+        return super().build(name, params, fn=fn, kinks=(0.0,), jumps=(0.0,), parity=parity,
+                             derivative=np.zeros_like, second_derivative=np.zeros_like, array_fn=xfn,
+                             pieces=pieces, a=a, b=b)
+
+    def closed_second_moment(self, Q):
+        return 0.5 * (self.a * self.a + self.b * self.b) * np.ones_like(Q)
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        return _step_kernel(self.a, self.b, r, Q1, Q2, derivative)
+
+
+def _orders(K, Q):
+    """k = 0..K, Q as a column and log sqrt(k!) (shared by the generating-function families)."""
+    k = np.arange(K + 1)
+    return k, Q[:, None], 0.5 * sc.gammaln(k + 1.0)
+
+
+@dataclass(frozen=True, eq=False)
+class ErfCore(Core):
+    """phi = erf(x) (Williams 1997): E[phi(u) phi(v)] = (2/pi) arcsin(2 c / sqrt((1 + 2 Q1)(1 + 2 Q2))),
+    c = r sqrt(Q1 Q2); c_k = 0 for even k and, k = 2m + 1,
+    c_k = (2/sqrt(pi)) sqrt(Q/k) sqrt((2m)!) (1 + 2Q)^(-1/2) (-Q/(1 + 2Q))^m / m!."""
+
+    @classmethod
+    def build(cls, name="erf", params=None, array_fn=None):
+        c = 2.0 / math.sqrt(math.pi)
+        return super().build(name, params, fn=sc.erf, expr="erf(x)", features=(0.0,), parity=-1,
+                             derivative=lambda x: c * np.exp(-x * x),
+                             second_derivative=lambda x: -2.0 * c * x * np.exp(-x * x), array_fn=array_fn)
+
+    def closed_coefficients(self, K, Q):
+        k, Qc, _ = _orders(K, Q)
+        m = np.maximum((k - 1) // 2, 0)
+        kk = np.maximum(k, 1)
+        logmag = (math.log(2 / math.sqrt(math.pi)) + 0.5 * np.log(Qc / kk) + 0.5 * sc.gammaln(2 * m + 1.0)
+                  - 0.5 * np.log1p(2 * Qc) + m * np.log(Qc / (1 + 2 * Qc)) - sc.gammaln(m + 1.0))
+        sign = np.where(k % 2 == 1, np.where(m % 2 == 0, 1.0, -1.0), 0.0)
+        return np.where(k % 2 == 1, sign * np.exp(np.where(k % 2 == 1, logmag, 0.0)), 0.0)
+
+    def closed_second_moment(self, Q):
+        return 2 / math.pi * np.arcsin(2 * Q / (1 + 2 * Q))
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        s12 = np.sqrt(Q1 * Q2)
+        if derivative == 0:
+            return 2 / np.pi * np.arcsin(np.clip(2 * r * s12 / np.sqrt((1 + 2 * Q1) * (1 + 2 * Q2)), -1, 1))
+        return 4 / np.pi / np.sqrt((1 + 2 * Q1) * (1 + 2 * Q2) - 4 * r * r * Q1 * Q2)
+
+    def exact_coefficients(self, K, q):
+        def term(sp, k, rk):
+            if k % 2 == 0:
+                return sp.Integer(0)
+            m = (k - 1) // 2
+            return (2 / sp.sqrt(sp.pi) * sp.sqrt(q / k) * sp.sqrt(sp.factorial(2 * m)) / sp.sqrt(1 + 2 * q)
+                    * (-q / (1 + 2 * q)) ** m / sp.factorial(m))
+        return _generating(K, term)
+
+
+@dataclass(frozen=True, eq=False)
+class ExpCore(Core):
+    """phi = exp(x): E exp(t z) = exp(t^2/2) gives c_k = exp(Q/2) Q^(k/2) / sqrt(k!),
+    E phi^2 = exp(2Q) and E[phi(u) phi(v)] = exp((Q1 + Q2)/2 + r sqrt(Q1 Q2)) (phi' = phi)."""
+
+    @classmethod
+    def build(cls, name="exp", params=None):
+        return super().build(name, params, fn=np.exp, expr="exp(x)", derivative=np.exp, second_derivative=np.exp,
+                             array_fn=lambda x, xp: xp.exp(x))
+
+    def closed_coefficients(self, K, Q):
+        k, Qc, lgk = _orders(K, Q)
+        return np.exp(0.5 * Qc + 0.5 * k * np.log(Qc) - lgk)
+
+    def closed_second_moment(self, Q):
+        return np.exp(2 * Q)
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        return np.exp(0.5 * (Q1 + Q2) + r * np.sqrt(Q1 * Q2))
+
+    def exact_coefficients(self, K, q):
+        return _generating(K, lambda sp, k, rk: sp.exp(q / 2) * q ** sp.Rational(k, 2) / rk)
+
+
+@dataclass(frozen=True, eq=False)
+class SinCore(Core):
+    """phi = sin(x): c_k = (-1)^((k-1)/2) exp(-Q/2) Q^(k/2) / sqrt(k!) for odd k (0 for even k),
+    E phi^2 = (1 - exp(-2Q))/2, E[phi(u) phi(v)] = exp(-(Q1 + Q2)/2) sinh(r sqrt(Q1 Q2)); phi' = cos."""
+
+    odd: ClassVar[bool] = True
+
+    @classmethod
+    def build(cls, name="sin", params=None):
+        return super().build(name, params, fn=np.sin, expr="sin(x)", frequency=1.0, parity=-1, derivative=np.cos,
+                             second_derivative=lambda x: -np.sin(x), array_fn=lambda x, xp: xp.sin(x))
+
+    def closed_coefficients(self, K, Q):
+        k, Qc, lgk = _orders(K, Q)
+        mag = np.exp(-0.5 * Qc + 0.5 * k * np.log(Qc) - lgk)
+        right = k % 2 == (1 if self.odd else 0)
+        return mag * np.where(right, np.where((k // 2) % 2 == 0, 1.0, -1.0), 0.0)
+
+    def closed_second_moment(self, Q):
+        return -0.5 * np.expm1(-2 * Q)
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        # exp(-(q1+q2)/2) sinh/cosh(c), written without overflow for large variances
+        odd = self.odd == (derivative == 0)
+        c = r * np.sqrt(Q1 * Q2)
+        a = np.exp(-0.5 * (Q1 + Q2) + c)
+        b = np.exp(-0.5 * (Q1 + Q2) - c)
+        return 0.5 * (a - b) if odd else 0.5 * (a + b)
+
+    def exact_coefficients(self, K, q):
+        def term(sp, k, rk):
+            if self.odd != (k % 2 == 1):
+                return sp.Integer(0)
+            return (-1) ** (k // 2) * sp.exp(-q / 2) * q ** sp.Rational(k, 2) / rk
+        return _generating(K, term)
+
+
+@dataclass(frozen=True, eq=False)
+class CosCore(SinCore):
+    """phi = cos(x): c_k = (-1)^(k/2) exp(-Q/2) Q^(k/2) / sqrt(k!) for even k (0 for odd k),
+    E phi^2 = (1 + exp(-2Q))/2, E[phi(u) phi(v)] = exp(-(Q1 + Q2)/2) cosh(r sqrt(Q1 Q2)); phi' = -sin."""
+
+    odd: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, name="cos", params=None):
+        return Core.build.__func__(cls, name, params, fn=np.cos, expr="cos(x)", frequency=1.0, parity=1,
+                                   derivative=lambda x: -np.sin(x), second_derivative=lambda x: -np.cos(x),
+                                   array_fn=lambda x, xp: xp.cos(x))
+
+    def closed_second_moment(self, Q):
+        return 0.5 * (1 + np.exp(-2 * Q))
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianCore(Core):
+    """phi = exp(-x^2/2): E[phi(u) phi(v)] = 1/sqrt(D), D = (1 + Q1)(1 + Q2) - c^2, c = r sqrt(Q1 Q2)
+    (derivative kernel c / D^(3/2)); c_k = 0 for odd k and, k = 2m,
+    c_k = sqrt((2m)!) (1 + Q)^(-1/2) (-Q/(2(1 + Q)))^m / m!."""
+
+    @classmethod
+    def build(cls, name="gaussian", params=None):
+        return super().build(name, params, fn=lambda x: np.exp(-0.5 * x * x), expr="exp(-x**2/2)",
+                             features=(0.0,), parity=1, derivative=lambda x: -x * np.exp(-0.5 * x * x),
+                             second_derivative=lambda x: (x * x - 1.0) * np.exp(-0.5 * x * x),
+                             array_fn=lambda x, xp: xp.exp(-0.5 * x * x))
+
+    def closed_coefficients(self, K, Q):
+        k, Qc, _ = _orders(K, Q)
+        m = k // 2
+        logmag = (0.5 * sc.gammaln(2 * m + 1.0) - 0.5 * np.log1p(Qc)
+                  + m * np.log(Qc / (2 * (1 + Qc))) - sc.gammaln(m + 1.0))
+        sign = np.where(k % 2 == 0, np.where(m % 2 == 0, 1.0, -1.0), 0.0)
+        return sign * np.exp(logmag)
+
+    def closed_second_moment(self, Q):
+        return 1.0 / np.sqrt(1 + 2 * Q)
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        c = r * np.sqrt(Q1 * Q2)
+        D = (1 + Q1) * (1 + Q2) - c * c
+        return 1 / np.sqrt(D) if derivative == 0 else c / D**1.5
+
+    def exact_coefficients(self, K, q):
+        def term(sp, k, rk):
+            if k % 2:
+                return sp.Integer(0)
+            m = k // 2
+            return rk / sp.sqrt(1 + q) * (-q / (2 * (1 + q))) ** m / sp.factorial(m)
+        return _generating(K, term)
+
+
+@dataclass(frozen=True, eq=False)
+class GeluCore(Core):
+    """phi = x Phi(x): E[u Phi(u) v Phi(v)], Var u = a, Var v = b, Cov = c = r sqrt(ab).
+
+    With Phi(u) = P(w1 < u), s_i = u_i - w_i and Stein's lemma applied twice,
+    E[u v 1{s1>0} 1{s2>0}] = c P(s1>0, s2>0) + sum_ij Cov(u, s_i) Cov(v, s_j) E[d_i d_j 1{s>0}], giving
+    c/4 + c arcsin(c/sqrt((1+a)(1+b)))/(2 pi) + [ab + c^2 (1 - ab)/((1+a)(1+b))] / (2 pi sqrt(D)),
+    D = (1+a)(1+b) - c^2. (The derivative kernel is left to the generic path.)
+    """
+
+    @classmethod
+    def build(cls, name="gelu", params=None, array_fn=None):
+        s2pi = math.sqrt(2 * math.pi)
+        return super().build(
+            name, params, fn=lambda x: x * sc.ndtr(x), expr="x*(1 + erf(x/sqrt(2)))/2", features=(0.0,),
+            derivative=lambda x: sc.ndtr(x) + x * np.exp(-x * x / 2) / s2pi,
+            second_derivative=lambda x: (2.0 - x * x) * np.exp(-x * x / 2) / s2pi, array_fn=array_fn)
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        if derivative:
+            return None
+        a, b = Q1, Q2
+        c = r * np.sqrt(a * b)
+        ap, bp = 1 + a, 1 + b
+        D = ap * bp - c * c
+        return (c / 4 + c * np.arcsin(np.clip(c / np.sqrt(ap * bp), -1, 1)) / (2 * np.pi)
+                + (a * b + c * c * (1 - a * b) / (ap * bp)) / (2 * np.pi * np.sqrt(D)))
+
+
+# ------------------------------------------------------------------------------------------------
+# user cores
+@dataclass(frozen=True, eq=False)
+class ExpressionCore(Core):
+    """A sympy formula (``expr`` a sympy expression in the real symbol x); built by
+    `hermite.expressions`. Exact coefficients when the formula is a polynomial."""
+
+    def exact_coefficients(self, K, q):
+        sp = _sp()
+        x = sp.Symbol("x", real=True)
+        try:
+            poly = sp.Poly(self.expr, x)
+        except sp.PolynomialError:
+            poly = None
+        if poly is None or not all(c.is_number for c in poly.all_coeffs()):
+            return super().exact_coefficients(K, q)
+        return piecewise_coefficients(((-math.inf, math.inf, tuple(reversed(poly.all_coeffs()))),), K, q)
+
+
+@dataclass(frozen=True, eq=False)
+class CallableCore(Core):
+    """An opaque numpy callable with declared kinks (and optional derivatives): numerics only."""
+
+
+@dataclass(frozen=True, eq=False)
+class SubtractedCore(Core):
+    """phi(x) = f(x) - sum_k w_k h_k(x / sqrt(q)) for an Activation f (`hermite.transform`, orders >= 2).
+
+    Closed forms of f are lost (a polynomial is subtracted); the derivatives follow from h_k' = sqrt(k)
+    h_(k-1). The spec {"subtract": {"base": f.to_dict(), "orders": {k: w_k}, "q": q}} round-trips through
+    `from_spec` (None when f is an opaque callable).
+    """
+
+    @classmethod
+    def of(cls, act, ck: dict, q: float) -> SubtractedCore:
+        """The core f - sum_k ck[k] h_k(x / sqrt(q)) for the Activation ``act``."""
+        K = max(ck)
+        sq = math.sqrt(q)
+        weights = np.zeros(K + 1)
+        for k, v in ck.items():
+            weights[k] = v
+
+        def fn(x):
+            x = np.asarray(x, dtype=np.float64)
+            return act.fn(x) - np.tensordot(weights, hermite_polynomials(K, x / sq), axes=1)
+
+        def deriv(x):
+            x = np.asarray(x, dtype=np.float64)
+            h = hermite_polynomials(K, x / sq)
+            dk = np.array([math.sqrt(k) * weights[k] for k in range(1, K + 1)])  # h_k' = sqrt(k) h_(k-1)
+            return act.derivative(x) - np.tensordot(dk, h[:K], axes=1) / sq
+
+        def deriv2(x):
+            x = np.asarray(x, dtype=np.float64)
+            h = hermite_polynomials(K, x / sq)
+            dk = np.array([math.sqrt(k * (k - 1)) * weights[k] for k in range(2, K + 1)])
+            return act.second_derivative(x) - np.tensordot(dk, h[:K - 1], axes=1) / q
+
+        try:
+            spec = {"subtract": {"base": act.to_dict(), "orders": {str(k): float(v) for k, v in ck.items()},
+                                 "q": q}}
+        except ValueError:
+            spec = None
+        return cls(f"{act.name} - poly", fn, {}, None, act.kinks, act.jumps, act.features, act.core.frequency,
+                   None, deriv if act.has_derivative else None,
+                   deriv2 if act.has_second_derivative else None, None, spec)
+
+    @classmethod
+    def from_spec(cls, spec: dict, from_dict) -> SubtractedCore:
+        """Inverse of the spec; ``from_dict`` rebuilds the base Activation from its dict."""
+        return cls.of(from_dict(spec["base"]), {int(k): float(v) for k, v in spec["orders"].items()},
+                      float(spec["q"]))
