@@ -23,6 +23,8 @@ MODULES = (
     "hermite",
     "meanfield",
     "meanfield.maps",
+    "meanfield.qc_maps",
+    "meanfield.criticality",
     "meanfield.measures",
     "meanfield.infinite",
     "meanfield.finite",
