@@ -31,6 +31,8 @@ MODULES = (
     "meanfield.layers",
     "meanfield.bias",
     "meanfield.rates",
+    "meanfield.bn_gradients",
+    "meanfield.orthogonality",
     "meanfield.checks",
     "meanfield.layernorm",
     "meanfield.separability",
