@@ -30,6 +30,7 @@ MODULES = (
     "meanfield.finite",
     "meanfield.layers",
     "meanfield.bias",
+    "meanfield.class_fractions",
     "meanfield.rates",
     "meanfield.bn_gradients",
     "meanfield.orthogonality",
