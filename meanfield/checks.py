@@ -36,7 +36,7 @@ import scipy.optimize as so
 
 import hermite
 from meanfield import rates
-from meanfield.core.validate import check_int
+from meanfield.core.validate import check_int, check_real
 from meanfield.infinite import propagate
 from meanfield.measures import am_gm_ratio, check_gram, correlations, isometry, potential
 from meanfield.network import mlp
@@ -400,9 +400,7 @@ def check_rank_collapse(act="relu", *, depth: int = 500, sigma_w: float = 1.0, r
     L = check_int("check_rank_collapse", "depth", depth, lo=17)
     sw = float(sigma_w)
     q = sw * sw
-    r0 = float(rho0)
-    if not (-1.0 < r0 < 1.0):
-        raise ValueError(f"rho0={rho0!r} must be in (-1, 1)")
+    r0 = check_real("check_rank_collapse", "rho0", rho0, -1.0, 1.0, lo_open=True, hi_open=True)
     K0 = np.array([[1.0, r0], [r0, 1.0]])
     traj = propagate(mlp(L, a, norm="rms", placement="post", sigma_w=sw), K0)
     rho = correlations(traj.gram)[:, 0, 1]
