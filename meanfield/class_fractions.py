@@ -62,35 +62,29 @@ class ClassFractionLaw:
         return 1.0 if math.isinf(self.gamma) else self.gamma / (1.0 + self.gamma)
 
     # ---------------------------------------------------------------------------------------
-    def cdf(self, x):
-        """P(G_0 <= x)."""
+    def _phi(self, x, sign: float):
+        """Phi(sign Phi^-1(x) / sqrt(gamma)) with its limits: cdf (sign 1) and sf (sign -1)."""
         x = np.asarray(x, dtype=np.float64)
+        below, above = (0.0, 1.0) if sign > 0 else (1.0, 0.0)  # the value for x < 0 and for x >= 1
         g = self.gamma
         if g == 0:
-            out = np.where(x >= 0.5, 1.0, 0.0)
+            out = np.where(x >= 0.5, above, below)
         elif math.isinf(g):
-            out = np.where(x >= 1.0, 1.0, np.where(x >= 0.0, 0.5, 0.0))
+            out = np.where(x >= 1.0, above, np.where(x >= 0.0, 0.5, below))
         else:
             xc = np.clip(x, 0.0, 1.0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                out = sc.ndtr(sc.ndtri(xc) / math.sqrt(g))
-            out = np.where(x < 0, 0.0, np.where(x >= 1, 1.0, out))
+                out = sc.ndtr(sign * sc.ndtri(xc) / math.sqrt(g))
+            out = np.where(x < 0, below, np.where(x >= 1, above, out))
         return np.where(np.isnan(x), np.nan, out)[()]
+
+    def cdf(self, x):
+        """P(G_0 <= x)."""
+        return self._phi(x, 1.0)
 
     def sf(self, x):
         """P(G_0 > x) = 1 - cdf(x), accurate in the upper tail."""
-        x = np.asarray(x, dtype=np.float64)
-        g = self.gamma
-        if g == 0:
-            out = np.where(x >= 0.5, 0.0, 1.0)
-        elif math.isinf(g):
-            out = np.where(x >= 1.0, 0.0, np.where(x >= 0.0, 0.5, 1.0))
-        else:
-            xc = np.clip(x, 0.0, 1.0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = sc.ndtr(-sc.ndtri(xc) / math.sqrt(g))
-            out = np.where(x < 0, 1.0, np.where(x >= 1, 0.0, out))
-        return np.where(np.isnan(x), np.nan, out)[()]
+        return self._phi(x, -1.0)
 
     def pdf(self, x):
         """Density exp(-(1/gamma - 1) Phi^-1(x)^2 / 2) / sqrt(gamma) on (0, 1), 0 outside."""

@@ -324,6 +324,13 @@ def _qmap_slope(act, q: float, sw2: float, sb2: float) -> float:
     return sw2 * float((m[0] - 8 * m[1] + 8 * m[2] - m[3]) / (12 * h))
 
 
+def _refuse_repelling(act, q: float, sw2: float, sb2: float, message) -> None:
+    """NoFixedPointError(message(slope)) when the fixed point q of the q-map repels: |Q'(q)| > 1 + 1e-9."""
+    slope = _qmap_slope(act, q, sw2, sb2)
+    if abs(slope) > 1 + 1e-9:
+        raise NoFixedPointError(message(slope))
+
+
 def _fixed_point_q(act, sw2: float, sb2: float, q0: float) -> float:
     """q* reached from q0 by the plain q-map (internal, validated inputs)."""
     if sw2 == 0:
@@ -352,23 +359,19 @@ def _fixed_point_q(act, sw2: float, sb2: float, q0: float) -> float:
         if abs(qn - q) <= 1e-15 * max(q, qn) or qn == 0.0:
             # converged (also: q0 is itself a fixed point, e.g. every q for ReLU at sigma_w^2 = 2); an
             # iterate can only land on a repelling fixed point exactly (q0 itself): refuse that one
-            slope = _qmap_slope(act, qn, sw2, sb2)
-            if abs(slope) > 1 + 1e-9:
-                raise NoFixedPointError(
-                    f"q={qn!r} is a repelling fixed point of the q-map (slope {slope:.6g}) for "
-                    f"sigma_w^2={sw2!r}, sigma_b^2={sb2!r}, activation {act.name!r}: the iterates stay there only "
-                    f"because q0={q0!r} is that point; start from another q0")
+            _refuse_repelling(act, qn, sw2, sb2, lambda slope, qn=qn: (
+                f"q={qn!r} is a repelling fixed point of the q-map (slope {slope:.6g}) for "
+                f"sigma_w^2={sw2!r}, sigma_b^2={sb2!r}, activation {act.name!r}: the iterates stay there only "
+                f"because q0={q0!r} is that point; start from another q0"))
             return qn
         traj.append(qn)
         q = qn
     a, b = traj[-2], traj[-1]
     root = _bracket_root(g, Q, a, b, qmax, fail, act, sw2, sb2)
-    slope = _qmap_slope(act, root, sw2, sb2)
-    if abs(slope) > 1 + 1e-9:
-        raise NoFixedPointError(
-            f"the q-map has no attracting fixed point reachable from q0={q0!r}: the fixed point q={root:.6g} "
-            f"has slope {slope:.6g} (|slope| > 1; the iterates oscillate or run off) for sigma_w^2={sw2!r}, "
-            f"sigma_b^2={sb2!r}, activation {act.name!r}")
+    _refuse_repelling(act, root, sw2, sb2, lambda slope: (
+        f"the q-map has no attracting fixed point reachable from q0={q0!r}: the fixed point q={root:.6g} "
+        f"has slope {slope:.6g} (|slope| > 1; the iterates oscillate or run off) for sigma_w^2={sw2!r}, "
+        f"sigma_b^2={sb2!r}, activation {act.name!r}"))
     return root
 
 
