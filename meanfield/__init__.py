@@ -21,7 +21,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-_SUBMODULES = ("maps", "bias", "rates", "checks", "layernorm", "weightnorm", "fisher", "transformations",
+_SUBMODULES = ("maps", "qc_maps", "criticality", "bias", "class_fractions", "rates", "bn_gradients", "orthogonality",
+               "checks", "layernorm", "separability", "ln_net", "group_size", "weightnorm", "fisher", "transformations",
                "sweep", "plot", "cli", "measures", "infinite", "finite")
 
 

@@ -32,15 +32,12 @@ BatchNorm before the activation: 1/(pi - 1) at every depth; LayerNorm or BatchNo
 over k units creates bias even in a linear network: for k = 2, c = (E max(z1, z2))^2 / E max^2 = 1/pi,
 so gamma = 1/(pi - 1) as for ReLU.
 
-The class-fraction law
-----------------------
+The class-fraction law (public facade)
+--------------------------------------
 With two classes the fraction of an infinite data set assigned to class 0 by one initialization is
-G_0 = Phi(sqrt(gamma) Z), Z ~ N(0, 1) (`class_fraction_law`: density, CDF, variance arcsin(c) / (2 pi)
-with c = gamma / (1 + gamma), expected majority fraction 1/2 + arctan(sqrt(gamma)) / pi, tail
-probabilities, all in closed form). For C classes, `sample_fractions` samples the model of Francazi et
-al.: output k on input x is sqrt(gamma) m_k + e_k(x), with m_k ~ N(0, 1) i.i.d. per initialization and
-e_k(x) ~ N(0, 1) i.i.d. across classes and inputs (the data-fluctuation part has variance 1, the
-initialization part variance gamma), and the class of x is the argmax.
+G_0 = Phi(sqrt(gamma) Z), Z ~ N(0, 1). This law has its own module, `meanfield.class_fractions`
+(`class_fraction_law`, `ClassFractionLaw`, `sample_fractions` for C classes), whose public names are
+re-exported here (``bias.class_fraction_law(gamma)`` keeps working).
 
 Simulation and the BatchNorm pitfall
 ------------------------------------
@@ -60,9 +57,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.special as sc
 
 import hermite
+from meanfield.class_fractions import ClassFractionLaw, class_fraction_law, sample_fractions
+from meanfield.core.validate import check_int, check_real, check_real_array, check_samples, check_widths
 from meanfield.finite import simulate_outputs
 from meanfield.infinite import propagate
 from meanfield.layers import Block, Dense
@@ -72,47 +70,12 @@ from meanfield.network import Network, mlp
 __all__ = [
     "gamma", "gamma_trajectory", "gamma_from_gram", "output_correlation", "gamma_from_correlation",
     "correlation_from_gamma",
-    "regime", "REGIMES", "phase_diagram", "PhaseDiagram", "class_fraction_law", "ClassFractionLaw",
-    "sample_fractions", "simulate", "BiasSimulation",
+    "regime", "REGIMES", "phase_diagram", "PhaseDiagram", "simulate", "BiasSimulation",
+    # re-exported (public facade)
+    "class_fraction_law", "ClassFractionLaw", "sample_fractions",
 ]
 
 REGIMES = ("neutral", "prejudiced", "deep prejudice")
-
-
-# ================================================================================================
-# validation helpers
-def _real(owner: str, name: str, value, lo=None, hi=None, allow_inf: bool = False) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{owner}: {name}={value!r} must be a real number")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {name}={value!r} must be a real number") from None
-    rng = f"[{'-inf' if lo is None else format(lo, 'g')}, {'inf' if hi is None else format(hi, 'g')}]"
-    if math.isnan(v) or (math.isinf(v) and not allow_inf):
-        raise ValueError(f"{owner}: {name}={value!r} must be a real number in {rng}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ValueError(f"{owner}: {name}={value!r} is outside the allowed range {rng}")
-    return v
-
-
-def _int(owner: str, name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) \
-            or not math.isfinite(float(value)) or not float(value).is_integer() or int(value) < lo:
-        raise ValueError(f"{owner}: {name}={value!r} must be an integer >= {lo}")
-    return int(value)
-
-
-def _check_gamma(owner: str, g) -> float:
-    return _real(owner, "gamma", g, lo=0.0, allow_inf=True)
-
-
-def _rng(rng) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
-        return np.random.default_rng(rng)
-    raise ValueError(f"rng={rng!r} must be None, an integer seed, a SeedSequence or a numpy Generator")
 
 
 # ================================================================================================
@@ -140,7 +103,7 @@ def correlation_from_gamma(g):
 
 
 def _input_gram(owner: str, input_correlation) -> np.ndarray:
-    r = _real(owner, "input_correlation", input_correlation, lo=-1.0, hi=1.0)
+    r = check_real(owner, "input_correlation", input_correlation, lo=-1.0, hi=1.0)
     return np.array([[1.0, r], [r, 1.0]])
 
 
@@ -243,9 +206,9 @@ def regime(gamma, *, eps: float = 1e-6, large: float = 100.0, rtol: float = 1e-3
     >>> bias.regime([0.47, 0.98, 1.53]), bias.regime([0.47, 0.47, 0.47]), bias.regime([0.1, 0.3, 0.4])
     ('deep prejudice', 'prejudiced', 'prejudiced')
     """
-    eps = _real("regime", "eps", eps)
-    large = _real("regime", "large", large, lo=eps)
-    rtol = _real("regime", "rtol", rtol, lo=0.0)
+    eps = check_real("regime", "eps", eps)
+    large = check_real("regime", "large", large, lo=eps)
+    rtol = check_real("regime", "rtol", rtol, lo=0.0)
     g = np.asarray(gamma, dtype=np.float64)
     if g.ndim > 1 or g.size == 0:
         raise ValueError(f"regime: gamma must be a number or a non-empty 1-D sequence over depth, got shape "
@@ -306,16 +269,10 @@ def phase_diagram(act, depth: int, sigma_b2_grid, sigma_w2_grid, norm: str | Non
     the layout of `meanfield.plot.phase_diagram(values, sigma_b2_grid, sigma_w2_grid)`. Variances must be
     >= 0 and finite.
     """
-    depth = _int("phase_diagram", "depth", depth, 1)
+    depth = check_int("phase_diagram", "depth", depth, lo=1)
     a = hermite.activation(act)
-    grids = []
-    for name, grid in (("sigma_b2_grid", sigma_b2_grid), ("sigma_w2_grid", sigma_w2_grid)):
-        arr = np.atleast_1d(np.asarray(grid, dtype=np.float64))
-        if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(f"phase_diagram: {name}={grid!r} must be a non-empty 1-D array of finite values "
-                             ">= 0")
-        grids.append(arr)
-    sb2, sw2 = grids
+    sb2, sw2 = (np.atleast_1d(check_real_array("phase_diagram", name, grid, lo=0.0, ndim=(0, 1), nonempty=True))
+                for name, grid in (("sigma_b2_grid", sigma_b2_grid), ("sigma_w2_grid", sigma_w2_grid)))
     _input_gram("phase_diagram", input_correlation)
     curves = np.empty((sb2.size, sw2.size, depth + 1))
     labels = np.empty((sb2.size, sw2.size), dtype=object)
@@ -330,230 +287,6 @@ def phase_diagram(act, depth: int, sigma_b2_grid, sigma_w2_grid, norm: str | Non
                         input_correlation=float(input_correlation), sigma_w2=sw2, sigma_b2=sb2,
                         gamma=curves[..., -1].copy(), gamma_depth=curves, regime=labels.astype(str),
                         thresholds={"eps": eps, "large": large, "rtol": rtol})
-
-
-# ================================================================================================
-# the class-fraction law
-@dataclass(frozen=True)
-class ClassFractionLaw:
-    """Law of the fraction G_0 of an infinite data set that one initialization assigns to class 0 (two
-    classes): G_0 = Phi(sqrt(gamma) Z), Z ~ N(0, 1) (Francazi et al. 2024).
-
-    With s = sqrt(gamma), y = Phi^-1(x) and c = gamma / (1 + gamma):
-
-    - cdf(x) = Phi(y / s), sf(x) = Phi(-y / s), ppf(p) = Phi(s Phi^-1(p));
-    - pdf(x) = exp(-(1/gamma - 1) y^2 / 2) / s on (0, 1): unimodal at 1/2 for gamma < 1, uniform at
-      gamma = 1, U-shaped (mass at the extremes: prejudice) for gamma > 1;
-    - mean 1/2 and var() = arcsin(c) / (2 pi): E G_0^2 = P(U1 <= sZ, U2 <= sZ) is a bivariate normal
-      orthant probability with correlation s^2 / (1 + s^2) = c, equal to 1/4 + arcsin(c) / (2 pi);
-    - expected_majority() = E max(G_0, 1 - G_0) = E Phi(s |Z|) = 1/2 + arctan(s) / pi (the same orthant
-      identity with correlation s / sqrt(1 + s^2));
-    - majority_cdf / majority_sf / majority_pdf: the law of M = max(G_0, 1 - G_0) on [1/2, 1],
-      P(M > t) = 2 Phi(-Phi^-1(t) / s); ``prob_extreme(delta) = P(G_0 <= delta or G_0 >= 1 - delta)``.
-
-    Limits: gamma = 0 is the point mass at 1/2 (pdf 0 off 1/2 and +inf at it); gamma = inf puts mass 1/2
-    at 0 and at 1 (pdf 0 on (0, 1)). ``sample(size, rng)`` draws G_0.
-    """
-
-    gamma: float
-
-    def __post_init__(self):
-        object.__setattr__(self, "gamma", _check_gamma("class_fraction_law", self.gamma))
-
-    @property
-    def c(self) -> float:
-        """Output correlation c = gamma / (1 + gamma)."""
-        return 1.0 if math.isinf(self.gamma) else self.gamma / (1.0 + self.gamma)
-
-    # ---------------------------------------------------------------------------------------
-    def cdf(self, x):
-        """P(G_0 <= x)."""
-        x = np.asarray(x, dtype=np.float64)
-        g = self.gamma
-        if g == 0:
-            out = np.where(x >= 0.5, 1.0, 0.0)
-        elif math.isinf(g):
-            out = np.where(x >= 1.0, 1.0, np.where(x >= 0.0, 0.5, 0.0))
-        else:
-            xc = np.clip(x, 0.0, 1.0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = sc.ndtr(sc.ndtri(xc) / math.sqrt(g))
-            out = np.where(x < 0, 0.0, np.where(x >= 1, 1.0, out))
-        return np.where(np.isnan(x), np.nan, out)[()]
-
-    def sf(self, x):
-        """P(G_0 > x) = 1 - cdf(x), accurate in the upper tail."""
-        x = np.asarray(x, dtype=np.float64)
-        g = self.gamma
-        if g == 0:
-            out = np.where(x >= 0.5, 0.0, 1.0)
-        elif math.isinf(g):
-            out = np.where(x >= 1.0, 0.0, np.where(x >= 0.0, 0.5, 1.0))
-        else:
-            xc = np.clip(x, 0.0, 1.0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = sc.ndtr(-sc.ndtri(xc) / math.sqrt(g))
-            out = np.where(x < 0, 1.0, np.where(x >= 1, 0.0, out))
-        return np.where(np.isnan(x), np.nan, out)[()]
-
-    def pdf(self, x):
-        """Density exp(-(1/gamma - 1) Phi^-1(x)^2 / 2) / sqrt(gamma) on (0, 1), 0 outside."""
-        x = np.asarray(x, dtype=np.float64)
-        g = self.gamma
-        inside = (x > 0) & (x < 1)
-        if g == 0:
-            out = np.where(x == 0.5, np.inf, 0.0)
-        elif math.isinf(g):
-            out = np.where((x == 0) | (x == 1), np.inf, 0.0)
-        else:
-            y = sc.ndtri(np.where(inside, x, 0.5))
-            a = 1.0 / g - 1.0
-            out = np.where(inside, np.exp(-0.5 * a * y * y) / math.sqrt(g), 0.0)
-            edge = (x == 0) | (x == 1)
-            if np.any(edge):  # the limit at the end points
-                out = np.where(edge, 0.0 if a > 0 else (1.0 if a == 0 else np.inf), out)
-        return np.where(np.isnan(x), np.nan, out)[()]
-
-    def ppf(self, p):
-        """Quantile function Phi(sqrt(gamma) Phi^-1(p)), p in [0, 1]."""
-        p = np.asarray(p, dtype=np.float64)
-        if np.any((p < 0) | (p > 1)):
-            raise ValueError(f"ClassFractionLaw.ppf: p={p!r} must lie in [0, 1]")
-        g = self.gamma
-        if g == 0:
-            out = np.full(p.shape, 0.5)
-        elif math.isinf(g):
-            out = np.where(p > 0.5, 1.0, 0.0)
-        else:
-            out = sc.ndtr(math.sqrt(g) * sc.ndtri(p))
-        return out[()]
-
-    def mean(self) -> float:
-        """E G_0 = 1/2 (the two classes are exchangeable)."""
-        return 0.5
-
-    def var(self) -> float:
-        """Var G_0 = arcsin(c) / (2 pi), c = gamma / (1 + gamma)."""
-        return math.asin(self.c) / (2.0 * math.pi)
-
-    def std(self) -> float:
-        return math.sqrt(self.var())
-
-    def expected_majority(self) -> float:
-        """E max(G_0, 1 - G_0) = 1/2 + arctan(sqrt(gamma)) / pi."""
-        return 0.5 + math.atan(math.sqrt(self.gamma)) / math.pi
-
-    def majority_sf(self, t):
-        """P(max(G_0, 1 - G_0) > t) = 2 Phi(-Phi^-1(t) / sqrt(gamma)) for t in [1/2, 1]; 1 below 1/2."""
-        t = np.asarray(t, dtype=np.float64)
-        out = np.where(t < 0.5, 1.0, 2.0 * self.sf(np.maximum(t, 0.5)))
-        if self.gamma == 0:
-            out = np.where(t < 0.5, 1.0, 0.0)
-        return np.where(np.isnan(t), np.nan, out)[()]
-
-    def majority_cdf(self, t):
-        """P(max(G_0, 1 - G_0) <= t) = 2 Phi(Phi^-1(t) / sqrt(gamma)) - 1 on [1/2, 1]."""
-        t = np.asarray(t, dtype=np.float64)
-        return np.where(np.isnan(t), np.nan, 1.0 - self.majority_sf(t))[()]
-
-    def majority_pdf(self, t):
-        """Density of max(G_0, 1 - G_0): 2 pdf(t) on (1/2, 1), 0 outside."""
-        t = np.asarray(t, dtype=np.float64)
-        return np.where(np.isnan(t), np.nan, np.where((t > 0.5) & (t <= 1), 2.0 * self.pdf(t), 0.0))[()]
-
-    def prob_extreme(self, delta):
-        """P(G_0 <= delta or G_0 >= 1 - delta) = 2 cdf(delta) for delta in [0, 1/2]: the probability that
-        an initialization sends all but a fraction delta of the data to one class."""
-        d = np.asarray(delta, dtype=np.float64)
-        if np.any(np.isnan(d)) or np.any((d < 0) | (d > 0.5)):
-            raise ValueError(f"ClassFractionLaw.prob_extreme: delta={delta!r} must lie in [0, 0.5]")
-        out = np.minimum(2.0 * self.cdf(d), 1.0)
-        if self.gamma == 0:
-            out = np.where(d >= 0.5, 1.0, 0.0)
-        return np.asarray(out)[()]
-
-    def sample(self, size=None, rng=None):
-        """Draws of G_0 = Phi(sqrt(gamma) Z); ``rng`` a Generator, a seed or None."""
-        z = _rng(rng).standard_normal(size)
-        g = self.gamma
-        if math.isinf(g):
-            return np.where(z > 0, 1.0, 0.0)[()]
-        return sc.ndtr(math.sqrt(g) * z)
-
-
-def class_fraction_law(gamma) -> ClassFractionLaw:
-    """The law of the class-0 fraction for two classes, G_0 = Phi(sqrt(gamma) Z) (see `ClassFractionLaw`).
-
-    ``gamma`` must be a real number in [0, inf] (ValueError for negative or NaN values).
-
-    Examples
-    --------
-    >>> from meanfield import bias
-    >>> law = bias.class_fraction_law(1.0)      # gamma = 1: G_0 is uniform on [0, 1]
-    >>> round(law.var(), 12), round(law.expected_majority(), 12)
-    (0.083333333333, 0.75)
-    """
-    return ClassFractionLaw(gamma)
-
-
-def _fractions_given_means(m: np.ndarray, g: float, nodes: int = 96) -> np.ndarray:
-    """Infinite-data class fractions given the initialization parts m (size, C) of the outputs:
-    f_k = P(s m_k + e_k > s m_j + e_j for all j != k) = E_t prod_{j != k} Phi(t + s (m_k - m_j)), t ~ N(0, 1),
-    by Gauss-Hermite quadrature in t (log-space products); C = 2 in closed form."""
-    size, C = m.shape
-    s = math.sqrt(g)
-    if C == 2:
-        f0 = sc.ndtr(s * (m[:, 0] - m[:, 1]) / math.sqrt(2.0))
-        return np.stack([f0, 1.0 - f0], axis=1)
-    t, w = sc.roots_hermitenorm(nodes)
-    logw = np.log(w / w.sum())
-    out = np.empty((size, C))
-    chunk = max(1, int(2**22 // (C * C * nodes)))
-    for lo in range(0, size, chunk):
-        mm = m[lo:lo + chunk]
-        d = s * (mm[:, :, None] - mm[:, None, :])  # (b, k, j)
-        lp = sc.log_ndtr(t[None, None, None, :] + d[..., None])  # (b, k, j, nodes)
-        tot = lp.sum(axis=2) - sc.log_ndtr(t)[None, None, :]  # remove j = k
-        out[lo:lo + chunk] = np.exp(sc.logsumexp(tot + logw, axis=-1))
-    return out / out.sum(axis=1, keepdims=True)
-
-
-def sample_fractions(gamma, classes: int = 2, size: int = 1, rng=None, n_points: int | None = None) -> np.ndarray:
-    """Class fractions of ``size`` random initializations, array (size, classes), rows summing to 1.
-
-    Model (Francazi et al. 2024): output k on input x is sqrt(gamma) m_k + e_k(x), with m_k ~ N(0, 1)
-    i.i.d. per initialization (the part that does not depend on the input, variance gamma after
-    scaling) and e_k(x) ~ N(0, 1) i.i.d. across classes and inputs (the data-fluctuation part, variance
-    1); x goes to the class of the largest output. With ``n_points=None`` the data set is infinite and
-    the fractions are the exact conditional probabilities P(class k | m), by 1-D Gauss-Hermite quadrature
-    (closed form Phi(sqrt(gamma) (m_0 - m_1) / sqrt 2) = Phi(sqrt(gamma) Z) for two classes, which is
-    `class_fraction_law`); with an integer ``n_points`` the fractions are counts over that many sampled
-    inputs. Independent Gaussian readout columns make the e_k independent across classes at infinite
-    width; their Gaussian law over the data is the model's assumption (exact for a linear network on
-    Gaussian data).
-    """
-    g = _check_gamma("sample_fractions", gamma)
-    C = _int("sample_fractions", "classes", classes, 2)
-    size = _int("sample_fractions", "size", size, 1)
-    gen = _rng(rng)
-    if math.isinf(g):  # all the data go to the class with the largest m_k
-        k = gen.integers(0, C, size)
-        out = np.zeros((size, C))
-        out[np.arange(size), k] = 1.0
-        return out
-    m = gen.standard_normal((size, C))
-    if n_points is None:
-        return _fractions_given_means(m, g)
-    n = _int("sample_fractions", "n_points", n_points, 1)
-    out = np.empty((size, C))
-    chunk = max(1, int(2**22 // (n * C)))
-    s = math.sqrt(g)
-    for lo in range(0, size, chunk):
-        mm = m[lo:lo + chunk]
-        o = s * mm[:, None, :] + gen.standard_normal((mm.shape[0], n, C))
-        lab = np.argmax(o, axis=-1)
-        out[lo:lo + chunk] = (lab[..., None] == np.arange(C)).mean(axis=1)
-    return out
 
 
 # ================================================================================================
@@ -609,29 +342,16 @@ class BiasSimulation:
                 f"seeds={self.seeds}, classes={self.classes}, width={self.width})")
 
 
-def _data(owner, n_points, input_dim, width, data, input_correlation, gen) -> np.ndarray:
+def _data(owner, n_points, input_dim, width: int, data, input_correlation, gen) -> np.ndarray:
     if data is not None:
-        try:
-            X = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{owner}: data must be a real (n_points, input_dim) array, got "
-                             f"{type(data).__name__}") from None
-        if X.ndim == 1:
-            X = X[:, None]
-        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-            raise ValueError(f"{owner}: data has shape {X.shape}; it must be a non-empty 2-D array "
-                             "(n_points >= 2 rows, input_dim >= 1 columns)")
+        X = check_samples(owner, data, "data")
         if X.shape[0] < 2:
             raise ValueError(f"{owner}: data has {X.shape[0]} row(s); the variance over the data needs "
                              "n_points >= 2")
-        if not np.all(np.isfinite(X)):
-            raise ValueError(f"{owner}: data contains NaN or inf; all entries must be finite")
         return X
-    n = _int(owner, "n_points", n_points, 2)
-    if input_dim is None:
-        input_dim = width if isinstance(width, (int, np.integer)) else list(width)[0]
-    d = _int(owner, "input_dim", input_dim, 1)
-    r = _real(owner, "input_correlation", input_correlation, lo=0.0, hi=1.0)
+    n = check_int(owner, "n_points", n_points, lo=2)
+    d = check_int(owner, "input_dim", width if input_dim is None else input_dim, lo=1)
+    r = check_real(owner, "input_correlation", input_correlation, lo=0.0, hi=1.0)
     X = gen.standard_normal((n, d))
     if r > 0:
         mu = gen.standard_normal(d)
@@ -680,20 +400,14 @@ def simulate(net: Network, n_points: int = 2000, seeds: int = 200, width=512, in
     if not isinstance(net, Network):
         raise ValueError(f"{owner}: net must be a meanfield.Network (e.g. meanfield.mlp(...)), got "
                          f"{type(net).__name__}")
-    C = _int(owner, "classes", classes, 2)
-    S = _int(owner, "seeds", seeds, 2)
-    seed_i = _int(owner, "seed", seed, 0)
-    mm = _real(owner, "max_memory", max_memory, lo=1.0)
-    if isinstance(width, (str, bytes)) or not np.iterable(width):
-        _int(owner, "width", width, 1)
-        widths = width
-    else:
-        widths = [_int(owner, f"width[{i}]", v, 1) for i, v in enumerate(width)]
-        if len(widths) != net.depth:
-            raise ValueError(f"{owner}: width has {len(widths)} entries but the network has {net.depth} blocks")
-        widths = widths + [C]
+    C = check_int(owner, "classes", classes, lo=2)
+    S = check_int(owner, "seeds", seeds, lo=2)
+    seed_i = check_int(owner, "seed", seed, lo=0)
+    mm = check_real(owner, "max_memory", max_memory, lo=1.0)
+    ws = check_widths(owner, width, net.depth)
+    widths = width if isinstance(width, (str, bytes)) or not np.iterable(width) else ws + [C]
     data_ss, net_ss = np.random.SeedSequence(seed_i).spawn(2)
-    X = _data(owner, n_points, input_dim, width, data, input_correlation, np.random.default_rng(data_ss))
+    X = _data(owner, n_points, input_dim, ws[0], data, input_correlation, np.random.default_rng(data_ss))
     n = X.shape[0]
     full = Network([*net.blocks, Block((Dense(sigma_w=1.0, sigma_b=0.0, width=C),), name="bias readout")])
     out = simulate_outputs(full, X, widths, S, backend, dtype, net_ss, mm)  # (S, n, C)

@@ -36,6 +36,7 @@ import scipy.optimize as so
 
 import hermite
 from meanfield import rates
+from meanfield.core.validate import check_int, check_real
 from meanfield.infinite import propagate
 from meanfield.measures import am_gm_ratio, check_gram, correlations, isometry, potential
 from meanfield.network import mlp
@@ -112,12 +113,6 @@ def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _int(value, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not float(value).is_integer() or int(value) < lo:
-        raise ValueError(f"{name}={value!r} must be an integer >= {lo}")
-    return int(value)
-
-
 def random_grams(trials: int, n: int | None = None, *, seed=0, spread: float = 1.5,
                  singular: bool = True) -> list[np.ndarray]:
     """Random Gram matrices X X^T / d with log-normal sample norms (``spread`` = std of log norm).
@@ -127,8 +122,8 @@ def random_grams(trials: int, n: int | None = None, *, seed=0, spread: float = 1
     """
     rng = _rng(seed)
     out = []
-    for t in range(_int(trials, "trials", 1)):
-        nn = int(rng.integers(2, 9)) if n is None else _int(n, "n", 1)
+    for t in range(check_int("random_grams", "trials", trials, lo=1)):
+        nn = int(rng.integers(2, 9)) if n is None else check_int("random_grams", "n", n, lo=1)
         if singular and t % 10 == 9 and nn > 1:
             d = int(rng.integers(1, nn))
         else:
@@ -144,9 +139,9 @@ def random_correlations(trials: int, n: int = 4, *, seed=0, near_collinear: bool
     """Random n x n correlation matrices (unit diagonal, full rank), some with a nearly collinear pair
     (|rho| up to 1 - 1e-4) when ``near_collinear``."""
     rng = _rng(seed)
-    nn = _int(n, "n", 2)
+    nn = check_int("random_correlations", "n", n, lo=2)
     out = []
-    for t in range(_int(trials, "trials", 1)):
+    for t in range(check_int("random_correlations", "trials", trials, lo=1)):
         d = nn + int(rng.integers(0, 2 * nn + 1))
         X = rng.standard_normal((nn, d))
         X += rng.uniform(0, 3) * rng.standard_normal((1, d)) * rng.choice([-1.0, 1.0], size=(nn, 1))
@@ -269,7 +264,7 @@ def check_potential_contraction(acts=None, K0=None, *, depth: int = 6, sigma_w: 
     """
     activations = _acts(acts)
     inputs = random_correlations(trials, n, seed=seed) if K0 is None else _grams_arg(K0, "K0")
-    L = _int(depth, "depth", 1)
+    L = check_int("check_potential_contraction", "depth", depth, lo=1)
     sw = float(sigma_w)
     q = sw * sw
     worst, margin, cases, bad = 0.0, math.inf, 0, None
@@ -402,12 +397,10 @@ def check_rank_collapse(act="relu", *, depth: int = 500, sigma_w: float = 1.0, r
     CheckReport with worst = 1 - rho_L, margin = tol - (1 - rho_L) (and the ReLU constant in details).
     """
     a = hermite.activation(act)
-    L = _int(depth, "depth", 17)
+    L = check_int("check_rank_collapse", "depth", depth, lo=17)
     sw = float(sigma_w)
     q = sw * sw
-    r0 = float(rho0)
-    if not (-1.0 < r0 < 1.0):
-        raise ValueError(f"rho0={rho0!r} must be in (-1, 1)")
+    r0 = check_real("check_rank_collapse", "rho0", rho0, -1.0, 1.0, lo_open=True, hi_open=True)
     K0 = np.array([[1.0, r0], [r0, 1.0]])
     traj = propagate(mlp(L, a, norm="rms", placement="post", sigma_w=sw), K0)
     rho = correlations(traj.gram)[:, 0, 1]
@@ -468,7 +461,7 @@ def check_affine_isometry(acts=("identity", "x + 0.5", "2*x - 1"), K0=None, *, d
             raise ValueError(f"check_affine_isometry: activation {a.name!r} has beta0 = "
                              f"{rates.beta0(a, float(sigma_w) ** 2):.6g} < 1; the statement needs an affine activation")
     grams = random_grams(trials, n, seed=seed, singular=False) if K0 is None else _grams_arg(K0, "K0")
-    L = _int(depth, "depth", 1)
+    L = check_int("check_affine_isometry", "depth", depth, lo=1)
     worst, bad, cases, skipped = 0.0, None, 0, 0
     for a in activations:
         net = mlp(L, a, norm="ln", placement="post", sigma_w=float(sigma_w))
@@ -509,13 +502,13 @@ def check_hermite_power(k: int = 2, K0=None, *, depth: int = 4, trials: int = 10
     ValueError
         k < 2, or an input with a non-unit diagonal.
     """
-    kk = _int(k, "k", 2)
+    kk = check_int("check_hermite_power", "k", k, lo=2)
     grams = random_correlations(trials, n, seed=seed) if K0 is None else _grams_arg(K0, "K0")
     for K in grams:
         if np.max(np.abs(np.diag(K) - 1.0)) > 1e-12:
             raise ValueError("check_hermite_power: K0 must have a unit diagonal (a correlation matrix); got "
                              f"diag {np.diag(K)}")
-    L = _int(depth, "depth", 1)
+    L = check_int("check_hermite_power", "depth", depth, lo=1)
     net = mlp(L, hermite.activation("hermite", k=kk), norm="ln", placement="post", sigma_w=1.0)
     worst, bad, cases = 0.0, None, 0
     for K in grams:
@@ -555,13 +548,14 @@ def check_orthogonality_plateau(ds=(16, 64, 256), n: int = 4, *, depth: int = 40
     CheckReport with worst = the largest relative deviation from the predicted plateau, details with the
     fitted exponent and the plateaus.
     """
-    dlist = [_int(d, "d", 1) for d in ds]
+    dlist = [check_int("check_orthogonality_plateau", "d", d, lo=1) for d in ds]
     if len(dlist) < 2:
-        raise ValueError("check_orthogonality_plateau needs at least two widths ds")
-    L = _int(depth, "depth", 4)
+        raise ValueError(f"check_orthogonality_plateau: ds={ds!r} must hold at least two widths")
+    L = check_int("check_orthogonality_plateau", "depth", depth, lo=4)
+    seed0 = check_int("check_orthogonality_plateau", "seed", seed, lo=0)
     plateaus, preds = [], []
     for i, d in enumerate(dlist):
-        V = rates.orthogonality_chain(d, n, L, seeds=seeds, seed=[int(seed), i])
+        V = rates.orthogonality_chain(d, n, L, seeds=seeds, seed=[seed0, i])
         plateaus.append(float(np.sqrt(np.mean(V[:, L // 2:] ** 2))))
         preds.append(rates.orthogonality_plateau(d, n))
     plateaus, preds = np.asarray(plateaus), np.asarray(preds)

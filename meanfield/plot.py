@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from meanfield.core.validate import check_choice, check_real
+
 __all__ = ["paper_style", "depth_curve", "theory_vs_simulation", "theory_vs_simulation_scatter",
            "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles"]
 
@@ -42,11 +44,10 @@ def paper_style():
 
 def measure_values(traj, measure: str = "isometry_gap") -> np.ndarray:
     """The per-block values of a measure: (L+1,) for mean field, (seeds, L+1) for a simulation."""
-    if measure not in _MEASURES:
-        raise ValueError(f"measure={measure!r} must be one of {_MEASURES}")
+    check_choice("measure_values", "measure", measure, _MEASURES)
     if measure == "grad_norms":
         if traj.grad_norms is None:
-            raise ValueError("measure='grad_norms' needs a simulation run with gradients=True")
+            raise ValueError("measure_values: measure='grad_norms' needs a simulation run with gradients=True")
         return np.asarray(traj.grad_norms)
     return np.asarray(getattr(traj, measure)())
 
@@ -66,8 +67,7 @@ def seed_quantiles(values, qs, axis: int = 0) -> np.ndarray:
         raise ValueError("seed_quantiles: no values along the seed axis")
     out = []
     for q in np.atleast_1d(qs):
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"seed_quantiles: quantile {q!r} must be in [0, 1]")
+        check_real("seed_quantiles", "quantile", q, 0.0, 1.0)
         pos = q * (m - 1)
         i = int(np.floor(pos))
         j = min(i + 1, m - 1)
@@ -196,8 +196,8 @@ def phase_diagram(values, sigma_b2_grid, sigma_w2_grid, ax=None, label: str = ""
     v = np.asarray(values, dtype=float)
     b, w = np.asarray(sigma_b2_grid, float), np.asarray(sigma_w2_grid, float)
     if v.shape != (b.size, w.size):
-        raise ValueError(f"values has shape {v.shape}, expected (len(sigma_b2_grid), len(sigma_w2_grid)) = "
-                         f"{(b.size, w.size)}")
+        raise ValueError(f"phase_diagram: values has shape {v.shape}, expected (len(sigma_b2_grid), "
+                         f"len(sigma_w2_grid)) = {(b.size, w.size)}")
     finite = v[np.isfinite(v)]
     norm = None
     if log_color and finite.size and finite.min() > 0:

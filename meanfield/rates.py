@@ -66,29 +66,35 @@ sqrt 2 have potential 2.41 and a singular Gram), but for a correlation matrix wi
 
 which `layers_to_gap` uses for its guaranteed bound.
 
-Batch normalization
--------------------
-* `orthogonality_chain`: the linear chain of H. Daneshmand, A. Joudaki and F. Bach, "Batch normalization
-  orthogonalizes representations in deep random networks" (NeurIPS 2021), H_{l+1} = BN(W_l H_l)/sqrt(d),
-  BN(M) = diag(M M^T)^(-1/2) M (rows = features scaled to unit norm over the n samples, no centring),
-  W_l with i.i.d. N(0, 1) entries; its orthogonality gap V(H) falls (near orthogonality by n/(n+2) per
-  layer, `orthogonality_rate`) to a plateau of order d^(-1/2) (`orthogonality_plateau`).
-* `bn_gradient_rate`: the gradient explosion of G. Yang, J. Pennington, V. Rao, J. Sohl-Dickstein and
-  S. S. Schoenholz, "A mean field theory of batch normalization" (ICLR 2019): in x_{l+1} = f(BN(W_l x_l))
-  (`mlp(..., norm="bn", placement="pre")`) the squared gradient norm grows by a factor lambda(B) per block
-  backwards, (B - 2)/(B - 3) for a linear f and pi/(pi - 1) for ReLU as B -> inf;
-  `measure_bn_gradient_rate` measures it with `meanfield.simulate`.
+Batch normalization (public facade)
+-----------------------------------
+The batch-norm rates have their own modules, whose public names are re-exported here
+(``meanfield.rates.bn_gradient_rate(...)`` keeps working):
+
+* `meanfield.orthogonality`: `orthogonality_chain`, `orthogonality_rate`, `orthogonality_plateau`, the
+  linear batch-norm chain of Daneshmand, Joudaki and Bach (NeurIPS 2021);
+* `meanfield.bn_gradients`: `bn_gradient_rate`, `bn_gradient_rate_limit`, `bn_gradient_network`,
+  `measure_bn_gradient_rate`, `Estimate`, the gradient explosion of Yang et al. (ICLR 2019).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 import hermite
-from meanfield.measures import check_gram, correlations, isometry_gap, orthogonality_gap_gram, potential
+from meanfield.bn_gradients import (
+    Estimate,
+    bn_gradient_network,
+    bn_gradient_rate,
+    bn_gradient_rate_limit,
+    measure_bn_gradient_rate,
+)
+from meanfield.core.validate import check_choice, check_int, check_real, check_real_array
+from meanfield.measures import check_gram, correlations, isometry_gap, potential
+from meanfield.orthogonality import orthogonality_chain, orthogonality_plateau, orthogonality_rate
 from meanfield.trajectory import Trajectory
 
 __all__ = [
@@ -107,6 +113,7 @@ __all__ = [
     "RateFit",
     "fit_rate",
     "finite_width_gap",
+    # re-exported (public facade)
     "Estimate",
     "bn_gradient_rate",
     "bn_gradient_rate_limit",
@@ -119,39 +126,6 @@ __all__ = [
 
 MEASURES = ("potential", "isometry_gap")
 _SNAP = 1e-13  # beta0 within this of 1 is an affine activation (coefficients are accurate to ~1e-12 relative)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# validation helpers
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _act(act) -> hermite.Activation:
-    return hermite.activation(act)  # ValueError for unknown names, with the list of built-ins
-
-
-def _positive(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a positive finite number") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name}={value!r} must be a positive finite number (> 0)")
-    return v
-
-
-def _int_at_least(value, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
-        raise ValueError(f"{name}={value!r} must be an integer >= {lo}")
-    if not float(value).is_integer() or int(value) < lo:
-        raise ValueError(f"{name}={value!r} must be an integer >= {lo}")
-    return int(value)
-
-
-def _measure(measure: str) -> str:
-    if measure not in MEASURES:
-        raise ValueError(f"measure={measure!r} must be one of {MEASURES}")
-    return measure
 
 
 def _moments(act: hermite.Activation, q: float) -> tuple[float, float, float]:
@@ -194,8 +168,8 @@ def beta0(act, q: float = 1.0) -> float:
     ValueError
         Unknown activation, q not positive and finite, or a constant activation (Var f = 0).
     """
-    a = _act(act)
-    qv = _positive(q, "q")
+    a = hermite.activation(act)
+    qv = check_real("beta0", "q", q, lo=0.0, lo_open=True)
     _, c1, var = _moments(a, qv)
     b = c1 * c1 / var
     if b > 1.0 - _SNAP:  # an affine activation, up to the round-off of its coefficients
@@ -239,8 +213,8 @@ def kappa(act, rho, q: float = 1.0):
     ValueError
         rho outside [-1, 1] or not finite, bad q, unknown or constant activation.
     """
-    a = _act(act)
-    qv = _positive(q, "q")
+    a = hermite.activation(act)
+    qv = check_real("kappa", "q", q, lo=0.0, lo_open=True)
     _, _, var = _moments(a, qv)
     k = np.asarray(hermite.kernel(a, rho, qv, centered=True), dtype=np.float64) / var
     k = np.clip(k, -1.0, 1.0)
@@ -268,8 +242,8 @@ def kappa_derivative(act, rho=1.0, q: float = 1.0):
     ValueError
         As for `kappa`; an activation without a derivative; an activation with a jump at |rho| < 1.
     """
-    a = _act(act)
-    qv = _positive(q, "q")
+    a = hermite.activation(act)
+    qv = check_real("kappa_derivative", "q", q, lo=0.0, lo_open=True)
     _, _, var = _moments(a, qv)
     r = np.asarray(rho, dtype=np.float64)
     if a.jumps:
@@ -301,7 +275,7 @@ def summary(act, q: float = 1.0) -> RateSummary:
     """All rates of one activation: beta0, beta_sigma, kappa'(1), and the per-block factors of the potential
     (guaranteed 1/beta_sigma, local beta0 near isometry, 1/kappa'(1) near collinearity) and of the isometry
     gap (beta0^2 near isometry). Definitions and derivations in the module docstring."""
-    a = _act(act)
+    a = hermite.activation(act)
     b0 = beta0(a, q)
     kp = float(kappa_derivative(a, 1.0, q))
     return RateSummary(activation=a.name, q=float(q), beta0=b0, beta_sigma=2.0 - b0, kappa_prime_1=kp,
@@ -315,7 +289,7 @@ def predicted_rate(act, measure: str = "potential", q: float = 1.0) -> float:
     "potential": beta0; "isometry_gap": beta0^2 (the gap is quadratic in the correlations). A value 0
     means faster than exponential (c_1 = 0, e.g. even activations: kappa(rho) = O(rho^2)).
     """
-    m = _measure(measure)
+    m = check_choice("predicted_rate", "measure", measure, MEASURES)
     b0 = beta0(act, q)
     return b0 if m == "potential" else b0 * b0
 
@@ -338,14 +312,11 @@ def potential_bound(act, potential, layers: int = 1, q: float = 1.0):
     -------
     float or ndarray: the bound (inf stays inf).
     """
-    a = _act(act)
+    a = hermite.activation(act)
     b0 = beta0(a, q)
     bs = 2.0 - b0
-    L = _int_at_least(layers, "layers", 0)
-    p = np.asarray(potential, dtype=np.float64)
-    if np.any(np.isnan(p)) or np.any(p < 0):
-        raise ValueError(f"potential must be in [0, inf]; got {potential!r}")
-    p = p.copy()
+    L = check_int("potential_bound", "layers", layers, lo=0)
+    p = check_real_array("potential_bound", "potential", potential, lo=0.0, allow_inf=True)
     for _ in range(L):
         fin = np.isfinite(p)
         p = np.where(fin, p * (b0 + np.where(fin, p, 0.0)) / (1.0 + bs * np.where(fin, p, 0.0)), np.inf)
@@ -359,10 +330,8 @@ def gap_bound_from_potential(potential, n: int):
     gap <= -log(1 - (n - 1) r); +inf when (n - 1) r >= 1 (no bound: the gap can be +inf there, e.g. the
     three-vector example of the module docstring).
     """
-    nn = _int_at_least(n, "n", 1)
-    p = np.asarray(potential, dtype=np.float64)
-    if np.any(np.isnan(p)) or np.any(p < 0):
-        raise ValueError(f"potential must be in [0, inf]; got {potential!r}")
+    nn = check_int("gap_bound_from_potential", "n", n, lo=1)
+    p = check_real_array("gap_bound_from_potential", "potential", potential, lo=0.0, allow_inf=True)
     r = np.where(np.isfinite(p), p / (1.0 + np.where(np.isfinite(p), p, 0.0)), 1.0)
     x = (nn - 1) * r
     out = np.where(x < 1.0, -np.log1p(-np.where(x < 1.0, x, 0.0)), np.inf)
@@ -422,12 +391,13 @@ def ln_post_trajectory(act, K0, depth: int, sigma_w: float = 1.0) -> Trajectory:
     -------
     Trajectory with gram (depth + 1, n, n) (index 0 is K0) and engine "meanfield".
     """
-    a = _act(act)
-    sw = _positive(sigma_w, "sigma_w")
-    L = _int_at_least(depth, "depth", 0)
+    a = hermite.activation(act)
+    sw = check_real("ln_post_trajectory", "sigma_w", sigma_w, lo=0.0, lo_open=True)
+    L = check_int("ln_post_trajectory", "depth", depth, lo=0)
     K = check_gram(K0, name="K0", allow_stack=False)
     if np.any(np.diag(K) <= 0):
-        raise ValueError(f"K0 must have a positive diagonal (every sample nonzero); got diag {np.diag(K)}")
+        raise ValueError(f"ln_post_trajectory: K0 must have a positive diagonal (every sample nonzero); got diag "
+                         f"{np.diag(K)}")
     q = sw * sw
     _, _, var = _moments(a, q)
     grams = [K]
@@ -508,11 +478,11 @@ def layers_to_gap(act, target: float, K0=None, *, start: float | None = None, st
     -------
     LayersPrediction
     """
-    m = _measure(measure)
-    a = _act(act)
-    tgt = _positive(target, "target")
-    sw = _positive(sigma_w, "sigma_w")
-    cap = _int_at_least(max_layers, "max_layers", 1)
+    m = check_choice("layers_to_gap", "measure", measure, MEASURES)
+    a = hermite.activation(act)
+    tgt = check_real("layers_to_gap", "target", target, lo=0.0, lo_open=True)
+    sw = check_real("layers_to_gap", "sigma_w", sigma_w, lo=0.0, lo_open=True)
+    cap = check_int("layers_to_gap", "max_layers", max_layers, lo=1)
     q = sw * sw
     b0 = beta0(a, q)
     rate = b0 if m == "potential" else b0 * b0
@@ -526,7 +496,7 @@ def layers_to_gap(act, target: float, K0=None, *, start: float | None = None, st
         n = K.shape[0]
         start = float(fn(K))
         if np.any(np.diag(K) <= 0):
-            raise ValueError(f"K0 must have a positive diagonal; got diag {np.diag(K)}")
+            raise ValueError(f"layers_to_gap: K0 must have a positive diagonal; got diag {np.diag(K)}")
         _, _, var = _moments(a, q)
         vals = [start]
         C = _first_block(a, K, sw)
@@ -550,17 +520,13 @@ def layers_to_gap(act, target: float, K0=None, *, start: float | None = None, st
     else:
         if start is None:
             raise ValueError("layers_to_gap: give K0 (the input Gram) or start (the start value of the measure)")
-        start = float(start)
-        if not (start >= 0):
-            raise ValueError(f"start={start!r} must be >= 0")
+        start = check_real("layers_to_gap", "start", start, lo=0.0, allow_inf=True)
         if start_potential is not None:
-            p_start = float(start_potential)
-            if not (p_start >= 0):
-                raise ValueError(f"start_potential={start_potential!r} must be >= 0")
+            p_start = check_real("layers_to_gap", "start_potential", start_potential, lo=0.0, allow_inf=True)
         elif m == "potential":
             p_start = start
     if n is not None:
-        n = _int_at_least(n, "n", 1)
+        n = check_int("layers_to_gap", "n", n, lo=1)
 
     # guaranteed bound
     bound = None
@@ -664,7 +630,7 @@ def fit_rate(traj, measure: str = "potential", *, start: int = 1, stop: int | No
     ValueError
         Bad measure or window, or fewer than 2 usable points (in any seed).
     """
-    m = _measure(measure)
+    m = check_choice("fit_rate", "measure", measure, MEASURES)
     if isinstance(traj, Trajectory):
         vals = np.asarray(getattr(traj, m)(), dtype=np.float64)
     else:
@@ -677,11 +643,11 @@ def fit_rate(traj, measure: str = "potential", *, start: int = 1, stop: int | No
     seeded = vals.ndim == 2
     V = vals if seeded else vals[None, :]
     L = V.shape[1] - 1
-    s0 = _int_at_least(start, "start", 0)
-    s1 = L if stop is None else _int_at_least(stop, "stop", 0)
+    s0 = check_int("fit_rate", "start", start, lo=0)
+    s1 = L if stop is None else check_int("fit_rate", "stop", stop, lo=0)
     if s1 > L or s0 >= s1:
         raise ValueError(f"fit_rate: need 0 <= start < stop <= {L} (the last block); got start={start}, stop={stop}")
-    fl = _FLOORS[m] if floor is None else float(floor)
+    fl = _FLOORS[m] if floor is None else check_real("fit_rate", "floor", floor)
     layers = np.arange(s0, s1 + 1)
     slopes, ses, icpts = [], [], []
     for row in V:
@@ -721,295 +687,9 @@ def finite_width_gap(act, n: int, width: int, sigma_w: float = 1.0) -> float:
     A heuristic (this project), accurate to leading order in 1/width near isometry; infinite for beta0 = 1
     (an affine activation does not contract the noise).
     """
-    nn = _int_at_least(n, "n", 1)
-    w = _int_at_least(width, "width", 1)
-    b0 = beta0(act, _positive(sigma_w, "sigma_w") ** 2)
+    nn = check_int("finite_width_gap", "n", n, lo=1)
+    w = check_int("finite_width_gap", "width", width, lo=1)
+    b0 = beta0(act, check_real("finite_width_gap", "sigma_w", sigma_w, lo=0.0, lo_open=True) ** 2)
     if b0 >= 1.0:
         return math.inf
     return (nn - 1) / (2.0 * w * (1.0 - b0 * b0))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# batch normalization: gradient explosion (Yang et al. 2019)
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A number with its standard error (0 for a closed form) and how it was obtained."""
-
-    value: float
-    stderr: float
-    method: str
-    per_seed: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
-
-
-def bn_gradient_rate_limit(act) -> float:
-    """Large-batch limit of the batch-norm gradient explosion rate: E f'(z)^2 / Var f(z), z ~ N(0, 1).
-
-    = sum_k k c_k^2 / sum_{k>=1} c_k^2 = kappa'(1) at q = 1 (`kappa_derivative`). Linear: 1; ReLU:
-    (1/2) / (1/2 - 1/(2 pi)) = pi / (pi - 1) (Yang et al., ICLR 2019). As B -> inf batch norm becomes a
-    per-feature standardization by the population statistics, so the backward factor is
-    sigma_w^2 E f'^2 / (sigma_w^2 Var f).
-    """
-    return float(kappa_derivative(act, 1.0, 1.0))
-
-
-def _check_batch(batch_size) -> int:
-    return _int_at_least(batch_size, "batch_size", 2)
-
-
-def bn_gradient_rate(act="identity", batch_size: int = 8, *, samples: int = 2**17, seed: int = 0) -> Estimate:
-    """Per-block growth factor lambda(B) of the squared gradient norm in x_{l+1} = f(BN(W_l x_l)).
-
-    Yang, Pennington, Rao, Sohl-Dickstein and Schoenholz, "A mean field theory of batch normalization"
-    (ICLR 2019); the network is ``mlp(L, act, norm="bn", placement="pre")``, the gradient flows from the
-    output towards the input and grows by lambda per block (gradient independence assumption, infinite
-    width). sigma_w and sigma_b do not matter (batch norm removes both).
-
-    Derivation (this module). At the forward fixed point the Gram of x is permutation symmetric
-    (K = a I + b 11^T), so P h (P = I - 11^T/B) is isotropic in the (B-1)-dimensional space orthogonal to
-    1: its norm^2 is sigma_w^2 a chi^2_{B-1} and its direction independent, z = BN(h) = sqrt(B) u with u
-    uniform on the unit sphere of that space, and a = E ||P f(z)||^2 / (B - 1). The Jacobian of BN is
-    J = sqrt(B)/||P h|| Q, Q = P - z z^T / B. The backward covariance Pi maps to
-    sigma_w^2 E[J D Pi D J] (D = diag f'(z)), a positive map commuting with permutations of the batch, whose
-    leading eigenvector is therefore P (Krein-Rutman: a PSD leading eigenvector exists, its permutation
-    average is one too, and the range lies in 1-perp). With E[B / ||P h||^2] = B / (sigma_w^2 a (B - 3)):
-
-        lambda(B) = B / (B - 3) * E ||Q D P||_F^2 / E ||P f(z)||^2.
-
-    For an affine f, D = c I, ||Q P||_F^2 = B - 2 and ||P z||^2 = B, so lambda = (B - 2)/(B - 3) exactly
-    (returned in closed form). Otherwise the two expectations over u are estimated with ``samples``
-    Monte Carlo draws (a ratio estimator, standard error by the delta method). lambda(2) = 0 (Q = 0: the
-    batch-norm output of two samples is constant) and lambda(3) = +inf (E 1/chi^2_2 diverges). As B grows,
-    lambda -> `bn_gradient_rate_limit` (pi/(pi - 1) for ReLU).
-
-    Parameters
-    ----------
-    act : activation with a derivative (default identity)
-    batch_size : int >= 2
-    samples : int >= 1000
-    seed : int
-
-    Returns
-    -------
-    Estimate (value, stderr, method "closed form" or "monte carlo").
-    """
-    a = _act(act)
-    B = _check_batch(batch_size)
-    M = _int_at_least(samples, "samples", 1000)
-    if B == 2:
-        return Estimate(0.0, 0.0, "closed form", info={"batch_size": B})
-    if B == 3:
-        return Estimate(math.inf, 0.0, "closed form", info={"batch_size": B})
-    if beta0(a, 1.0) >= 1.0 - 1e-12:
-        return Estimate((B - 2) / (B - 3), 0.0, "closed form", info={"batch_size": B})
-    if a.jumps:
-        raise ValueError(f"bn_gradient_rate: activation {a.name!r} has jumps at {a.jumps}; its derivative is a "
-                         "delta and the rate is not finite")
-    return _bn_rate_mc(a, B, M, seed)
-
-
-def _bn_rate_mc(a: hermite.Activation, B: int, M: int, seed) -> Estimate:
-    """Monte Carlo of lambda(B) = B/(B-3) E||Q D P||_F^2 / E||P f(z)||^2 over z = sqrt(B) u (see bn_gradient_rate)."""
-    rng = np.random.default_rng(seed)
-    num = np.empty(M)
-    den = np.empty(M)
-    chunk = max(1, min(M, 2**22 // B))
-    done = 0
-    while done < M:
-        c = min(chunk, M - done)
-        g = rng.standard_normal((c, B))
-        g -= g.mean(axis=1, keepdims=True)
-        z = math.sqrt(B) * g / np.linalg.norm(g, axis=1, keepdims=True)
-        d = a.derivative(z)
-        f = a.fn(z)
-        s1 = d.sum(axis=1)
-        s2 = (d * d).sum(axis=1)
-        dz = d * z
-        # ||Q D P||_F^2 = tr(P D P D) - ||P (d z)||^2 / B, tr(P D P D) = (1 - 2/B) sum d^2 + (sum d)^2 / B^2
-        pdz = (dz * dz).sum(axis=1) - dz.sum(axis=1) ** 2 / B  # ||P (d z)||^2
-        num[done:done + c] = (1.0 - 2.0 / B) * s2 + s1 * s1 / B**2 - pdz / B
-        den[done:done + c] = (f * f).sum(axis=1) - f.sum(axis=1) ** 2 / B  # ||P f(z)||^2
-        done += c
-    xm, ym = num.mean(), den.mean()
-    r = xm / ym
-    cov = np.cov(num, den)
-    var_r = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (M * ym * ym)
-    fac = B / (B - 3)
-    return Estimate(float(fac * r), float(fac * math.sqrt(max(var_r, 0.0))), "monte carlo",
-                    info={"batch_size": B, "samples": M, "seed": seed})
-
-
-def bn_gradient_network(act, depth: int, *, head: bool = True):
-    """``mlp(depth, act, norm="bn", placement="pre")`` plus, with ``head``, a last block Dense -> tanh.
-
-    The simulator's readout is L = sum_a r . x_a with one Gaussian r for the whole batch (see
-    `meanfield.simulate`), so dL/dx_a = r is the same for every sample; batch norm's Jacobian annihilates
-    vectors constant over the batch, so without a non-linear last layer (e.g. a linear activation after
-    the last BatchNorm) every gradient is exactly 0. The tanh head makes the output gradient differ across
-    the batch; the rate is measured away from it.
-    """
-    from meanfield.layers import Activation, Block, Dense
-    from meanfield.network import Network, mlp
-
-    net = mlp(_int_at_least(depth, "depth", 1), act, norm="bn", placement="pre")
-    if not head:
-        return net
-    return Network([*net.blocks, Block((Dense(1.0), Activation("tanh")), name="head")])
-
-
-def measure_bn_gradient_rate(act="identity", batch_size: int = 8, *, width: int = 256, depth: int = 20,
-                             seeds: int = 8, seed: int = 0, skip: int = 4, X=None) -> Estimate:
-    """Measure the per-block growth factor of the squared gradient norm of a BN network with `meanfield.simulate`.
-
-    Network: `bn_gradient_network` (act, depth) (Yang et al.'s f(BN(W x)) blocks plus a Dense -> tanh head).
-    For each seed, fit log grad_norms[l]^2 = c - l log(lambda) over blocks skip <= l <= depth - skip (the
-    forward and backward statistics settle within a few blocks of either end); report
-    exp(mean over seeds of log lambda) with the standard error across seeds (delta method).
-
-    Finite width biases the measured factor by O(B / width) (the fluctuations of the forward Gram around its
-    symmetric fixed point; e.g. linear, B = 8: 1.173, 1.189, 1.192 at widths 128, 256, 512 against 1.2).
-
-    Parameters
-    ----------
-    act : activation
-    batch_size : int >= 4
-    width, depth, seeds, seed : simulation sizes
-    skip : int >= 0, blocks left out at either end (2 skip < depth - 1)
-    X : (batch_size, d0) array, optional input batch (default: i.i.d. N(0, 1), d0 = 2 batch_size)
-    """
-    from meanfield.finite import simulate
-
-    B = _int_at_least(batch_size, "batch_size", 4)
-    L = _int_at_least(depth, "depth", 3)
-    sk = _int_at_least(skip, "skip", 0)
-    if L - 2 * sk < 2:
-        raise ValueError(f"measure_bn_gradient_rate: depth={L} leaves fewer than 2 blocks after skip={sk} at each end")
-    if X is None:
-        X = np.random.default_rng(seed).standard_normal((B, 2 * B))
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] != B:
-        raise ValueError(f"X must have shape (batch_size={B}, d0); got {X.shape}")
-    net = bn_gradient_network(act, L)
-    sim = simulate(net, X, width=width, seeds=seeds, seed=seed, gradients=True)
-    g2 = np.asarray(sim.grad_norms, dtype=np.float64) ** 2
-    layers = np.arange(sk, L - sk + 1)
-    if not np.all(g2[:, layers] > 0):
-        raise ValueError("measure_bn_gradient_rate: a gradient norm vanished; the network's output gradient is "
-                         "constant over the batch")
-    logs = np.log(g2[:, layers])
-    slopes = np.array([_ols(layers.astype(float), row)[0] for row in logs])
-    lam = -slopes
-    mean = float(lam.mean())
-    se = float(lam.std(ddof=1) / math.sqrt(lam.size)) if lam.size > 1 else math.nan
-    return Estimate(math.exp(mean), math.exp(mean) * se, "simulation", per_seed=np.exp(lam),
-                    info={"batch_size": B, "width": width, "depth": L, "seeds": seeds, "skip": sk})
-
-
-# ---------------------------------------------------------------------------------------------------------
-# batch normalization: orthogonality gap (Daneshmand et al. 2021)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def orthogonality_rate(n: int) -> float:
-    """Per-layer contraction n / (n + 2) of a small deviation of H^T H from I/n in the linear BN chain.
-
-    For m ~ N(0, I/n + Delta) (Delta symmetric, traceless, small) a first-order expansion of
-    E[m m^T / ||m||^2] with E[(u^T E u) u u^T] = (2 E + tr(E) I) / (n (n + 2)) for u uniform on the sphere
-    gives I/n + n Delta / (n + 2) (this project); so near orthogonality the mean-field part of the
-    orthogonality gap shrinks by n / (n + 2) per layer (2/3 for n = 4).
-    """
-    nn = _int_at_least(n, "n", 2)
-    return nn / (nn + 2.0)
-
-
-def orthogonality_plateau(d: int, n: int) -> float:
-    """Leading-order plateau (root mean square) of the orthogonality gap in the linear BN chain.
-
-    At the orthogonal fixed point the d normalized rows u_i of BN(W H) are uniform unit vectors in R^n and
-    H^T H = (1/d) sum_i u_i u_i^T, so each layer adds fresh noise with E ||.||_F^2 = (1 - 1/n)/d, while the
-    previous deviation is contracted by `orthogonality_rate` n/(n + 2). The stationary mean square is
-
-        E V^2 ~ (1 - 1/n) / (d (1 - (n/(n+2))^2)) = (n - 1)(n + 2)^2 / (4 n (n + 1) d),
-
-    so V ~ d^(-1/2), the order of Daneshmand, Joudaki and Bach (NeurIPS 2021). A first-order heuristic
-    (this project), to leading order in 1/d; E V is slightly below sqrt(E V^2).
-    `checks.check_orthogonality_plateau` compares it with `orthogonality_chain`.
-    """
-    dd = _int_at_least(d, "d", 1)
-    nn = _int_at_least(n, "n", 2)
-    return math.sqrt((nn - 1) * (nn + 2) ** 2 / (4.0 * nn * (nn + 1) * dd))
-
-
-def orthogonality_chain(d: int, n: int, depth: int, *, seeds: int = 8, seed: int = 0, K0=None,
-                        rho0: float = 0.9, explicit: bool = False) -> np.ndarray:
-    """Orthogonality gaps of the linear batch-norm chain H_{l+1} = BN(W_l H_l) / sqrt(d) of Daneshmand et al.
-
-    H_l is d x n (features x samples), W_l has i.i.d. N(0, 1) entries, BN(M) = diag(M M^T)^(-1/2) M scales
-    every feature (row) to unit norm over the batch (no centring), and V(H) = ||H^T H/||H||_F^2 - I/n||_F
-    (`meanfield.measures.orthogonality_gap`). Daneshmand, Joudaki and Bach, "Batch normalization
-    orthogonalizes representations in deep random networks" (NeurIPS 2021).
-
-    Only G_l = H_l^T H_l matters, and given H_l the rows m_i of W_l H_l are i.i.d. N(0, G_l); so by default
-    the chain samples d Gaussian n-vectors per layer from an n x n square root of G_l (exact in law, O(d n^2)
-    per layer): G_{l+1} = (1/d) sum_i m_i m_i^T / ||m_i||^2. ``explicit=True`` multiplies explicit d x d
-    weight matrices instead (O(d^2 n), for cross-checks). A row with m_i = 0 (only if G_l = 0) maps to 0.
-
-    Parameters
-    ----------
-    d : int >= 1, width
-    n : int >= 2, batch size
-    depth : int >= 0
-    seeds : int >= 1
-    seed : int
-    K0 : (n, n) Gram matrix of the input, optional; default the equicorrelated (1 - rho0) I + rho0 11^T
-    rho0 : float in [0, 1)
-    explicit : bool
-
-    Returns
-    -------
-    ndarray (seeds, depth + 1): V(H_l), index 0 the input.
-    """
-    dd = _int_at_least(d, "d", 1)
-    nn = _int_at_least(n, "n", 2)
-    L = _int_at_least(depth, "depth", 0)
-    S = _int_at_least(seeds, "seeds", 1)
-    if K0 is None:
-        r0 = float(rho0)
-        if not (0.0 <= r0 < 1.0):
-            raise ValueError(f"rho0={rho0!r} must be in [0, 1)")
-        K = (1.0 - r0) * np.eye(nn) + r0 * np.ones((nn, nn))
-    else:
-        K = check_gram(K0, name="K0", allow_stack=False)
-        if K.shape[0] != nn:
-            raise ValueError(f"K0 must be {nn} x {nn} (n = {nn}); got {K.shape}")
-    rng = np.random.default_rng(seed)
-    G = np.broadcast_to(K / np.trace(K), (S, nn, nn)).copy()
-    out = np.empty((S, L + 1))
-    out[:, 0] = orthogonality_gap_gram(G)
-    if explicit:
-        w, V = np.linalg.eigh(K / np.trace(K))
-        F = (V * np.sqrt(np.clip(w, 0.0, None))).T  # n x n, F^T F = K / tr K: an input with n features
-        H = np.broadcast_to(F, (S, nn, nn))
-    for layer in range(1, L + 1):
-        if explicit:
-            Wt = rng.standard_normal((S, dd, H.shape[1]))
-            Mm = Wt @ H  # (S, d, n): rows are features
-        else:
-            w, V = np.linalg.eigh(G)
-            R = V * np.sqrt(np.clip(w, 0.0, None))[:, None, :]  # R R^T = G
-            Z = rng.standard_normal((S, dd, nn))
-            Mm = Z @ np.swapaxes(R, 1, 2)  # rows ~ N(0, G)
-        nr = np.sqrt(np.sum(Mm * Mm, axis=2, keepdims=True))
-        U = np.divide(Mm, nr, out=np.zeros_like(Mm), where=nr > 0)
-        if explicit:
-            H = U / math.sqrt(dd)
-            G = np.swapaxes(H, 1, 2) @ H
-        else:
-            G = np.swapaxes(U, 1, 2) @ U / dd
-        G = 0.5 * (G + np.swapaxes(G, 1, 2))
-        out[:, layer] = orthogonality_gap_gram(G)
-    return out
-

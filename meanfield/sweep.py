@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from meanfield.core.validate import check_bool, check_choice, check_int
+from meanfield.network import check_placement, mlp, norm_layers
+
 __all__ = ["Sweep", "run_point", "run_sweep", "load_results", "load_errors", "point_id", "NETWORK_FIELDS",
            "BATCH_FIELDS", "RUN_FIELDS"]
 
@@ -126,8 +129,9 @@ class Sweep:
                 p.update(dict(zip(zkeys, zvals)))
                 for k in NULLABLE_FIELDS:
                     p[k] = _none_if_null(p[k])
-                if p["engine"] not in ("meanfield", "simulate"):
-                    raise ValueError(f"engine={p['engine']!r} must be 'meanfield' or 'simulate'")
+                check_choice("Sweep", "engine", p["engine"], ("meanfield", "simulate"))
+                norm_layers("Sweep", p["norm"])  # the one norm/placement vocabulary of meanfield.network
+                check_placement("Sweep", p["placement"])
                 if p["engine"] == "meanfield":  # simulator-only fields do not distinguish mean-field points
                     for k in ("width", "seeds", "seed", "backend", "gradients"):
                         p[k] = DEFAULTS[k]
@@ -143,20 +147,19 @@ def point_id(p: dict) -> str:
 
 def _batch(p: dict) -> np.ndarray:
     rng = np.random.default_rng(p["data_seed"])
-    X = rng.standard_normal((int(p["n"]), int(p["input_dim"])))
+    d = check_int("run_point", "input_dim", p["input_dim"], lo=1)
+    X = rng.standard_normal((check_int("run_point", "n", p["n"], lo=1), d))
     rc = p.get("input_correlation")
     if rc is not None:  # a common component with the requested correlation between inputs
-        common = rng.standard_normal(int(p["input_dim"]))
+        common = rng.standard_normal(d)
         X = math.sqrt(1 - rc) * X + math.sqrt(rc) * common
     return X
 
 
 def _network(p: dict):
-    from meanfield.network import mlp
-
     kw = {k: p[k] for k in ("activation", "norm", "placement", "sigma_w", "sigma_b", "centering", "residual",
                             "groups", "group_size", "bn_mode", "wn_init")}
-    return mlp(int(p["depth"]), **kw)
+    return mlp(p["depth"], **kw)
 
 
 def run_point(p: dict, measures=MEASURES) -> list[dict]:
@@ -174,8 +177,8 @@ def run_point(p: dict, measures=MEASURES) -> list[dict]:
     if p["engine"] == "meanfield":
         traj = propagate(net, X=X)
     else:
-        traj = simulate(net, X, width=int(p["width"]), seeds=int(p["seeds"]), seed=int(p["seed"]),
-                        backend=p["backend"], gradients=bool(p["gradients"]), progress=False)
+        traj = simulate(net, X, width=p["width"], seeds=p["seeds"], seed=p["seed"], backend=p["backend"],
+                        gradients=check_bool("run_point", "gradients", p["gradients"]), progress=False)
     vals = {m: np.asarray(getattr(traj, m)()) for m in measures}
     rows = []
     for layer in range(traj.depth + 1):

@@ -207,7 +207,7 @@ def test_sample_fractions_two_classes_is_the_law():
 
 
 def test_sample_fractions_many_classes():
-    from meanfield.bias import _fractions_given_means
+    from meanfield.class_fractions import _fractions_given_means
 
     rng = np.random.default_rng(5)
     g = 1.7

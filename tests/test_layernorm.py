@@ -1,5 +1,5 @@
 """Tests of meanfield.layernorm: LN / LN-G / RMSNorm, their derivatives, the Hessian nonlinearity,
-SSR / LSSR, the XOR example and the width-3 LN-Net construction."""
+SSR / LSSR, the XOR example and the width-3 LN-Net construction (a meanfield.Network)."""
 
 import itertools
 import math
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import meanfield
 from meanfield import layernorm as L
+from meanfield import ln_net
 
 
 def rng(seed=0):
@@ -272,11 +274,13 @@ def test_xor_example_ln_beats_every_affine_map():
 # LN-Net
 # ---------------------------------------------------------------------------------------------------
 def check_net(net, X, y):
+    # the LN-Net is a Network: blocks Linear(W, b) -> LayerNorm, then the readout block Linear(r)
     np.testing.assert_array_equal(L.predict(net, X), y)
-    assert all(w == 3 for w in net.widths)
+    assert all(w == 3 for w in net.widths[:-1])
     m = len(np.unique(X, axis=0))
-    assert net.depth <= max(1, m - 1) + net.info["extra_warps"]
-    for W, b in net.layers:
+    assert net.depth - 1 <= max(1, m - 1) + net.meta["info"]["extra_warps"]
+    for block in net.blocks[:-1]:
+        W, b = block.layers[0].W, block.layers[0].b
         assert W.shape[0] == 3 and b.shape == (3,)
 
 
@@ -285,7 +289,7 @@ def test_ln_net_fits_every_labelling_small_m():
         X = rng(20 + m).standard_normal((m, 2))
         for bits in itertools.product([0, 1], repeat=m):
             y = np.array(bits)
-            check_net(L.ln_net(X, y), X, y)
+            check_net(L.ln_net_classifier(X, y), X, y)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -295,18 +299,18 @@ def test_ln_net_fits_random_labellings_up_to_20(seed):
         X = r.standard_normal((m, 3))
         for _ in range(3):
             y = r.integers(0, 2, m)
-            check_net(L.ln_net(X, y), X, y)
+            check_net(L.ln_net_classifier(X, y), X, y)
         y = np.arange(m) % 2                     # alternating along the projection is not special
-        check_net(L.ln_net(X, y), X, y)
+        check_net(L.ln_net_classifier(X, y), X, y)
 
 
 def test_ln_net_hidden_states_on_circle_and_labels_kept():
     X = rng(30).standard_normal((10, 4))
     y = np.array(list("abbabaabba"))
-    net = L.ln_net(X, y)
+    net = L.ln_net_classifier(X, y)
     np.testing.assert_array_equal(L.predict(net, X), y)
-    assert net.classes == ("a", "b")
-    h = net.forward(X)
+    assert net.meta["classes"] == ["a", "b"]
+    h = meanfield.propagate(meanfield.Network(net.blocks[:-1]), X=X).info["features"]   # the hidden state
     np.testing.assert_allclose(h.sum(-1), 0, atol=1e-12)
     np.testing.assert_allclose((h**2).sum(-1), 3, rtol=1e-12)
     # new inputs (e.g. a grid for decision regions) never hit a zero-variance layer
@@ -316,23 +320,23 @@ def test_ln_net_hidden_states_on_circle_and_labels_kept():
 
 def test_ln_net_special_cases():
     X = rng(32).standard_normal((5, 2))
-    net = L.ln_net(X, np.full(5, -1))
+    net = L.ln_net_classifier(X, np.full(5, -1))
     np.testing.assert_array_equal(L.predict(net, X), -1)
     Xd = np.concatenate([X, X[:2]])
     yd = np.array([1, -1, 1, 1, -1, 1, -1])
-    check_net(L.ln_net(Xd, yd), Xd, yd)
+    check_net(L.ln_net_classifier(Xd, yd), Xd, yd)
     x1 = np.linspace(0, 1, 9)[:, None]           # one input feature
     y1 = np.array([0, 1, 1, 0, 1, 0, 0, 1, 0])
-    check_net(L.ln_net(x1, y1), x1, y1)
+    check_net(L.ln_net_classifier(x1, y1), x1, y1)
 
 
 def test_ln_net_truncated_depth():
     X = rng(33).standard_normal((12, 2))
     y = np.arange(12) % 2
-    full = L.ln_net(X, y)
-    short = L.ln_net(X, y, max_layers=3)
-    assert short.depth == 3 and not short.info["complete"]
-    assert short.info["depth_needed"] == full.depth > 3
+    full = L.ln_net_classifier(X, y)
+    short = L.ln_net_classifier(X, y, max_layers=3)
+    assert short.depth - 1 == 3 and not short.meta["info"]["complete"]
+    assert short.meta["info"]["depth_needed"] == full.depth - 1 > 3
     assert np.mean(L.predict(short, X) == y) < 1
 
 
@@ -374,10 +378,10 @@ def test_vc_probe():
     (lambda: L.lssr(np.ones((3, 2)), np.zeros((0, 2))), "X2"),
     (lambda: L.ssr(np.ones((3, 2)), np.ones((3, 3))), "features"),
     (lambda: L.ssr(np.ones((3, 2)), np.ones((2, 2))), "total scatter"),
-    (lambda: L.ln_net(np.eye(3), [0, 1, 2]), "binary"),
-    (lambda: L.ln_net(np.eye(3), [0, 1]), "y"),
-    (lambda: L.ln_net(np.array([[0.0], [0.0]]), [0, 1]), "repeated"),
-    (lambda: L.ln_net(np.eye(3), [0, 1, 0], max_layers=0), "max_layers"),
+    (lambda: L.ln_net_classifier(np.eye(3), [0, 1, 2]), "binary"),
+    (lambda: L.ln_net_classifier(np.eye(3), [0, 1]), "y"),
+    (lambda: L.ln_net_classifier(np.array([[0.0], [0.0]]), [0, 1]), "repeated"),
+    (lambda: L.ln_net_classifier(np.eye(3), [0, 1, 0], max_layers=0), "max_layers"),
     (lambda: L.vc_probe(0, [3]), "depth"),
     (lambda: L.vc_probe(3, []), "m_values"),
     (lambda: L.xor_example(0, noise=1.0), "noise"),
@@ -392,24 +396,22 @@ def test_ln_net_tight_clusters_use_extra_warp_layers():
         r = rng(seed)
         X = np.repeat(r.standard_normal((4, 2)) * 5, 5, axis=0) + 1e-3 * r.standard_normal((20, 2))
         y = r.integers(0, 2, 20)
-        net = L.ln_net(X, y)
+        net = L.ln_net_classifier(X, y)
         check_net(net, X, y)
-        assert net.info["extra_warps"] >= 1 and net.info["complete"]
+        assert net.meta["info"]["extra_warps"] >= 1 and net.meta["info"]["complete"]
 
 
 def test_existence_warp_of_the_proof():
     # decided gap |F - N| = 0.5 much larger than the gap 0.01 between the first two undecided points
     s = np.array([0.0, 0.5, 0.6, 0.61, 0.9])
-    mu, lam, sg = L._existence_warp(s, 2)
-    p = L._warp(s, mu, lam, sg)
+    mu, lam, sg = ln_net._existence_warp(s, 2)
+    p = ln_net._warp(s, mu, lam, sg)
     assert abs(p[1] - p[0]) <= 0.25 * abs(p[3] - p[2])
     assert np.all(np.diff(p) > 0)                # still a monotone warp
 
 
 def test_ln_net_classifier_is_a_network_both_ways():
     import json
-
-    import meanfield
 
     rng = np.random.default_rng(3)
     for m in (5, 12, 20):
@@ -426,7 +428,5 @@ def test_ln_net_classifier_is_a_network_both_ways():
 
 
 def test_predict_rejects_a_random_network():
-    import meanfield
-
     with pytest.raises(ValueError, match="net"):
         L.predict(meanfield.mlp(2, "relu"), np.eye(3))

@@ -14,7 +14,7 @@ import numpy as np
 from meanfield.core.backends import to_host
 
 __all__ = ["mT", "gram", "sqrt_tol", "eigh_sqrt", "chol_bad", "cholesky_parts", "sqrt_psd", "safe_inv_sqrt",
-           "standardize", "standardize_vjp"]
+           "nonzero_variance", "standardize", "standardize_vjp"]
 
 
 def mT(xp, a):
@@ -103,18 +103,26 @@ def safe_inv_sqrt(xp, v, ok):
     return xp.where(ok, 1.0 / xp.sqrt(xp.where(ok, v, 1.0)), 0.0)
 
 
+def nonzero_variance(xp, h, v, axis: int, center: bool, eps: float):
+    """The zero-variance rule (module docstring), True where the spread of h along ``axis`` is not zero: for a
+    centred variance v (keepdims), v > 4 max(m, 16) eps^2 mean(h^2) over the m entries; for a mean square,
+    v > 0. Works on numpy and any array-API namespace ``xp``."""
+    if not center:
+        return v > 0.0
+    m2 = xp.mean(h * h, axis=axis, keepdims=True)
+    tol = 4.0 * max(h.shape[axis], 16) * eps * eps
+    return v > tol * m2
+
+
 def standardize(xp, h, axis: int, center: bool, eps: float):
     """(y, inv): y = (h - [mean]) * inv along ``axis`` with inv = 1/std (or 1/rms), 0 for a zero variance."""
     if center:
         hc = h - xp.mean(h, axis=axis, keepdims=True)
         v = xp.mean(hc * hc, axis=axis, keepdims=True)
-        m2 = xp.mean(h * h, axis=axis, keepdims=True)
-        tol = 4.0 * max(h.shape[axis], 16) * eps * eps
-        ok = v > tol * m2
     else:
         hc = h
         v = xp.mean(h * h, axis=axis, keepdims=True)
-        ok = v > 0.0
+    ok = nonzero_variance(xp, h, v, axis, center, eps)
     inv = safe_inv_sqrt(xp, v, ok)
     return hc * inv, inv
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_array", "check_data", "check_gram",
-           "check_gram_eig", "check_tol", "check_seed", "check_widths", "where", "as_real_array",
-           "check_finite"]
+__all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_array", "check_real_array", "check_data",
+           "check_samples", "check_gram", "check_gram_eig", "check_tol", "check_seed", "check_widths", "where",
+           "as_real_array", "check_finite"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -23,9 +23,11 @@ def _prefix(owner: str | None) -> str:
     return f"{owner}: " if owner else ""
 
 
-def check_int(owner: str | None, name: str, value, lo: int | None = None, hi: int | None = None) -> int:
-    """An integer (an integral float is accepted, a bool is not) in [lo, hi]."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer, float, np.floating))
+def check_int(owner: str | None, name: str, value, lo: int | None = None, hi: int | None = None, *,
+              strict: bool = False) -> int:
+    """An integer (an integral float is accepted unless ``strict``, a bool never) in [lo, hi]."""
+    kinds = (int, np.integer) if strict else (int, np.integer, float, np.floating)
+    ok = not isinstance(value, bool) and isinstance(value, kinds)
     if ok:
         try:
             ok = math.isfinite(float(value)) and float(value).is_integer()
@@ -47,15 +49,19 @@ def check_int(owner: str | None, name: str, value, lo: int | None = None, hi: in
     return int(value)
 
 
+def _interval(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    return f"{left}{'-inf' if lo is None else format(lo, 'g')}, {'inf' if hi is None else format(hi, 'g')}{right}"
+
+
 def check_real(owner: str | None, name: str, value, lo: float | None = None, hi: float | None = None, *,
                lo_open: bool = False, hi_open: bool = False, allow_inf: bool = False,
                allow_none: bool = False) -> float | None:
     """A real number (not a bool), finite unless ``allow_inf``, in the interval given by lo/hi."""
     if value is None and allow_none:
         return None
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
-    rng = f"{left}{'-inf' if lo is None else format(lo, 'g')}, {'inf' if hi is None else format(hi, 'g')}{right}"
+    rng = _interval(lo, hi, lo_open, hi_open)
     if isinstance(value, bool):
         raise ValueError(f"{_prefix(owner)}{name}={value!r} must be a real number in {rng}")
     try:
@@ -92,8 +98,8 @@ def check_seed(owner: str | None, seed, name: str = "seed"):
     return check_int(owner, name, seed, lo=0)
 
 
-def check_array(owner: str | None, name: str, value, ndim: int | Sequence[int] | None = None) -> np.ndarray:
-    """A real, finite float64 array (a copy), with ``ndim`` dimensions when given."""
+def _real_float_array(owner: str | None, name: str, value, ndim) -> np.ndarray:
+    """A real float64 array (a copy), with ``ndim`` dimensions when given; entries not checked."""
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError):
@@ -108,9 +114,36 @@ def check_array(owner: str | None, name: str, value, ndim: int | Sequence[int] |
         if arr.ndim not in dims:
             raise ValueError(f"{_prefix(owner)}{name} must have {' or '.join(map(str, dims))} dimensions, got "
                              f"shape {arr.shape}")
+    return arr
+
+
+def check_array(owner: str | None, name: str, value, ndim: int | Sequence[int] | None = None) -> np.ndarray:
+    """A real, finite float64 array (a copy), with ``ndim`` dimensions when given."""
+    arr = _real_float_array(owner, name, value, ndim)
     bad = ~np.isfinite(arr)
     if bad.any():
         raise ValueError(f"{_prefix(owner)}{name} must be finite, got {int(bad.sum())} NaN/inf entries")
+    return arr
+
+
+def check_real_array(owner: str | None, name: str, value, lo: float | None = None, hi: float | None = None, *,
+                     lo_open: bool = False, hi_open: bool = False, allow_inf: bool = False,
+                     ndim: int | Sequence[int] | None = None, nonempty: bool = False) -> np.ndarray:
+    """A real float64 array (a copy) whose entries are finite (or +-inf with ``allow_inf``; never NaN) and lie
+    in the interval given by lo/hi, with ``ndim`` dimensions when given and, with ``nonempty``, at least
+    one entry. The first offending entry is named: ``"<owner>: q[1]=-0.5 must be in [0, inf]"``."""
+    arr = check_array(owner, name, value, ndim) if not allow_inf else _real_float_array(owner, name, value, ndim)
+    if nonempty and arr.size == 0:
+        raise ValueError(f"{_prefix(owner)}{name} must have at least one entry, got shape {arr.shape}")
+    bad = np.isnan(arr)
+    if lo is not None:
+        bad |= (arr <= lo) if lo_open else (arr < lo)
+    if hi is not None:
+        bad |= (arr >= hi) if hi_open else (arr > hi)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+        raise ValueError(f"{_prefix(owner)}{at}={float(arr[idx])!r} must be in {_interval(lo, hi, lo_open, hi_open)}")
     return arr
 
 
@@ -136,6 +169,16 @@ def check_data(owner: str | None, X, name: str = "X") -> np.ndarray:
         raise ValueError(f"{_prefix(owner)}{name} must be finite, got {int(bad.sum())} NaN/inf entries (first at "
                          f"row {int(np.argwhere(bad)[0][0])})")
     return A
+
+
+def check_samples(owner: str | None, X, name: str = "X") -> np.ndarray:
+    """`check_data`, where a 1-D array is read as n samples of one feature (a column)."""
+    try:
+        if np.ndim(X) == 1:
+            X = np.asarray(X)[:, None]
+    except (TypeError, ValueError):
+        pass  # check_data names the problem
+    return check_data(owner, X, name)
 
 
 def check_widths(owner: str | None, width, depth: int) -> list[int]:
