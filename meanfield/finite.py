@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -84,11 +83,12 @@ from meanfield.core.backends import (
     default_memory,
     is_float_dtype_like,
     resolve_backend,
-    stderr_tty,
     to_host,
 )
 from meanfield.core.linalg import gram
 from meanfield.core.ops import Compiler, Run, backward_seq, forward_seq, memory_per_seed
+from meanfield.core.progress import bar as progress_bar
+from meanfield.core.progress import interactive
 from meanfield.core.streams import HostStreams, make_streams
 from meanfield.core.validate import check_bool, check_choice, check_data, check_int, check_seed, check_widths
 from meanfield.layers.base import Layer
@@ -97,7 +97,7 @@ from meanfield.trajectory import Trajectory
 
 __all__ = ["simulate", "simulate_outputs"]
 
-PROGRESS_FLOPS = 2e10  # a run estimated above this many flops shows a progress bar (stderr a TTY)
+PROGRESS_FLOPS = 1e10  # a run estimated above this many flops (about 2-3 s on one core) may show a progress bar
 
 
 def _network(owner: str, net) -> Network:
@@ -258,8 +258,8 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
         square root) wherever it is exact and cheaper, explicit weights elsewhere and whenever gradients
         are asked for. True: explicit weights everywhere. False: the shortcut wherever it is exact.
     progress : None, True or False
-        A tqdm bar over blocks x chunks; None shows it only for long runs (estimated > 2e10 flops) when
-        stderr is a terminal.
+        A tqdm bar over blocks x chunks; None shows it only for long runs (estimated > 1e10 flops) when
+        stderr is a terminal or this runs in a notebook.
 
     Returns
     -------
@@ -314,12 +314,8 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
     n_chunks = -(-seeds // chunk)
 
     flops = seeds * sum(op.flops(n) for ops in blocks for op in ops) * (3.0 if grad else 1.0)
-    show = progress if progress is not None else (flops > PROGRESS_FLOPS and stderr_tty())
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n_chunks * net.depth, desc="simulate", unit="block", file=sys.stderr)
+    show = progress if progress is not None else (flops > PROGRESS_FLOPS and interactive())
+    bar = progress_bar(n_chunks * net.depth, "simulate", "block") if show else None
 
     seqs = root.spawn(seeds)
     gram = np.empty((seeds, net.depth + 1, n, n))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from meanfield.core.law import Features, Law, Unknown
+from meanfield.core.progress import check_progress, tracking
 from meanfield.core.validate import check_data, check_gram, check_int
 from meanfield.layers.base import Layer
 from meanfield.network import Network
@@ -80,7 +81,7 @@ def _input_law(K0, X) -> Law:
 
 
 def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, detail: bool = False,
-              mc_samples: int = 2**17, seed: int = 0) -> Trajectory:
+              mc_samples: int = 2**17, seed: int = 0, progress: bool | None = None) -> Trajectory:
     """Carry the batch Gram matrix through every block of ``net`` at infinite width.
 
     Parameters
@@ -104,6 +105,10 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         Samples and seed of the Monte Carlo expectations needed only for non-Gaussian inputs to an
         activation, exact BatchNorm after an activation, fixed-size group norm after an activation and
         MaxPool; their standard error is in ``traj.mc_error`` (0 for exact blocks).
+    progress : None, True or False
+        A tqdm bar over blocks for runs with Monte Carlo rules: None shows it when their estimated work is
+        large (`meanfield.core.progress`) and stderr is a terminal or this runs in a notebook; exact runs
+        never show one.
 
     Returns
     -------
@@ -124,6 +129,7 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
                          f"{type(net).__name__}")
     law = _input_law(K0, X)
     M = check_int("propagate", "mc_samples", mc_samples, lo=64)
+    check_progress("propagate", progress)
     ctx = Propagation(np.random.default_rng(seed), M, bool(exchangeable), [] if detail else None)
     n = law.n
     L = net.depth
@@ -131,9 +137,11 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     means = np.empty((L + 1, n))
     errs = np.zeros(L + 1)
     grams[0], means[0] = law.K, law.m
-    for i, block in enumerate(net.blocks, start=1):
-        law = ctx.run(block.layers, law)
-        grams[i], means[i], errs[i] = law.K, law.m, law.mc_error
+    with tracking(progress, L) as bar:
+        for i, block in enumerate(net.blocks, start=1):
+            law = ctx.run(block.layers, law)
+            grams[i], means[i], errs[i] = law.K, law.m, law.mc_error
+            bar.block_done()
     info = {"exchangeable": exchangeable}
     if isinstance(law, Features):  # a fully deterministic network: its output features are known exactly
         info["features"] = law.F

@@ -28,6 +28,8 @@ from collections.abc import Callable
 import numpy as np
 import scipy.integrate as si
 
+from meanfield.core.progress import current as current_progress
+
 __all__ = ["Law", "Gaussian", "BatchNormOfGaussian", "Features", "Sampled", "Unknown", "monte_carlo",
            "inv_sqrt", "batchnorm_sampler"]
 
@@ -174,6 +176,8 @@ def monte_carlo(sampler: Callable, n: int, rng: np.random.Generator, M: int, pre
     """Monte Carlo moments of a non-Gaussian unit law from its sampler (chunked), with the standard error
     max_ab sqrt(Var(x_a x_b) / M) (at least the error already carried)."""
     chunk = max(256, min(M, int(2**24 // max(n, 1))))
+    if (progress := current_progress()) is not None:  # a propagate(progress=...) around: large work opens its bar
+        progress.monte_carlo(M, n)
     S1 = np.zeros(n)
     S2 = np.zeros((n, n))
     S4 = np.zeros((n, n))
