@@ -1,14 +1,17 @@
 """The `meanfield` command.
 
+    meanfield --version
     meanfield demo [--out FILE] [--quick]
-    meanfield run CONFIG.toml [--out DIR] [--scheduler ADDRESS | --workers N | --local-cluster]
+    meanfield run CONFIG.toml [--out DIR] [--scheduler ADDRESS | --workers N | --local-cluster] [--no-progress]
     meanfield plot DIR
     meanfield coefficients ACT [-K N] [--q Q] [--exact] [--json]
     meanfield kernel ACT --rho R [R ...] [--q1 Q] [--q2 Q] [--derivative 1] [--centered] [--json]
     meanfield maps ACT --sigma-b B [--sigma-w W] [--json]
 
-A user mistake (unknown activation, bad config key, unreadable file, ...) prints one line saying what
-was wrong and what is allowed, and exits with status 2; never a traceback.
+A user mistake (unknown activation, bad config key or value, unreadable file, ...) prints one line saying
+what was wrong and what is allowed, and exits with status 2; never a traceback. `run` validates the whole
+config before any point runs. A `run` in which some points failed (see DIR/errors/) and a `plot` that had
+to leave out damaged point files exit with status 1, after writing what they could.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import argparse
 import json
 import math
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main", "demo"]
@@ -215,30 +220,58 @@ def draw_figures(df, figs: list, out_dir: Path) -> list:
     return paths
 
 
+@contextmanager
+def _warnings_as_lines():
+    """Show the sweep's warnings (a damaged point file, ...) as one line each on stderr, as they happen."""
+    from meanfield.sweep import SweepWarning
+
+    seen = []
+
+    def show(message, category, *args, **kwargs):
+        seen.append(message)
+        print(f"meanfield: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SweepWarning)
+        warnings.showwarning = show
+        yield seen
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read {what} {str(path)!r}: {type(exc).__name__}") from None
+
+
 def _cmd_run(args) -> int:
     from meanfield.sweep import Sweep, load_errors, run_sweep
 
     cfg = _load_config(args.config)
     try:
         sweep = Sweep.from_dict(cfg["sweep"])
-        sweep.points()
+        sweep.validate()  # every value of every point, before any work
     except (ValueError, TypeError) as exc:
         raise UserError(f"config: {exc}") from None
     figs = _check_figures(cfg.get("figures", [{"measure": sweep.measures[0], "logy": True}]), sweep.measures)
     out = Path(args.out or cfg.get("out") or Path(args.config).with_suffix(""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures.json").write_text(json.dumps(figs))
-    df = run_sweep(sweep, out, workers=args.workers, scheduler=args.scheduler, local_cluster=args.local_cluster,
-                   progress=None)
+    with _warnings_as_lines():
+        df = run_sweep(sweep, out, workers=args.workers, scheduler=args.scheduler,
+                       local_cluster=args.local_cluster, progress=False if args.no_progress else None)
     table = out / "results.csv"
     df.to_csv(table, index=False)
     paths = draw_figures(df, figs, out) if len(df) else []
-    errs = load_errors(out)
+    failed = df.attrs.get("failed", len(load_errors(out)))
     print(f"{len(df)} rows -> {table}")
     for p in paths:
         print(f"figure -> {p}")
-    if errs:
-        print(f"{len(errs)} point(s) failed; see {out / 'errors'}", file=sys.stderr)
+    if failed:
+        first = next((e["error"].splitlines()[0] for e in load_errors(out) if e.get("error")), "")
+        print(f"meanfield: {failed} of {len(sweep.points())} point(s) failed (first: {first}); see "
+              f"{out / 'errors'}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -250,16 +283,19 @@ def _cmd_plot(args) -> int:
         raise UserError(f"{args.dir!r} is not a sweep directory (no points/ inside)")
     measures = None
     if (out / "sweep.json").exists():
-        measures = json.loads((out / "sweep.json").read_text()).get("measures")
-    figs = json.loads((out / "figures.json").read_text()) if (out / "figures.json").exists() else [
+        cfg = _read_json(out / "sweep.json", "sweep config")
+        measures = cfg.get("measures") if isinstance(cfg, dict) else None
+    figs = _read_json(out / "figures.json", "figure list") if (out / "figures.json").exists() else [
         {"measure": (measures or ["isometry_gap"])[0], "logy": True}]
     figs = _check_figures(figs, measures)
-    df = load_results(out)
+    with _warnings_as_lines() as damaged:
+        df = load_results(out)
     if not len(df):
-        raise UserError(f"{args.dir!r} holds no finished points yet")
+        raise UserError(f"{args.dir!r} holds no finished points yet" + (" (its point files are damaged)"
+                                                                         if damaged else ""))
     for p in draw_figures(df, figs, out):
         print(f"figure -> {p}")
-    return 0
+    return 1 if damaged else 0
 
 
 def _emit(args, header, rows):
@@ -331,7 +367,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from meanfield import __version__
+
     p = _Parser(prog="meanfield", description="Mean-field and Hermite-expansion theory of deep networks.")
+    p.add_argument("--version", action="version", version=f"meanfield {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="isometry depth curves, mean field vs simulation, to a PNG")
     d.add_argument("--out", default="meanfield-demo.png")
@@ -344,6 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", help="Dask scheduler address")
     g.add_argument("--workers", type=int, help="local worker processes (0: inline)")
     g.add_argument("--local-cluster", action="store_true", help="start a local Dask cluster")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
     r.set_defaults(fn=_cmd_run)
     pl = sub.add_parser("plot", help="redraw the figures of a sweep directory")
     pl.add_argument("dir")

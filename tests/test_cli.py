@@ -252,12 +252,102 @@ def test_run_and_plot(tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
 
 
-def test_run_reports_failed_points(tmp_path, capsys):
-    cfg = write(tmp_path, '[sweep]\ngrid = {activation = ["relu", "not_an_activation"]}\nfixed = {depth = 2, n = 3}\n')
-    assert main(["run", cfg, "--out", str(tmp_path / "o"), "--workers", "0"]) == 0
+def _fail_tanh(monkeypatch):
+    from meanfield import sweep as sw
+
+    real = sw.run_point
+
+    def flaky(p, measures):
+        if p["activation"] == "tanh":
+            raise RuntimeError("boom")
+        return real(p, measures)
+
+    monkeypatch.setattr(sw, "run_point", flaky)
+
+
+def test_run_with_failed_points_exits_nonzero(tmp_path, capsys, monkeypatch):
+    """Issue 17.6: `meanfield run` exited 0 (with "0 rows") when every point failed."""
+    _fail_tanh(monkeypatch)
+    cfg = write(tmp_path, '[sweep]\ngrid = {activation = ["relu", "tanh"]}\nfixed = {depth = 2, n = 3}\n')
+    assert main(["run", cfg, "--out", str(tmp_path / "o"), "--workers", "0"]) == 1
     cap = capsys.readouterr()
-    assert "1 point(s) failed" in cap.err
+    assert "3 rows" in cap.out and "1 of 2 point(s) failed (first: RuntimeError: boom)" in cap.err
     assert len(list((tmp_path / "o" / "errors").glob("*.json"))) == 1
+    assert (tmp_path / "o" / "results.csv").exists()  # what finished is still written
+    # every point failing: "0 rows" and a non-zero status, no figure
+    cfg = write(tmp_path, '[sweep]\ngrid = {activation = ["tanh"], depth = [2, 3]}\nfixed = {n = 3}\n', "all.toml")
+    assert main(["run", cfg, "--out", str(tmp_path / "all"), "--workers", "0"]) == 1
+    cap = capsys.readouterr()
+    assert "0 rows" in cap.out and "figure" not in cap.out and "2 of 2 point(s) failed" in cap.err
+
+
+@pytest.mark.parametrize("fixed, expect", [
+    ('activation = "rellu"', "activation='rellu' is not an activation"),
+    ("depth = -3", "depth=-3 must be an integer >= 1"),
+    ('engine = "simulate"\nwidth = 0', "width=0 must be an integer >= 1"),
+    ("n = 0", "n=0 must be an integer >= 1"),
+    ("sigma_b = -0.5", "sigma_b=-0.5 must be in [0, inf]"),
+])
+def test_config_values_are_validated_before_any_work(tmp_path, capsys, fixed, expect):
+    """Issue 17.6: a bad value (bad activation, depth -3, width 0, ...) is a user error naming the field,
+    exit 2, before any point runs."""
+    cfg = write(tmp_path, f"[sweep]\ngrid = {{placement = [\"pre\", \"post\"]}}\n[sweep.fixed]\n{fixed}\n")
+    err = user_error(capsys, ["run", cfg, "--out", str(tmp_path / "o"), "--workers", "0"])
+    assert expect in err
+    assert not (tmp_path / "o" / "points").exists()
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x89PNG\x00\xff" * 20, b"truncate"])
+def test_damaged_point_files_are_named_by_plot_and_healed_by_run(tmp_path, capsys, damage):
+    """Issue 17.6: an empty or binary point file aborted `run` and `plot` without naming the file; a truncated
+    one was accepted."""
+    cfg = write(tmp_path, TINY_CONFIG)
+    out = tmp_path / "out"
+    assert main(["run", cfg, "--out", str(out), "--workers", "0"]) == 0
+    table = pd.read_csv(out / "results.csv")
+    capsys.readouterr()
+    victim = sorted((out / "points").glob("*.csv"))[0]
+    victim.write_bytes(victim.read_bytes()[:-30] if damage == b"truncate" else damage)
+    assert main(["plot", str(out)]) == 1
+    cap = capsys.readouterr()
+    assert f"meanfield: warning: sweep: point file {victim} is damaged" in cap.err and "figure ->" in cap.out
+    assert "Traceback" not in cap.err
+    assert main(["run", cfg, "--out", str(out), "--workers", "0"]) == 0
+    cap = capsys.readouterr()
+    assert f"point file {victim} is damaged" in cap.err and "set aside" in cap.err
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+    assert (out / "points" / "damaged" / victim.name).exists()
+
+
+def test_plot_names_a_damaged_figure_list(tmp_path, capsys):
+    cfg = write(tmp_path, TINY_CONFIG)
+    out = tmp_path / "out"
+    assert main(["run", cfg, "--out", str(out), "--workers", "0"]) == 0
+    (out / "figures.json").write_bytes(b"\xff\x00")
+    assert "figures.json" in user_error(capsys, ["plot", str(out)])
+
+
+def test_version(capsys):
+    """Issue 17.8: no `meanfield --version`."""
+    import meanfield
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"meanfield {meanfield.__version__}"
+
+
+def test_run_progress_bar_and_no_progress(tmp_path, capsys, monkeypatch):
+    """Issue 17.7: a sweep shows a bar where someone watches (a terminal or a notebook); --no-progress
+    turns it off."""
+    import meanfield.sweep as sw
+
+    monkeypatch.setattr(sw, "interactive", lambda: True)
+    cfg = write(tmp_path, TINY_CONFIG)
+    assert main(["run", cfg, "--out", str(tmp_path / "a"), "--workers", "0"]) == 0
+    assert "sweep: 100%" in capsys.readouterr().err
+    assert main(["run", cfg, "--out", str(tmp_path / "b"), "--workers", "0", "--no-progress"]) == 0
+    assert "sweep" not in capsys.readouterr().err
 
 
 def test_figure_selecting_nothing_is_a_user_error(tmp_path, capsys):

@@ -11,8 +11,11 @@ import concurrent.futures as cf
 import itertools
 import json
 import math
+import os
+import re
 import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,7 +159,7 @@ def test_results_are_written_incrementally_one_csv_per_point(tmp_path, monkeypat
     files = sorted((tmp_path / "points").glob("*.csv"))
     assert sorted(f.stem for f in files) == sorted(point_id(p) for p in s.points())
     for f in files:
-        t = pd.read_csv(f)
+        t = pd.read_csv(f, skiprows=1)  # line 1: the checksum
         assert len(t) == t["depth"].iloc[0] + 1
     assert json.loads((tmp_path / "sweep.json").read_text()) == json.loads(json.dumps(s.to_dict()))
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.tmp"))
@@ -209,12 +212,38 @@ def test_a_failing_point_is_retried_then_recorded_and_the_sweep_goes_on(tmp_path
     assert load_errors(tmp_path) == []
 
 
-def test_a_genuinely_bad_point_is_recorded_with_its_message(tmp_path):
-    df = run_sweep(Sweep(grid={"activation": ["relu", "no_such_activation"]}, fixed={"depth": 2, "n": 3}),
-                   tmp_path, workers=0, retries=0)
-    assert set(df["activation"]) == {"relu"}
-    (err,) = load_errors(tmp_path)
-    assert "no_such_activation" in err["error"] and err["point"]["activation"] == "no_such_activation"
+@pytest.mark.parametrize("field, value, expect", [
+    ("activation", "rellu", "activation='rellu' is not an activation"),
+    ("depth", -3, "depth=-3 must be an integer >= 1"),
+    ("depth", 2.5, "depth=2.5 must be an integer >= 1"),
+    ("width", 0, "width=0 must be an integer >= 1"),
+    ("seeds", 0, "seeds=0 must be an integer >= 1"),
+    ("n", 0, "n=0 must be an integer >= 1"),
+    ("input_dim", -1, "input_dim=-1 must be an integer >= 1"),
+    ("input_correlation", 1.5, "input_correlation=1.5 must be in [0, 1]"),
+    ("sigma_w", -1.0, "sigma_w=-1.0 must be in [0, inf]"),
+    ("gradients", "yes", "gradients='yes' must be True or False"),
+    ("bn_mode", "approx", "bn_mode='approx' must be one of 'exact', 'large_batch'"),
+    ("seed", -1, "seed=-1 must be an integer >= 0"),
+])
+def test_the_whole_sweep_is_validated_before_any_work(tmp_path, monkeypatch, field, value, expect):
+    """Issue 17.6: config values were validated only point by point, so a bad one surfaced as failed points
+    (and `meanfield run` exited 0 with "0 rows"). Now one bad value in the grid stops the sweep before any
+    point runs, with the field, the value and the allowed range named."""
+    calls = []
+    monkeypatch.setattr(sw, "run_point", lambda p, m: calls.append(p) or [])
+    s = Sweep(grid={field: [sw.DEFAULTS[field] if sw.DEFAULTS[field] is not None else 0.5, value],
+                    "engine": ["meanfield", "simulate"]}, fixed={"depth": 2, "n": 3})
+    with pytest.raises(ValueError, match=re.escape(f"Sweep: {expect}")):
+        run_sweep(s, tmp_path, workers=0)
+    assert calls == [] and not (tmp_path / "points").exists()
+
+
+def test_an_invalid_combination_names_the_network_fields():
+    s = Sweep(fixed={"norm": "gln", "groups": 3}, grid={"group_size": [2]})
+    with pytest.raises(ValueError, match=r"Sweep: the network of the point \(.*norm='gln'.*groups=3.*\) is "
+                                         r"invalid: GroupLayerNorm: give exactly one of groups= or group_size="):
+        s.validate()
 
 
 class _CrashingExecutor(cf.Executor):
@@ -283,3 +312,154 @@ def test_dask_local_cluster_gives_the_inline_table(tmp_path, inline_table):
     pd.testing.assert_frame_equal(_sorted(df), inline_table)
     assert len(list((tmp_path / "points").glob("*.csv"))) == 4
     assert time.time() - t0 < 120
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 17.6: damaged point files, orphaned workers, engine-specific fields
+def _spy_on_points(monkeypatch) -> list:
+    calls = []
+    real = sw.run_point
+
+    def spy(p, measures):
+        calls.append(point_id(p))
+        return real(p, measures)
+
+    monkeypatch.setattr(sw, "run_point", spy)
+    return calls
+
+
+@pytest.mark.parametrize("damage", ["truncate_rows", "truncate_bytes", "empty", "binary", "no_checksum",
+                                    "edited_value"])
+def test_a_damaged_point_file_is_named_set_aside_and_recomputed(tmp_path, monkeypatch, damage):
+    """Issue 17.6: a truncated point file was accepted (rows silently lost, never recomputed) and an empty
+    or binary one aborted the run without naming the file. Every point file now carries a checksum."""
+    s = tiny_sweep(depth=[2, 3], activation=["relu"])
+    first = run_sweep(s, tmp_path, workers=0)
+    victim = tmp_path / "points" / f"{point_id(s.points()[1])}.csv"
+    data = victim.read_bytes()
+    assert data.startswith(b"# meanfield-sweep-point sha256=")
+    head, body = data.split(b"\n", 1)
+    damaged = {"truncate_rows": data[: data.rstrip(b"\n").rfind(b"\n") + 1],  # the last row lost, cleanly
+               "truncate_bytes": data[: len(data) // 2],
+               "empty": b"",
+               "binary": b"\x00\xff\xfe" * 50,
+               "no_checksum": body,  # a plain CSV, as the first version wrote
+               "edited_value": data.replace(b",relu,", b",tanh,", 1)}[damage]
+    victim.write_bytes(damaged)
+    assert sw.point_file_problem(victim) is not None
+    with pytest.warns(sw.SweepWarning, match=re.escape(str(victim)) + " is damaged"):
+        assert len(load_results(tmp_path)) == len(first) - (s.points()[1]["depth"] + 1)
+    calls = _spy_on_points(monkeypatch)
+    with pytest.warns(sw.SweepWarning, match=re.escape(str(victim)) + ".*set aside"):
+        again = run_sweep(s, tmp_path, workers=0)
+    assert calls == [victim.stem]  # only the damaged point is recomputed
+    pd.testing.assert_frame_equal(again, first)
+    assert (tmp_path / "points" / "damaged" / victim.name).read_bytes() == damaged
+    assert sw.point_file_problem(victim) is None
+
+
+def test_load_results_leaves_out_a_damaged_file_and_names_it(tmp_path):
+    s = tiny_sweep(depth=[2, 3], activation=["relu"])
+    first = run_sweep(s, tmp_path, workers=0)
+    victim = tmp_path / "points" / f"{point_id(s.points()[0])}.csv"
+    victim.write_bytes(victim.read_bytes()[:-40])
+    with pytest.warns(sw.SweepWarning, match=re.escape(str(victim)) + r" is damaged \(checksum mismatch"):
+        df = load_results(tmp_path)
+    assert len(df) == len(first) - (s.points()[0]["depth"] + 1)
+
+
+def test_a_damaged_error_record_still_counts_as_a_failure(tmp_path):
+    (tmp_path / "errors").mkdir()
+    (tmp_path / "errors" / "abc.json").write_bytes(b"\x00garbage")
+    (err,) = load_errors(tmp_path)
+    assert err["point"] is None and "abc.json" in err["error"]
+
+
+def test_mean_field_rows_carry_no_width_or_seeds(tmp_path):
+    """Issue 17.6: results.csv gave mean-field rows the default width/seeds, so filtering on width mixed
+    the engines."""
+    s = Sweep(grid={"engine": ["meanfield", "simulate"], "width": [16, 256]}, fixed=dict(TINY, width=None))
+    for p in s.points():
+        if p["engine"] == "meanfield":
+            assert all(p[k] is None for k in sw.SIM_ONLY_FIELDS)
+    df = run_sweep(s, tmp_path, workers=0)
+    mf = df[df["engine"] == "meanfield"]
+    assert len(mf) == TINY["depth"] + 1
+    assert mf[list(sw.SIM_ONLY_FIELDS)].isna().all().all()
+    assert set(df[df["width"] == 256]["engine"]) == {"simulate"}  # the default width selects no mean field
+    assert str(df["width"].dtype) == "Int64" and sorted(df["width"].dropna()) == [16] * 4 + [256] * 4
+
+
+def test_failed_points_are_counted_on_the_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(sw, "run_point", lambda p, m: (_ for _ in ()).throw(RuntimeError("boom")))
+    df = run_sweep(tiny_sweep(), tmp_path, workers=0, retries=0)
+    assert df.empty and df.attrs["failed"] == 4
+
+
+def _children(pid: int) -> set:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_pool_workers_die_with_a_killed_parent(tmp_path):
+    """Issue 17.6: after SIGKILL of `meanfield run` its pool workers stayed alive as orphans."""
+    import signal
+    import subprocess
+    import sys
+
+    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
+        pytest.skip("kernel without /proc/<pid>/task/<tid>/children")
+    cfg = tmp_path / "slow.toml"
+    # exact BatchNorm after an activation: Monte Carlo in every block, tens of seconds per point
+    cfg.write_text('[sweep]\ngrid = {depth = [400, 401]}\n'
+                   'fixed = {norm = "bn", placement = "post", n = 24, activation = "tanh"}\n')
+    exe = Path(sys.executable).with_name("meanfield")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "meanfield.cli"]
+    proc = subprocess.Popen([*cmd, "run", str(cfg), "--out", str(tmp_path / "o"), "--workers", "2",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        workers: set = set()
+        while time.time() - t0 < 60 and len(workers) < 2:
+            time.sleep(0.2)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, "the pool did not start"
+        time.sleep(1.0)  # the workers are busy on their points
+        assert all(_alive(w) for w in workers)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    t0 = time.time()
+    while time.time() - t0 < 15 and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # do not leave them behind if the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not left, "pool workers outlived their killed parent"
+    assert not list((tmp_path / "o" / "points").glob("*.csv"))  # killed long before a point finished
+
+
+def test_the_worker_guard_ends_a_worker_whose_parent_is_gone():
+    """The initializer itself: a worker started for a parent that no longer exists exits at once."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    code = f"from meanfield.sweep import _die_with_parent; _die_with_parent({dead.pid}); print('survived')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "survived" not in r.stdout
