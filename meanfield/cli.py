@@ -24,7 +24,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["main", "demo"]
+__all__ = ["main", "demo", "demo_figure", "draw_figures"]
 
 
 class UserError(Exception):
@@ -32,12 +32,32 @@ class UserError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------
+TANH_NOTE = ("The two tanh panels are nearly the same, and rightly so: tanh is odd, so its outputs are already "
+             "centred and LayerNorm after it\nonly rescales each sample; after the first block both placements "
+             "iterate the same correlation map. ReLU's outputs have a mean,\nwhich LayerNorm after the activation "
+             "removes: its two placements differ.")
+
+
 def demo(out: str = "meanfield-demo.png", quick: bool = False) -> Path:
     """Isometry-gap depth curves, mean field against simulation at two widths, for ReLU and tanh with
-    LayerNorm before and after the activation; saved as a PNG. Returns the path."""
+    LayerNorm before and after the activation; saved as a PNG. Returns the path.
+
+    The two tanh panels nearly coincide (tanh is odd: LayerNorm after it only rescales), which the
+    figure says in a note under the panels (`TANH_NOTE`)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = demo_figure(quick)
+    path = Path(out).resolve()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def demo_figure(quick: bool = False):
+    """The figure of `demo` (a matplotlib Figure, left open)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -53,21 +73,23 @@ def demo(out: str = "meanfield-demo.png", quick: bool = False) -> Path:
     n, d = 8, 64
     common = rng.standard_normal(d)
     X = 0.6 * rng.standard_normal((n, d)) + 0.8 * common  # strongly correlated inputs
-    fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True)
     with plot.paper_style():
+        fig, axes = plt.subplots(2, 2, figsize=(8, 6.4), sharex=True)
         for i, act in enumerate(("relu", "tanh")):
             for j, placement in enumerate(("pre", "post")):
                 net = mlp(depth, act, norm="ln", placement=placement, sigma_w=1.0)
                 mf = propagate(net, X=X)
                 sims = {w: simulate(net, X, width=w, seeds=seeds, seed=1, progress=False) for w in widths}
                 ax = axes[i, j]
-                plot.theory_vs_simulation(mf, sims, "isometry_gap", ax=ax, title=f"{act}, LayerNorm {placement}")
+                title = f"{act}, LayerNorm {placement}" + (" (≈ pre, see note)" if (act, placement) ==
+                                                           ("tanh", "post") else "")
+                plot.theory_vs_simulation(mf, sims, "isometry_gap", ax=ax, title=title)
                 ax.set_yscale("log")
-        fig.tight_layout()
-        path = Path(out).resolve()
-        fig.savefig(path)
-    plt.close(fig)
-    return path
+                if i == 0:
+                    ax.set_xlabel("")
+        fig.tight_layout(rect=(0, 0.09, 1, 1))
+        fig.text(0.01, 0.01, TANH_NOTE, fontsize=8, va="bottom", ha="left")
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,7 +123,7 @@ def _load_config(path: str) -> dict:
     return cfg
 
 
-FIGURE_KEYS = {"measure", "by", "file", "logy", "title", "where"}
+FIGURE_KEYS = {"measure", "by", "file", "logy", "title", "where", "note"}
 
 
 def _check_figures(figs, measures=None) -> list:
@@ -143,37 +165,25 @@ def _select(data, col: str, val):
     return data[data[col] == val]
 
 
-def _label(v) -> str:
-    """A legend value: None / NaN (an empty CSV cell) reads "none"."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "none"
-    return str(v)
-
-
 def draw_figures(df, figs: list, out_dir: Path) -> list:
-    """Depth curves from a sweep table: one line (mean field) or band (simulation) per group.
+    """Depth curves from a sweep table (`meanfield.plot.sweep_curves`), one PNG per figure.
 
     A figure is a table with ``measure`` (default isometry_gap), ``by`` (fields named in the legend,
     default activation, norm, placement), ``where`` (field = value filters; "none" selects None),
-    ``logy``, ``title`` and ``file``. Curves are split by ``by``, the engine and the width, and also by
-    any other field that varies in the selected rows (depth, sigma_w, ...), so two sweep points never
-    share one line; those extra fields are named in the legend too.
+    ``logy``, ``title``, ``note`` (a line of text under the axes, e.g. why two curves coincide) and
+    ``file``. Curves are split by ``by``, the engine and the width, and also by any other field that
+    varies in the selected rows (depth, sigma_w, ...), so two sweep points never share one line.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     from meanfield import plot
-    from meanfield.sweep import ALL_FIELDS
 
-    SIM_ONLY = ("width", "seeds", "seed", "backend", "gradients")  # reset to defaults on mean-field rows
     paths = []
     for k, f in enumerate(figs):
         measure = f.get("measure", "isometry_gap")
-        by = f.get("by", ["activation", "norm", "placement"])
-        by = [by] if isinstance(by, str) else list(by)
         data = df
         for col, val in (f.get("where") or {}).items():
             if col not in data.columns:
@@ -183,36 +193,10 @@ def draw_figures(df, figs: list, out_dir: Path) -> list:
             raise UserError(f"figure {k + 1}: where={f.get('where')!r} selects no rows of the results")
         if measure not in data.columns:
             raise UserError(f"figure {k + 1}: measure {measure!r} was not recorded by this sweep")
-        fig, ax = plt.subplots(figsize=(5, 3.5))
         with plot.paper_style():
-            keys = [b for b in by if b in data.columns and b not in ("engine", "width")]
-            sim_rows = data[data["engine"] == "simulate"]
-            extra = [c for c in ALL_FIELDS if c in data.columns and c not in keys + ["engine", "width"]
-                     and (sim_rows if c in SIM_ONLY else data)[c].nunique(dropna=False) > 1]
-            group_keys = keys + ["engine", "width"] + extra
-            for name, g in data.groupby(group_keys, dropna=False):
-                name = name if isinstance(name, tuple) else (name,)
-                g = g.sort_values("layer")
-                mf = g["engine"].iloc[0] == "meanfield"
-                parts = [_label(v) for v in name[: len(keys)]]
-                parts += [f"{c}={_label(v)}" for c, v in zip(extra, name[len(keys) + 2:])
-                          if not (mf and c in SIM_ONLY)]
-                label = ", ".join(parts)
-                if g["engine"].iloc[0] == "meanfield":
-                    ax.plot(g["layer"], g[measure], linestyle="--", label=f"{label} (mean field)")
-                else:
-                    w = g["width"].iloc[0]
-                    (line,) = ax.plot(g["layer"], g[measure + "_median"], label=f"{label} (width {w})")
-                    ax.fill_between(g["layer"], g[measure + "_q10"], g[measure + "_q90"], alpha=0.2,
-                                    color=line.get_color(), linewidth=0)
-            ax.set_xlabel("depth (blocks)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(measure.replace("_", " "))
-            if f.get("logy"):
-                ax.set_yscale("log")
-            if f.get("title"):
-                ax.set_title(f["title"])
-            ax.legend(frameon=False, fontsize=6)
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            plot.sweep_curves(data, measure, by=f.get("by", ["activation", "norm", "placement"]), ax=ax,
+                              logy=bool(f.get("logy")), title=f.get("title"), note=f.get("note"))
             path = out_dir / f.get("file", f"figure_{k + 1}_{measure}.png")
             fig.savefig(path, bbox_inches="tight")
         plt.close(fig)

@@ -14,7 +14,7 @@ import numpy as np
 from meanfield.core.validate import check_choice, check_real
 
 __all__ = ["paper_style", "depth_curve", "theory_vs_simulation", "theory_vs_simulation_scatter",
-           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles"]
+           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles", "sweep_curves"]
 
 _MEASURES = ("isometry_gap", "isometry", "potential", "mean_correlation", "gamma", "grad_norms")
 
@@ -208,4 +208,158 @@ def phase_diagram(values, sigma_b2_grid, sigma_w2_grid, ax=None, label: str = ""
         ax.contour(w, b, np.asarray(critical, float), levels=[1.0], colors="w", linewidths=1.2)
     ax.set_xlabel("sigma_w^2")
     ax.set_ylabel("sigma_b^2")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sweep tables
+_SIM_ONLY = ("width", "seeds", "seed", "backend", "gradients")  # empty on mean-field rows of a sweep table
+
+
+def _label(v) -> str:
+    """A legend value: None / NaN / pandas NA (an empty cell of a sweep table) reads "none"."""
+    try:
+        missing = v is None or bool(v != v)
+    except TypeError:  # pandas.NA
+        missing = True
+    return "none" if missing else str(v)
+
+
+def _lighter(color, t: float):
+    """``color`` mixed with white in proportion ``t`` (0: the colour itself)."""
+    import matplotlib.colors as mcolors
+
+    r, g, b = mcolors.to_rgb(color)
+    return (r + (1 - r) * t, g + (1 - g) * t, b + (1 - b) * t)
+
+
+def _coincide(a: dict, b: dict, logy: bool, span: float, rtol: float) -> bool:
+    """Whether two groups' curves ((engine, width) -> (y, half band)) are indistinguishable: the same curves,
+    and at every block a difference within ``rtol`` (relative on a log axis, of the data span on a linear
+    one) or within the seeds' spread (half the 10-90% band)."""
+    if set(a) != set(b) or not a:
+        return False
+    for key, (ya, sa) in a.items():
+        yb, sb = b[key]
+        if ya.shape != yb.shape:
+            return False
+        ok = np.isfinite(ya) & np.isfinite(yb)
+        if not ok.any() or not np.array_equal(np.isfinite(ya), np.isfinite(yb)):
+            return False
+        scale = np.maximum(np.abs(ya), np.abs(yb)) if logy else span
+        tol = np.maximum(rtol * scale, np.fmax(sa, sb))
+        if np.any(np.abs(ya - yb)[ok] > tol[ok]):
+            return False
+    return True
+
+
+def sweep_curves(df, measure: str = "isometry_gap", by=("activation", "norm", "placement"), ax=None,
+                 logy: bool = False, title: str | None = None, note: str | None = None, rtol: float = 0.02):
+    """Depth curves of a sweep table (`meanfield.sweep.run_sweep`, ``results.csv``).
+
+    One colour per group of the ``by`` fields (and of any other field that varies in ``df``, so that two
+    sweep points never share a line); within a group, the mean field is a dashed line drawn on top and each
+    simulated width the seed median (solid, lighter for narrower widths) with its 10-90% band. The legend
+    sits outside the axes: the groups by colour, the engines and widths by style.
+
+    Two groups whose curves coincide (every curve within ``rtol``, relative on a log axis and of the data
+    span on a linear one, or within the seeds' spread) would hide one another: the later group is drawn
+    with hollow markers and its legend entry says "= <the other group>". ``note`` adds a line of text
+    under the axes (e.g. why two curves coincide). Returns the Axes; ``ax.coincident`` lists the pairs of
+    group labels found to coincide.
+    """
+    from matplotlib.lines import Line2D
+
+    ax = _axes(ax)
+    if not len(df):
+        raise ValueError("sweep_curves: the table has no rows")
+    if measure not in df.columns:
+        raise ValueError(f"sweep_curves: measure={measure!r} is not a column of the table; columns: "
+                         f"{', '.join(c for c in df.columns if not c.endswith(('_std', '_median', '_q10', '_q90')))}")
+    by = [by] if isinstance(by, str) else list(by)
+    from meanfield.sweep import ALL_FIELDS
+
+    keys = [b for b in by if b in df.columns and b not in ("engine", "width")]
+    sim = df[df["engine"] == "simulate"]
+    extra = [c for c in ALL_FIELDS if c in df.columns and c not in keys + ["engine", "width", "depth"]
+             and (sim if c in _SIM_ONLY else df)[c].nunique(dropna=False) > 1]
+    if "depth" in df.columns and "depth" not in keys and df["depth"].nunique() > 1:
+        extra.append("depth")
+    group_keys = keys + extra
+    widths = sorted({int(w) for w in sim["width"].dropna()}) if "width" in sim.columns else []
+    groups = list(df.groupby(group_keys, dropna=False, sort=True)) if group_keys else [((), df)]
+
+    curves, labels = [], []
+    for name, g in groups:
+        name = name if isinstance(name, tuple) else (name,)
+        parts = [_label(v) for v in name[: len(keys)]]
+        parts += [f"{c}={_label(v)}" for c, v in zip(extra, name[len(keys):])]
+        labels.append(", ".join(parts) or measure.replace("_", " "))
+        cur = {}
+        for (engine, width), h in g.groupby(["engine", "width"], dropna=False):
+            h = h.sort_values("layer")
+            x = h["layer"].to_numpy()
+            if engine == "meanfield":
+                y, lo, hi = (h[measure].to_numpy(float),) * 3
+            else:
+                y = h[measure + "_median"].to_numpy(float)
+                lo, hi = h[measure + "_q10"].to_numpy(float), h[measure + "_q90"].to_numpy(float)
+            with np.errstate(invalid="ignore"):
+                half = np.where(np.isfinite(hi - lo), (hi - lo) / 2, 0.0)
+            cur[(engine, None if engine == "meanfield" else int(width))] = (x, y, lo, hi, half)
+        curves.append(cur)
+    finite = np.concatenate([c[1][np.isfinite(c[1])] for cur in curves for c in cur.values()] + [np.zeros(1)])
+    span = float(finite.max() - finite.min()) or 1.0
+
+    colors = _plt().rcParams["axes.prop_cycle"].by_key()["color"]
+    ax.coincident = []
+    same_as: dict = {}
+    for j in range(len(curves)):
+        for i in range(j):
+            if i not in same_as and _coincide({k: (v[1], v[4]) for k, v in curves[i].items()},
+                                              {k: (v[1], v[4]) for k, v in curves[j].items()}, logy, span, rtol):
+                same_as[j] = i
+                ax.coincident.append((labels[i], labels[j]))
+                break
+    handles = []
+    for j, cur in enumerate(curves):
+        base = colors[j % len(colors)]
+        hollow = j in same_as
+        # a group that coincides with an earlier one: hollow markers only, so that both stay visible
+        mark = dict(marker="o", markevery=max(1, len(next(iter(cur.values()))[0]) // 12), markersize=4.5,
+                    markerfacecolor="none", linestyle="none", zorder=5) if hollow else {}
+        for (engine, width), (x, y, lo, hi, _) in sorted(cur.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            if engine == "meanfield":
+                ax.plot(x, y, **{"color": base, "linestyle": "--", "linewidth": 1.8, "zorder": 4, **mark})
+            else:
+                t = 0.55 * (len(widths) - 1 - widths.index(width)) / max(len(widths) - 1, 1)
+                c = _lighter(base, t)
+                ax.plot(x, y, **{"color": c, "linewidth": 1.3, "zorder": 3, **mark})
+                if not hollow:
+                    ax.fill_between(x, lo, hi, color=c, alpha=0.15, linewidth=0, zorder=1)
+        if hollow:
+            handles.append(Line2D([], [], color=base, marker="o", markerfacecolor="none", linestyle="none",
+                                  label=f"{labels[j]} (markers: coincides with {labels[same_as[j]]})"))
+        else:
+            handles.append(Line2D([], [], color=base, linewidth=2.5, label=labels[j]))
+    styles = []
+    if any(k[0] == "meanfield" for cur in curves for k in cur):
+        styles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.8, label="mean field"))
+    for i, w in enumerate(widths):
+        t = 0.55 * (len(widths) - 1 - i) / max(len(widths) - 1, 1)
+        styles.append(Line2D([], [], color=_lighter("0.3", t), linewidth=1.3, label=f"width {w} (median, 10-90%)"))
+    ax.legend(handles=handles + styles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8,
+              title=", ".join(group_keys) or None, title_fontsize=8, alignment="left")
+    ax.set_xlabel("depth (blocks)")
+    ax.set_ylabel(measure.replace("_", " "))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    if note:
+        ax.annotate(note, xy=(0, 0), xycoords="axes fraction", xytext=(0, -34), textcoords="offset points",
+                    va="top", ha="left", fontsize=8, wrap=True)
     return ax
