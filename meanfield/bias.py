@@ -187,11 +187,13 @@ def regime(gamma, *, eps: float = 1e-6, large: float = 100.0, rtol: float = 1e-3
     2. "deep prejudice" if g_L > large (default 100: c > 0.99, an expected majority fraction above 0.968).
     3. For a sequence of at least 3 entries, the trend of the last two increments d1 = g_{L-1} - g_{L-2},
        d2 = g_L - g_{L-1}:
+
        - d2 <= rtol * g_L (flat or decreasing; default rtol 1e-3): "prejudiced";
        - 0 < d2 < d1 (increments shrinking: geometric convergence with ratio p = d2 / d1): the Aitken
          limit g_inf = g_L + d2 p / (1 - p) decides: "deep prejudice" if g_inf > large, else "prejudiced";
        - otherwise (increments not shrinking: gamma grows at least linearly with depth, as c -> 1):
          "deep prejudice".
+
     4. "prejudiced" otherwise (a single value with eps <= g_L <= large, or a curve of 2 entries).
 
     (Francazi et al. 2025: neutral gamma = 0, prejudiced 0 < gamma < inf, deep prejudice gamma -> inf

@@ -123,10 +123,10 @@ def qmap(act, q, sigma_w, sigma_b, *, norm=None, placement="post"):
     Returns
     -------
     float or ndarray of q's shape:
-        norm=None:   Q(q) = sigma_w^2 E f(sqrt(q) z)^2 + sigma_b^2  (Poole et al. 2016, eq. 3), z ~ N(0, 1)
-                     (at q = 0: sigma_w^2 f(0)^2 + sigma_b^2);
-        post norm:   sigma_w^2 + sigma_b^2 for every q (the norm's output has unit second moment);
-        pre norm:    1 for every q (the norm fixes the activation's input variance).
+        - norm=None:   Q(q) = sigma_w^2 E f(sqrt(q) z)^2 + sigma_b^2  (Poole et al. 2016, eq. 3), z ~ N(0, 1)
+          (at q = 0: sigma_w^2 f(0)^2 + sigma_b^2);
+        - post norm:   sigma_w^2 + sigma_b^2 for every q (the norm's output has unit second moment);
+        - pre norm:    1 for every q (the norm fixes the activation's input variance).
 
     Examples
     --------
@@ -288,11 +288,13 @@ def cmap_slope(act, c, q=None, sigma_w=1.0, sigma_b=0.0, *, norm=None, placement
     """dC/dc, the slope of `cmap` (same arguments and conventions).
 
     By Price's theorem d E[f(u) f(v)] / d Cov(u, v) = E[f'(u) f'(v)] (weak derivatives; `hermite.kernel`
-    with derivative=1), so
+    with derivative=1), so::
+
         norm=None / pre norm:  C'(c) = sigma_w^2 q E[f'(u) f'(v)] / Q(q)  (= sigma_w^2 E f'f' at q = q*),
         post LN / RMS:         C'(c) = sigma_w^2 q E[f'(u) f'(v)] / ((sigma_w^2 + sigma_b^2) D),
                                D = Var f(u) (LN) or E f(u)^2 (RMS), (u, v) at (rho(c), q),
         BN:                    0.
+
     Activations that jump (step, sign) have an infinite slope at c = +-1.
     """
     act = hermite.activation(act)
@@ -432,11 +434,13 @@ def fixed_point_q(act, sigma_w, sigma_b, q0=1.0, *, norm=None, placement="post")
         norm=None: the limit of q_{l+1} = Q(q_l) from q0 (Poole et al. 2016). The map is iterated a few
         times, then the root of Q(q) - q on the side the iterates move to is bracketed and refined by
         Brent's method to machine precision. Special cases:
+
           * q* = 0 when sigma_b = 0, f(0) = 0 and the map contracts to 0 (tanh with sigma_w <= 1, ReLU with
             sigma_w^2 < 2); the maps are then evaluated in the limit q -> 0+ (at q = Q_LIMIT = 1e-20).
           * when q0 is itself a fixed point, q0 is returned; in particular for ReLU with sigma_w^2 = 2,
             sigma_b = 0 (and the identity with sigma_w = 1, sigma_b = 0) every q is a fixed point and q* = q0.
           * sigma_w = 0: q* = sigma_b^2.
+
         with a norm: sigma_w^2 + sigma_b^2 (post) or 1 (pre), independent of q0.
 
     Raises

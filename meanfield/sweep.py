@@ -88,11 +88,17 @@ class Sweep:
 
     Parameters
     ----------
-    grid : dict field -> list of values (Cartesian product)
-    zip : dict field -> list of values (all lists of equal length, iterated together)
-    fixed : dict field -> value applied to every point
-    measures : per-layer measures to record (isometry_gap, potential, mean_correlation)
+    grid : dict
+        Field -> list of values (Cartesian product).
+    zip : dict
+        Field -> list of values (all lists of equal length, iterated together).
+    fixed : dict
+        Field -> value applied to every point.
+    measures : tuple of str
+        Per-layer measures to record (isometry_gap, potential, mean_correlation, gamma).
 
+    Notes
+    -----
     The value None of the fields in ``NULLABLE_FIELDS`` (norm, centering, ...) may also be written as
     the string "none" (TOML has no null). Points that coincide after the defaults are filled in (and,
     for the mean-field engine, after the simulator-only fields are set to None) are run once.

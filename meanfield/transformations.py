@@ -20,7 +20,7 @@ expectation over u ~ N(m, q) for the Gaussian estimator),
     alpha_i = -<phi'(u)>                       (zero average slope:   <f_i'(u)> = 0)
     beta_i  = -<phi(u)> - alpha_i <u>          (zero average output:  <f_i(u)> = 0)
 
-and gamma_i one of the two published choices (``gamma=``):
+and gamma_i one of the two published choices (``gamma=``)::
 
     "variance":  gamma_i = <g_i(u)^2>^(-1/2)                      (unit output variance, <f_i^2> = 1)
     "geometric": gamma_i = <g_i(u)^2>^(-1/4) <g_i'(u)^2>^(-1/4)   (std(f_i) * rms(f_i') = 1: the
