@@ -264,7 +264,7 @@ def run_point(p: dict, measures=MEASURES) -> list[dict]:
     net = _network(p)
     X = _batch(p)
     if p["engine"] == "meanfield":
-        traj = propagate(net, X=X)
+        traj = propagate(net, X=X, progress=False)  # the sweep has its own bar, over points
     else:
         traj = simulate(net, X, width=p["width"], seeds=p["seeds"], seed=p["seed"], backend=p["backend"],
                         gradients=check_bool("run_point", "gradients", p["gradients"]), progress=False)

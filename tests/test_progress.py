@@ -105,3 +105,18 @@ def test_progress_arguments_are_validated():
         meanfield.propagate(meanfield.mlp(1), X=small_batch(), progress="yes")
     with pytest.raises(ValueError, match=r"run_sweep: progress=1 must be one of None, True, False"):
         meanfield.sweep.run_sweep({"grid": {"depth": [1]}}, "unused", progress=1)
+
+
+def test_sweep_points_open_no_bars_of_their_own(capsys, monkeypatch):
+    """Inside a sweep (whose workers may share the terminal) only the sweep's bar over points shows."""
+    from meanfield import sweep as sw
+
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    monkeypatch.setattr(progress, "MC_PROGRESS_WORK", 0.0)
+    monkeypatch.setattr(finite, "PROGRESS_FLOPS", 0.0)
+    monkeypatch.setattr(finite, "interactive", lambda: True)
+    for engine in ("meanfield", "simulate"):
+        p = dict(sw.DEFAULTS, depth=2, n=4, input_dim=8, width=8, seeds=2, norm="bn", activation="tanh",
+                 engine=engine)
+        sw.run_point(p, ("isometry_gap",))
+    assert capsys.readouterr().err == ""
