@@ -229,7 +229,7 @@ def _read_json(path: Path, what: str):
 
 
 def _cmd_run(args) -> int:
-    from meanfield.sweep import Sweep, load_errors, run_sweep
+    from meanfield.sweep import Sweep, load_errors, point_id, run_sweep
 
     cfg = _load_config(args.config)
     try:
@@ -252,7 +252,9 @@ def _cmd_run(args) -> int:
     for p in paths:
         print(f"figure -> {p}")
     if failed:
-        first = next((e["error"].splitlines()[0] for e in load_errors(out) if e.get("error")), "")
+        ids = {point_id(p) for p in sweep.points()}  # this sweep's failures, not an earlier sweep's in DIR
+        first = next((e["error"].splitlines()[0] for e in load_errors(out)
+                      if e.get("error") and (e.get("point") is None or point_id(e["point"]) in ids)), "")
         print(f"meanfield: {failed} of {len(sweep.points())} point(s) failed (first: {first}); see "
               f"{out / 'errors'}", file=sys.stderr)
         return 1
