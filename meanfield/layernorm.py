@@ -20,9 +20,11 @@ that ``from meanfield import layernorm; layernorm.ssr(...)`` keeps working:
 
 * `meanfield.separability`: `ssr` (sum-of-squares ratio) and `lssr` (its lower bound over all affine
   maps), and `xor_example`, where one affine map followed by LN goes below the LSSR of its input.
-* `meanfield.ln_net`: `ln_net_classifier`, a width-3 `meanfield.Network` of Linear maps and LayerNorm that
-  fits any binary labelling of m distinct points with at most max(1, m - 1) LN layers (in exact
-  arithmetic), `predict`, the empirical VC-dimension probe `vc_probe`, and `predict_grid`.
+* `meanfield.ln_net`: `ln_net_classifier`, the toolkit's width-3 `meanfield.Network` of Linear maps and
+  LayerNorm that fits any binary labelling of m distinct points with at most max(1, m - 1) LN layers
+  (max(1, m - 2) with an affine readout), `predict`, `construction_depth`, `construction_vc_bound`,
+  `shattering` (all 2^m labellings of a set), `random_fit_rate` (a fit rate on random sets, not a VC
+  bound) and `predict_grid`.
 * `meanfield.group_size`: `group_size_study` runs `meanfield.propagate` and `meanfield.simulate` on
   networks with GroupLayerNorm of a fixed group size G (`group_size_network`): the normalization's
   nonlinearity, invisible for plain LN at infinite width, survives in groups of fixed size.
@@ -42,7 +44,17 @@ import numpy as np
 from meanfield.core.linalg import nonzero_variance
 from meanfield.core.validate import check_array, check_choice, check_int, check_real
 from meanfield.group_size import GroupSizeStudy, group_size_network, group_size_study
-from meanfield.ln_net import VCProbe, ln_net_classifier, predict, predict_grid, vc_probe
+from meanfield.ln_net import (
+    RandomFitRate,
+    Shattering,
+    construction_depth,
+    construction_vc_bound,
+    ln_net_classifier,
+    predict,
+    predict_grid,
+    random_fit_rate,
+    shattering,
+)
 from meanfield.separability import XorExample, lssr, ssr, xor_example
 
 __all__ = [
@@ -51,7 +63,8 @@ __all__ = [
     "nonlinearity", "expected_nonlinearity", "nonlinearity_fd", "group_amplification", "best_groups",
     # re-exported (public facade)
     "ssr", "lssr", "XorExample", "xor_example",
-    "ln_net_classifier", "predict", "VCProbe", "vc_probe", "predict_grid",
+    "ln_net_classifier", "predict", "construction_depth", "construction_vc_bound", "Shattering", "shattering",
+    "RandomFitRate", "random_fit_rate", "predict_grid",
     "GroupSizeStudy", "group_size_network", "group_size_study",
 ]
 
