@@ -180,6 +180,37 @@ def test_expected_nonlinearity_monte_carlo(d, groups, kind):
     assert abs(mean - L.expected_nonlinearity(d, groups, kind)) < 5 * se
 
 
+@pytest.mark.parametrize("m,kind", [(3, "ln"), (4, "ln"), (7, "ln"), (3, "rms"), (6, "rms")])
+def test_nonlinearity_sf_against_monte_carlo(m, kind):
+    # exact law P(H > t) = F_chi2(sqrt(c / t)) against the closed-form H on Gaussian samples
+    x = rng(50 + m).standard_normal((100000, m))
+    h = L.nonlinearity(x, kind=kind)
+    for t in np.quantile(h, [0.1, 0.5, 0.9, 0.99]):
+        p = L.nonlinearity_sf(t, m, kind)
+        assert abs(p - np.mean(h > t)) < 5 * math.sqrt(p * (1 - p) / h.size) + 1e-12
+    np.testing.assert_allclose(L.nonlinearity_sf([0.0, np.inf], m, kind), [1.0, 0.0])
+
+
+@pytest.mark.parametrize("m,kind", [(3, "ln"), (4, "ln"), (5, "ln"), (8, "ln"), (4, "rms")])
+def test_nonlinearity_tail_index_is_the_decay_of_the_exact_tail(m, kind):
+    alpha = L.nonlinearity_tail_index(m, kind)
+    assert alpha == ((m - 1) / 4 if kind == "ln" else m / 4)
+    t = np.array([1e8, 1e10])
+    slope = np.diff(np.log(L.nonlinearity_sf(t, m, kind))) / np.diff(np.log(t))
+    assert slope[0] == pytest.approx(-alpha, rel=1e-3)
+    # E H is finite iff alpha > 1, as in expected_nonlinearity (one group)
+    assert (alpha > 1) == (L.expected_nonlinearity(m, kind=kind) < math.inf)
+
+
+def test_best_group_size_has_infinite_expected_measure():
+    # the "best" groups by the equal-variance ratio are groups of 3 to 5 features, whose E H is infinite
+    for d in (12, 16, 20, 24, 32, 48, 64):
+        g = L.best_groups(d)
+        assert d // g in (3, 4, 5)
+        assert L.expected_nonlinearity(d, groups=g) == math.inf
+        assert L.expected_nonlinearity(d) < math.inf
+
+
 def test_group_amplification_matches_hessians():
     for d, g in [(12, 1), (12, 2), (12, 3), (12, 6), (16, 4), (24, 3), (30, 5)]:
         x = rng(d * g).standard_normal((d // g, g)).T.ravel()
@@ -480,6 +511,10 @@ def test_random_fit_rate_is_a_rate_not_a_vc_bound():
     (lambda: L.shattering(np.array([[0.0], [1.0], [0.0]]), 2), "distinct"),
     (lambda: L.construction_depth(0), "m"),
     (lambda: L.construction_vc_bound(2, readout="x"), "readout"),
+    (lambda: L.nonlinearity_sf(1.0, 2), "group_size"),
+    (lambda: L.nonlinearity_sf(-1.0, 4), "t"),
+    (lambda: L.nonlinearity_sf(1.0, 4, kind="bn"), "kind"),
+    (lambda: L.nonlinearity_tail_index(1, kind="rms"), "group_size"),
     (lambda: L.xor_example(0, noise=1.0), "noise"),
 ])
 def test_bad_inputs(call, match):
