@@ -284,6 +284,20 @@ def test_lssr_equals_ssr_in_one_dimension_and_rank_deficient():
     assert L.lssr(X1, X2) == pytest.approx(L.lssr(X1 @ np.linalg.pinv(B), X2 @ np.linalg.pinv(B)), rel=1e-8)
 
 
+def test_ssr_of_a_hand_computed_xor_map():
+    # X1 = {(1,1), (-1,-1)}, X2 = {(1,-1), (-1,1)}: S_W = S_T, so SSR = LSSR = 1; the affine map
+    # A = [[1,1],[0,0],[-1,-1]], b = (0,1,0) then LN sends X1 to (5,2,-7)/sqrt(26), (-7,2,5)/sqrt(26) (times
+    # sqrt(3)) and both points of X2 to (-1,2,-1)/sqrt(2); SSR after = 0.779501768 (computed by hand in the notes)
+    X1 = np.array([[1.0, 1.0], [-1.0, -1.0]])
+    X2 = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    assert L.ssr(X1, X2) == pytest.approx(1.0) and L.lssr(X1, X2) == pytest.approx(1.0)
+    A, b = np.array([[1.0, 1.0], [0.0, 0.0], [-1.0, -1.0]]), np.array([0.0, 1.0, 0.0])
+    Y1, Y2 = L.layer_norm(X1 @ A.T + b), L.layer_norm(X2 @ A.T + b)
+    np.testing.assert_allclose(Y1, math.sqrt(3) * np.array([[5, 2, -7], [-7, 2, 5]]) / math.sqrt(78), atol=1e-14)
+    np.testing.assert_allclose(Y2, np.tile([-1, 2, -1], (2, 1)) / math.sqrt(2), atol=1e-14)
+    assert L.ssr(Y1, Y2) == pytest.approx(0.779501768, abs=1e-9)
+
+
 def test_xor_example_ln_beats_every_affine_map():
     for seed in (0, 1, 2):
         ex = L.xor_example(seed)
