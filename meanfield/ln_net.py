@@ -251,13 +251,15 @@ def ln_net_classifier(X, y, max_layers: int | None = None, seed: int = 0, check:
     construction, its depth and their bound are in the paper's body, which could not be read for this
     package. Nothing here is the paper's algorithm, and the depths above are this construction's.
 
-    What the depth buys (VC-type statements of this construction, checked exhaustively in the tests and in
-    notebooks/ni.ipynb by `shattering`): with L LN layers, the linear readout fits every labelling of any
-    L + 1 distinct points (so width-3 LN-Nets with L layers and a linear readout have VC dimension at least
-    L + 1), but on m = L + 2 points it fails exactly 2^(m-2) of the 2^m labellings (a quarter: the
-    labellings for which it needs m - 1 layers); the affine readout fits every labelling of any L + 2
-    points (VC dimension at least L + 2 with an affine readout). These are lower bounds on the VC dimension
-    of the network class; a labelling this construction misses may still be fitted by other weights.
+    What the depth buys (VC-type statements of this construction): with L LN layers, the linear readout
+    fits every labelling of any L + 1 distinct points (proved below; so width-3 LN-Nets with L layers and a
+    linear readout have VC dimension at least L + 1), but on m = L + 2 points it fails 2^(m-2) of the 2^m
+    labellings (a quarter: the labellings for which it needs m - 1 layers); the affine readout fits every
+    labelling of any L + 2 points (VC dimension at least L + 2 with an affine readout) and fails 2^(m-3)
+    of those of m = L + 3 points. The counts 2^L are counted, not proved: by `shattering` for L <= 6 on
+    collinear and random points (notebooks/ni.ipynb) and for m <= 10 by a string model of the folds (the
+    tests). These are lower bounds on the VC dimension of the network class; a labelling this construction
+    misses may still be fitted by other weights.
 
     Construction and proof sketch
     -----------------------------
@@ -461,9 +463,9 @@ def construction_vc_bound(depth: int, readout: str = "linear") -> int:
     is fitted with at most L layers (a network with fewer layers can be padded with blocks Linear(I, 0) ->
     LayerNorm, which act as the identity on LN outputs), so every such point set is shattered, and the VC
     dimension (the size of the largest shattered set) is at least this. It is a lower bound of the
-    construction: on one more point this construction fails exactly 2^L labellings (`shattering`), which
-    says nothing about other weights. Ni et al. (2024) also state a VC lower bound for LN-Nets (abstract);
-    its form could not be read for this package, so it is neither used nor checked here.
+    construction: on one more point this construction fails 2^L labellings (counted by `shattering` for
+    L <= 6), which says nothing about other weights. Ni et al. (2024) also state a VC lower bound for
+    LN-Nets (abstract); its form could not be read for this package, so it is neither used nor checked here.
     """
     owner = "construction_vc_bound"
     depth = check_int(owner, "depth", depth, lo=1, strict=True)
@@ -502,9 +504,10 @@ def shattering(X, depth: int, readout: str = "linear", seed: int = 0) -> Shatter
     if every labelling is fitted; a shattered set of size m proves VC dimension >= m. A failed labelling
     only says that this construction misses it.
 
-    Results (exhaustive in the tests, for collinear and random points): with L = depth, every set of
-    `construction_vc_bound` points (L + 1 linear, L + 2 affine) is shattered, and one point more fails
-    exactly 2^L labellings (2^(m-2) of 2^m for the linear readout, 2^(m-3) for the affine one).
+    Results (exhaustive, for collinear and random points: L <= 3 in the tests, L <= 6 in notebooks/ni.ipynb):
+    with L = depth, every set of `construction_vc_bound` points (L + 1 linear, L + 2 affine) is shattered
+    (that part is proved, `construction_vc_bound`), and one point more fails exactly 2^L labellings (2^(m-2)
+    of 2^m for the linear readout, 2^(m-3) for the affine one).
 
     Parameters
     ----------
@@ -558,8 +561,9 @@ def random_fit_rate(depth: int, m_values: Sequence[int], trials: int = 20, seed:
     build `ln_net_classifier(..., max_layers=depth, readout=readout)` and count the pairs whose labels are
     all reproduced. This is a fit rate, not a VC bound: a VC lower bound needs one set on which *every*
     labelling is fitted (`shattering`), and a random labelling of a random set tests neither that nor an
-    upper bound. For m <= `construction_vc_bound(depth, readout)` the rate is 1; one point more, it is
-    1 - 2^L / 2^m (3/4 for the linear readout, 7/8 for the affine one) by `shattering`'s count.
+    upper bound. For m <= `construction_vc_bound(depth, readout)` the rate is 1; one point more, its
+    expectation is 1 - 2^L / 2^m (3/4 for the linear readout, 7/8 for the affine one) by `shattering`'s
+    count.
     (Formerly ``vc_probe``, whose ``vc_estimate`` read this rate as a VC estimate.)
     """
     owner = "random_fit_rate"
