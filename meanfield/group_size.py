@@ -1,11 +1,12 @@
 """Infinite vs finite width: LayerNorm in groups of a fixed size G, mean field against simulation.
 
 At infinite width LayerNorm divides each sample by a deterministic constant, so its nonlinearity (the
-Hessian measure of `meanfield.layernorm.nonlinearity`) is invisible to the mean field; in groups of a fixed
-size G (GroupLayerNorm(group_size=G)) each group is normalized by its own random variance at any width.
-`group_size_study` runs `meanfield.propagate` and `meanfield.simulate` on the networks of
-`group_size_network` and collects the Grams and isometry gaps side by side (Ni et al. 2024 for LN-G).
-Re-exported by `meanfield.layernorm`.
+toolkit's Hessian measure, `meanfield.layernorm.nonlinearity`) is invisible to the mean field; in groups of
+a fixed size G (GroupLayerNorm(group_size=G)) each group is normalized by its own random variance at any
+width. `group_size_study` runs `meanfield.propagate` and `meanfield.simulate` on the networks of
+`group_size_network` and collects the Grams and isometry gaps side by side. The study is the toolkit's (an
+extension: Ni et al. 2024 introduce LN-G, with a fixed number of groups, and study its nonlinearity, not
+its mean-field limit). Re-exported by `meanfield.layernorm`.
 """
 
 from __future__ import annotations

@@ -4,16 +4,31 @@ Subject: Y. Ni, Y. Guo, J. Jia and L. Huang, "On the Nonlinearity of Layer Norma
 (arXiv:2406.01255). Everything here is plain numpy float64 and works on one vector or on stacks of
 vectors with the features on the last axis, shape (..., d).
 
+Whose definitions (the paper's body could not be read for this package; only its abstract, and third-party
+summaries for SSR, were):
+
+* the paper's, as its abstract and summaries give them: LN, LN-G (LN applied within groups of the
+  neurons: `layer_norm` with ``groups``), the LN-Net (a composition of linear maps and LN), SSR and its
+  linear lower bound LSSR (`meanfield.separability`; the closed form of LSSR is derived here);
+* the toolkit's own: the Hessian nonlinearity measure H(f; x) = sum_i ||Hess f_i(x)||_F^2
+  (`nonlinearity` and everything built on it: `expected_nonlinearity`, `nonlinearity_sf`,
+  `nonlinearity_tail_index`, `nonlinearity_fd`, `group_amplification`, `best_groups`), the width-3
+  LN-Net construction and its VC-type statements (`meanfield.ln_net`), the XOR example, and the
+  mean-field group-size study (`meanfield.group_size`). The paper measures nonlinearity with its own
+  (Hessian-based, by third-party accounts) quantity and proves an amplification by groups under a mild
+  assumption; neither its definition nor its theorem is reproduced here.
+
 Contents (this module)
 ----------------------
 * The maps: `layer_norm` (LN, and group LN "LN-G" through ``groups``), `rms_norm`, and the two parts
   of LN, `center` and `scale` (LN = scale o center).
 * Exact first and second derivatives in closed form: `layer_norm_jacobian`, `layer_norm_hessian`,
   `rms_norm_jacobian`, `rms_norm_hessian`.
-* A Hessian-based nonlinearity measure H(f; x) = sum_i ||Hess f_i(x)||_F^2: `nonlinearity` (closed
-  form for LN, RMSNorm and their group versions), `expected_nonlinearity` (its mean for x ~ N(0, I_d)),
-  `nonlinearity_fd` (any user function, by finite differences), `group_amplification` and
-  `best_groups`.
+* The toolkit's Hessian measure H(f; x) = sum_i ||Hess f_i(x)||_F^2: `nonlinearity` (closed form for LN,
+  RMSNorm and their group versions), its law for x ~ N(0, I_d) (`expected_nonlinearity`, infinite for
+  groups of 3 to 5 features; `nonlinearity_sf` and `nonlinearity_tail_index`, the heavy tail behind
+  that), `nonlinearity_fd` (any user function, by finite differences), `group_amplification` and
+  `best_groups` (the equal-variance ratio H(LN-G) / H(LN)).
 
 Public facade: the rest of the LN theory has its own module, and its public names are re-exported here so
 that ``from meanfield import layernorm; layernorm.ssr(...)`` keeps working:
@@ -21,8 +36,10 @@ that ``from meanfield import layernorm; layernorm.ssr(...)`` keeps working:
 * `meanfield.separability`: `ssr` (sum-of-squares ratio) and `lssr` (its lower bound over all affine
   maps), and `xor_example`, where one affine map followed by LN goes below the LSSR of its input.
 * `meanfield.ln_net`: `ln_net_classifier`, a width-3 `meanfield.Network` of Linear maps and LayerNorm that
-  fits any binary labelling of m distinct points with at most max(1, m - 1) LN layers (in exact
-  arithmetic), `predict`, the empirical VC-dimension probe `vc_probe`, and `predict_grid`.
+  fits any binary labelling of m distinct points with at most max(1, m - 1) LN layers (max(1, m - 2)
+  with an affine readout), `predict`, `construction_depth`, `construction_vc_bound`, `shattering` (all
+  2^m labellings of a set), `random_fit_rate` (a fit rate on random sets, not a VC bound) and
+  `predict_grid`.
 * `meanfield.group_size`: `group_size_study` runs `meanfield.propagate` and `meanfield.simulate` on
   networks with GroupLayerNorm of a fixed group size G (`group_size_network`): the normalization's
   nonlinearity, invisible for plain LN at infinite width, survives in groups of fixed size.
@@ -40,18 +57,30 @@ from collections.abc import Callable
 import numpy as np
 
 from meanfield.core.linalg import nonzero_variance
-from meanfield.core.validate import check_array, check_choice, check_int, check_real
+from meanfield.core.validate import check_array, check_choice, check_int, check_real, check_real_array
 from meanfield.group_size import GroupSizeStudy, group_size_network, group_size_study
-from meanfield.ln_net import VCProbe, ln_net_classifier, predict, predict_grid, vc_probe
+from meanfield.ln_net import (
+    RandomFitRate,
+    Shattering,
+    construction_depth,
+    construction_vc_bound,
+    ln_net_classifier,
+    predict,
+    predict_grid,
+    random_fit_rate,
+    shattering,
+)
 from meanfield.separability import XorExample, lssr, ssr, xor_example
 
 __all__ = [
     "layer_norm", "rms_norm", "center", "scale",
     "layer_norm_jacobian", "layer_norm_hessian", "rms_norm_jacobian", "rms_norm_hessian",
-    "nonlinearity", "expected_nonlinearity", "nonlinearity_fd", "group_amplification", "best_groups",
+    "nonlinearity", "expected_nonlinearity", "nonlinearity_sf", "nonlinearity_tail_index", "nonlinearity_fd",
+    "group_amplification", "best_groups",
     # re-exported (public facade)
     "ssr", "lssr", "XorExample", "xor_example",
-    "ln_net_classifier", "predict", "VCProbe", "vc_probe", "predict_grid",
+    "ln_net_classifier", "predict", "construction_depth", "construction_vc_bound", "Shattering", "shattering",
+    "RandomFitRate", "random_fit_rate", "predict_grid",
     "GroupSizeStudy", "group_size_network", "group_size_study",
 ]
 
@@ -281,7 +310,7 @@ def rms_norm_hessian(x, *, groups: int = 1) -> np.ndarray:
 # the Hessian nonlinearity measure
 # ----------------------------------------------------------------------------------------------------
 def nonlinearity(x, groups: int = 1, kind: str = "ln"):
-    """Hessian nonlinearity H(f; x) = sum_i ||Hess f_i(x)||_F^2 of LN / LN-G / RMSNorm, closed form.
+    """The toolkit's Hessian nonlinearity H(f; x) = sum_i ||Hess f_i(x)||_F^2 of LN / LN-G / RMSNorm, closed form.
 
     What we compute: the sum over all outputs i and all input pairs (j, k) of (d^2 f_i / dx_j dx_k)^2
     at the point x, i.e. the squared Frobenius norm of the full (d, d, d) second-derivative tensor.
@@ -298,11 +327,10 @@ def nonlinearity(x, groups: int = 1, kind: str = "ln"):
     T / (sqrt(m) sigma^2) with T = 3 n n n - (P n + its two index permutations), n = y / sqrt(m) a unit
     vector with P n = n, and ||T||_F^2 = 9 - 18 + 3 (m - 1) + 6 = 3 (m - 2).
 
-    Note: this is the measure as specified for this package. Ni et al. (2024) argue about the
-    nonlinearity of LN and LN-G with their own definitions, which may differ from ours (e.g. one
-    output vs. the sum over outputs, squared vs. plain norm, normalization per sample or per
-    feature); compare only ratios, such as `group_amplification`, which a common constant factor
-    does not change.
+    Whose measure: the toolkit's. Ni et al. (2024) measure the nonlinearity of LN and LN-G with their
+    own definition, which could not be read for this package and may differ from this one (one output
+    or the sum over outputs, squared or plain norm, the normalization); ratios such as
+    `group_amplification` are unchanged by a common constant factor, but not by such differences.
 
     Parameters
     ----------
@@ -328,7 +356,7 @@ def nonlinearity(x, groups: int = 1, kind: str = "ln"):
 
 
 def expected_nonlinearity(d: int, groups: int = 1, kind: str = "ln") -> float:
-    """E[H(f; x)] for x ~ N(0, I_d), with H from `nonlinearity`; ``math.inf`` where it diverges.
+    """E[H(f; x)] for x ~ N(0, I_d), with H the toolkit's measure (`nonlinearity`); ``math.inf`` where it diverges.
 
     Group size m = d / groups; the groups are independent. LN: m sigma^2 = ||P x_g||^2 ~ chi^2_{m-1}
     and E[1/chi^2_k^2] = 1 / ((k - 2)(k - 4)) for k > 4 (infinite otherwise), so
@@ -342,7 +370,11 @@ def expected_nonlinearity(d: int, groups: int = 1, kind: str = "ln") -> float:
                   0 for m = 1 (sign function),  inf for m = 2, 3, 4.
 
     The infinite values are genuine: the moment E[sigma^-4] does not exist for small groups (the
-    density of sigma near 0 is too heavy), not a numerical failure.
+    density of sigma near 0 is too heavy), not a numerical failure; `nonlinearity_sf` gives the exact
+    tail, P(H > t) ~ t^(-(m - 1)/4) for LN. They include groups of 4 features, the size that
+    `best_groups` picks by the equal-variance ratio: under Gaussian inputs the "best" group size has an
+    infinite expected measure, so "best" refers to that ratio (or to medians), never to this mean.
+    (Toolkit's measure; see `nonlinearity`.)
     """
     owner = "expected_nonlinearity"
     k = check_choice(owner, "kind", kind, _KINDS)
@@ -360,6 +392,54 @@ def expected_nonlinearity(d: int, groups: int = 1, kind: str = "ln") -> float:
     if m <= 4:
         return math.inf
     return g * 3.0 * m * (m - 1) / ((m - 2) * (m - 4))
+
+
+def _group_law(owner: str, group_size, kind) -> tuple[int, str, float, int]:
+    """(m, kind, c, k): for one group of size m, H = c / S^2 with S ~ chi^2_k (x ~ N(0, I_m))."""
+    k = check_choice(owner, "kind", kind, _KINDS)
+    m = check_int(owner, "group_size", group_size, lo=3 if k == "ln" else 2, strict=True)
+    if k == "ln":   # m sigma^2 = ||P x||^2 ~ chi^2_{m-1},  H = 3 (m - 2) / (m sigma^4) = 3 m (m - 2) / S^2
+        return m, k, 3.0 * m * (m - 2), m - 1
+    return m, k, 3.0 * m * (m - 1), m      # m s^2 = ||x||^2 ~ chi^2_m,  H = 3 m (m - 1) / S^2
+
+
+def nonlinearity_sf(t, group_size: int, kind: str = "ln"):
+    """P(H > t) for one group of ``group_size`` features, x ~ N(0, I_m), H the toolkit's `nonlinearity`.
+
+    Exact: H = c / S^2 with S ~ chi^2_k, so P(H > t) = P(S < sqrt(c / t)) = F_{chi^2_k}(sqrt(c / t)):
+
+        LN:      c = 3 m (m - 2),  k = m - 1;        RMSNorm: c = 3 m (m - 1),  k = m.
+
+    For large t, P(H > t) ~ (c / t)^(k / 4) / (2^(k/2) Gamma(k/2 + 1)): a power tail with index k / 4
+    (`nonlinearity_tail_index`), so E H is finite iff k > 4, i.e. m >= 6 for LN (m >= 5 for RMSNorm), as
+    in `expected_nonlinearity`. (For several groups, H is a sum of independent copies and its tail index
+    is that of one group.)
+
+    Parameters
+    ----------
+    t : float or array_like, t in [0, inf]
+    group_size : int, >= 3 for LN (H = 0 for m = 2), >= 2 for RMSNorm
+    kind : {"ln", "rms"}
+    """
+    from scipy.stats import chi2
+
+    owner = "nonlinearity_sf"
+    _, _, c, k = _group_law(owner, group_size, kind)
+    arr = check_real_array(owner, "t", t, lo=0.0, allow_inf=True)
+    with np.errstate(divide="ignore"):
+        out = chi2.cdf(np.sqrt(c / arr), k)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def nonlinearity_tail_index(group_size: int, kind: str = "ln") -> float:
+    """The index alpha of the power tail P(H > t) ~ C t^(-alpha) of the toolkit's measure, x ~ N(0, I_m).
+
+    alpha = (m - 1) / 4 for LN and m / 4 for RMSNorm (`nonlinearity_sf`). Moments E H^p exist iff p < alpha:
+    the mean is infinite for LN groups of 3, 4 and 5 features (alpha = 1/2, 3/4, 1), and the variance for
+    groups of fewer than 10.
+    """
+    _, k, _, dof = _group_law("nonlinearity_tail_index", group_size, kind)
+    return dof / 4.0
 
 
 def _eval_points(f: Callable, pts: np.ndarray, vectorized: bool) -> np.ndarray:
@@ -447,7 +527,10 @@ def group_amplification(d: int, groups: int) -> float:
 def best_groups(d: int) -> int:
     """The number of groups g (a divisor of d with d / g >= 2) maximizing `group_amplification`.
 
-    Ties go to the smaller g. The continuous optimum is g = d / 4 (groups of 4 features).
+    Ties go to the smaller g. The continuous optimum is g = d / 4 (groups of 4 features). "Best" is by
+    the toolkit's equal-variance ratio only: for Gaussian inputs the expected measure at that group size
+    is infinite (`expected_nonlinearity` is inf for group sizes 3, 4 and 5), so no finite mean singles it
+    out, and it is not a group number recommended by Ni et al. (2024).
     """
     d = check_int("best_groups", "d", d, lo=3, strict=True)
     best, best_val = 1, -math.inf

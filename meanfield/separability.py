@@ -4,6 +4,12 @@ data set on which one affine map followed by LayerNorm goes below the LSSR of it
 Subject: Y. Ni, Y. Guo, J. Jia and L. Huang, "On the Nonlinearity of Layer Normalization", ICML 2024
 (arXiv:2406.01255). Samples are rows, X (n, p); a 1-D array is n samples of one feature. Re-exported by
 `meanfield.layernorm`.
+
+Whose definitions: SSR and LSSR are named after the paper's "Sum of Squares Ratio" and its linear lower
+bound; the formula of `ssr` (within-class over total sum of squares) is the one third-party summaries of
+the paper give (its text could not be read for this package). Any within/between variant is a monotone
+function of it (W / B = r / (1 - r)), so "an LN-Net goes below LSSR" means the same for either. The
+closed form of `lssr` (a generalized eigenvalue) and `xor_example` are the toolkit's.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ def ssr(X1, X2) -> float:
 
         SSR = sum_c sum_{x in X_c} ||x - mu_c||^2 / sum_x ||x - mu||^2 = tr(S_W) / tr(S_T),
 
-    in [0, 1]; small means well separated (Ni et al. 2024). X1 (n1, p), X2 (n2, p); a 1-D
-    array is n samples of one feature. Invariant under translations, rotations and uniform scaling.
+    in [0, 1]; small means well separated. X1 (n1, p), X2 (n2, p); a 1-D array is n samples of one
+    feature. Invariant under translations, rotations and uniform scaling. The paper's SSR (Ni et al.
+    2024) as third-party summaries state it: SSR = (SS(X1) + SS(X2)) / SS([X1; X2]), SS(X) = sum_i
+    ||x_i - mean(X)||^2.
     """
     sw, st = _scatters("ssr", X1, X2)
     return float(np.clip(np.trace(sw) / np.trace(st), 0.0, 1.0))
@@ -56,7 +64,9 @@ def lssr(X1, X2) -> float:
     dimension), SSR(A X1 + b, A X2 + b) = tr(A S_W A^T) / tr(A S_T A^T) >= LSSR, a ratio of sums of
     per-direction ratios, and the 1-D projection on the minimizing w attains it; in one dimension
     LSSR = SSR. With two classes S_T = S_W + (n1 n2 / n) dm dm^T, so LSSR = 1 - (n1 n2/n) dm^T S_T^+ dm
-    (dm the difference of the class means). Cf. the LSSR of Ni et al. (2024).
+    (dm the difference of the class means). This is the paper's LSSR, "the linear-invariant lower bound
+    of SSR" that no linear network can go below (Ni et al. 2024, as third-party summaries state it); the
+    generalized-eigenvalue closed form is the toolkit's derivation.
     """
     sw, st = _scatters("lssr", X1, X2)
     vals, vecs = np.linalg.eigh(st)
@@ -83,7 +93,7 @@ class XorExample:
 
 
 def xor_example(seed: int = 0, n_per_cluster: int = 50, noise: float = 0.1) -> XorExample:
-    """An XOR data set on which one affine map followed by LN (d = 3) beats every affine map.
+    """The toolkit's XOR data set on which one affine map followed by LN (d = 3) beats every affine map.
 
     Four Gaussian clusters (standard deviation ``noise``) at (+-1, +-1); class 1 where x1 x2 > 0,
     class 2 where x1 x2 < 0. The class means coincide, so LSSR of the input is (nearly) 1: no affine

@@ -180,6 +180,37 @@ def test_expected_nonlinearity_monte_carlo(d, groups, kind):
     assert abs(mean - L.expected_nonlinearity(d, groups, kind)) < 5 * se
 
 
+@pytest.mark.parametrize("m,kind", [(3, "ln"), (4, "ln"), (7, "ln"), (3, "rms"), (6, "rms")])
+def test_nonlinearity_sf_against_monte_carlo(m, kind):
+    # exact law P(H > t) = F_chi2(sqrt(c / t)) against the closed-form H on Gaussian samples
+    x = rng(50 + m).standard_normal((100000, m))
+    h = L.nonlinearity(x, kind=kind)
+    for t in np.quantile(h, [0.1, 0.5, 0.9, 0.99]):
+        p = L.nonlinearity_sf(t, m, kind)
+        assert abs(p - np.mean(h > t)) < 5 * math.sqrt(p * (1 - p) / h.size) + 1e-12
+    np.testing.assert_allclose(L.nonlinearity_sf([0.0, np.inf], m, kind), [1.0, 0.0])
+
+
+@pytest.mark.parametrize("m,kind", [(3, "ln"), (4, "ln"), (5, "ln"), (8, "ln"), (4, "rms")])
+def test_nonlinearity_tail_index_is_the_decay_of_the_exact_tail(m, kind):
+    alpha = L.nonlinearity_tail_index(m, kind)
+    assert alpha == ((m - 1) / 4 if kind == "ln" else m / 4)
+    t = np.array([1e8, 1e10])
+    slope = np.diff(np.log(L.nonlinearity_sf(t, m, kind))) / np.diff(np.log(t))
+    assert slope[0] == pytest.approx(-alpha, rel=1e-3)
+    # E H is finite iff alpha > 1, as in expected_nonlinearity (one group)
+    assert (alpha > 1) == (L.expected_nonlinearity(m, kind=kind) < math.inf)
+
+
+def test_best_group_size_has_infinite_expected_measure():
+    # the "best" groups by the equal-variance ratio are groups of 3 to 5 features, whose E H is infinite
+    for d in (12, 16, 20, 24, 32, 48, 64):
+        g = L.best_groups(d)
+        assert d // g in (3, 4, 5)
+        assert L.expected_nonlinearity(d, groups=g) == math.inf
+        assert L.expected_nonlinearity(d) < math.inf
+
+
 def test_group_amplification_matches_hessians():
     for d, g in [(12, 1), (12, 2), (12, 3), (12, 6), (16, 4), (24, 3), (30, 5)]:
         x = rng(d * g).standard_normal((d // g, g)).T.ravel()
@@ -253,6 +284,20 @@ def test_lssr_equals_ssr_in_one_dimension_and_rank_deficient():
     assert L.lssr(X1, X2) == pytest.approx(L.lssr(X1 @ np.linalg.pinv(B), X2 @ np.linalg.pinv(B)), rel=1e-8)
 
 
+def test_ssr_of_a_hand_computed_xor_map():
+    # X1 = {(1,1), (-1,-1)}, X2 = {(1,-1), (-1,1)}: S_W = S_T, so SSR = LSSR = 1; the affine map
+    # A = [[1,1],[0,0],[-1,-1]], b = (0,1,0) then LN sends X1 to (5,2,-7)/sqrt(26), (-7,2,5)/sqrt(26) (times
+    # sqrt(3)) and both points of X2 to (-1,2,-1)/sqrt(2); SSR after = 0.779501768 (computed by hand in the notes)
+    X1 = np.array([[1.0, 1.0], [-1.0, -1.0]])
+    X2 = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    assert L.ssr(X1, X2) == pytest.approx(1.0) and L.lssr(X1, X2) == pytest.approx(1.0)
+    A, b = np.array([[1.0, 1.0], [0.0, 0.0], [-1.0, -1.0]]), np.array([0.0, 1.0, 0.0])
+    Y1, Y2 = L.layer_norm(X1 @ A.T + b), L.layer_norm(X2 @ A.T + b)
+    np.testing.assert_allclose(Y1, math.sqrt(3) * np.array([[5, 2, -7], [-7, 2, 5]]) / math.sqrt(78), atol=1e-14)
+    np.testing.assert_allclose(Y2, np.tile([-1, 2, -1], (2, 1)) / math.sqrt(2), atol=1e-14)
+    assert L.ssr(Y1, Y2) == pytest.approx(0.779501768, abs=1e-9)
+
+
 def test_xor_example_ln_beats_every_affine_map():
     for seed in (0, 1, 2):
         ex = L.xor_example(seed)
@@ -274,22 +319,27 @@ def test_xor_example_ln_beats_every_affine_map():
 # LN-Net
 # ---------------------------------------------------------------------------------------------------
 def check_net(net, X, y):
-    # the LN-Net is a Network: blocks Linear(W, b) -> LayerNorm, then the readout block Linear(r)
+    # the LN-Net is a Network: blocks Linear(W, b) -> LayerNorm, then the readout block Linear(r) (or Linear(r, c))
     np.testing.assert_array_equal(L.predict(net, X), y)
     assert all(w == 3 for w in net.widths[:-1])
     m = len(np.unique(X, axis=0))
-    assert net.depth - 1 <= max(1, m - 1) + net.meta["info"]["extra_warps"]
+    readout = net.meta["info"]["readout"]
+    assert net.depth - 1 <= L.construction_depth(m, readout) + net.meta["info"]["extra_warps"]
+    assert L.construction_depth(m, readout) == max(1, m - (1 if readout == "linear" else 2))
+    if readout == "linear":
+        np.testing.assert_array_equal(net.blocks[-1].layers[0].b, 0)
     for block in net.blocks[:-1]:
         W, b = block.layers[0].W, block.layers[0].b
         assert W.shape[0] == 3 and b.shape == (3,)
 
 
-def test_ln_net_fits_every_labelling_small_m():
+@pytest.mark.parametrize("readout", ["linear", "affine"])
+def test_ln_net_fits_every_labelling_small_m(readout):
     for m in range(1, 7):
         X = rng(20 + m).standard_normal((m, 2))
         for bits in itertools.product([0, 1], repeat=m):
             y = np.array(bits)
-            check_net(L.ln_net_classifier(X, y), X, y)
+            check_net(L.ln_net_classifier(X, y, readout=readout), X, y)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -302,6 +352,7 @@ def test_ln_net_fits_random_labellings_up_to_20(seed):
             check_net(L.ln_net_classifier(X, y), X, y)
         y = np.arange(m) % 2                     # alternating along the projection is not special
         check_net(L.ln_net_classifier(X, y), X, y)
+        check_net(L.ln_net_classifier(X, y, readout="affine"), X, y)
 
 
 def test_ln_net_hidden_states_on_circle_and_labels_kept():
@@ -340,12 +391,95 @@ def test_ln_net_truncated_depth():
     assert np.mean(L.predict(short, X) == y) < 1
 
 
-def test_vc_probe():
-    res = L.vc_probe(depth=5, m_values=[2, 4, 6, 9, 14], trials=6, seed=0)
-    assert res.fraction_fitted[:3] == [1.0, 1.0, 1.0]     # m - 1 <= depth: always fitted
-    assert res.vc_estimate >= 6
-    assert res.fraction_fitted[-1] < 1.0
-    assert len(res.fraction_fitted) == 5
+# The combinatorics of the construction, independently of its geometry: the labels of the groups along the
+# arc, as a string. A fold decides the first undecided point (it joins the decided group of its label), and
+# the two decided groups swap places: (l0, l1, l2, rest) -> (l1, l0, rest); before a second label exists,
+# the first two groups merge: (l0, l0, rest) -> (l0, rest). The readout finishes once the string changes
+# label at most once (linear) or twice (affine). Depth = 1 (projection) + folds.
+def string_model_depth(labels, max_switches):
+    lab = list(labels)
+
+    def switches(v):
+        return sum(a != b for a, b in zip(v, v[1:]))
+
+    folds = 0
+    while switches(lab) > max_switches:
+        lab = lab[:1] + lab[2:] if lab[0] == lab[1] else [lab[1], lab[0]] + lab[3:]
+        folds += 1
+    return 1 + folds
+
+
+def failing_set(m, depth, max_switches, reverse=False):
+    """Labellings (along the rows) that need more than ``depth`` layers in the string model."""
+    return {b for b in itertools.product((0, 1), repeat=m)
+            if string_model_depth(b[::-1] if reverse else b, max_switches) > depth}
+
+
+@pytest.mark.parametrize("readout,max_switches", [("linear", 1), ("affine", 2)])
+def test_shattering_matches_the_string_model_and_fails_2_to_the_L(readout, max_switches):
+    r = rng(40)
+    for depth in (1, 2, 3):
+        bound = L.construction_vc_bound(depth, readout)
+        assert bound == depth + max_switches
+        for m in (bound, bound + 1):
+            line = np.linspace(-1, 2, m)
+            sets = {"1-D": line[:, None],                          # projected on e_1: ascending order
+                    "line in R^2": line[:, None] * [1.0, -0.5],    # a random projection: either order
+                    "random": r.standard_normal((m, 2))}           # general position
+            for kind, X in sets.items():
+                res = L.shattering(X, depth, readout)
+                assert res.m == m and res.n_labellings == 2**m
+                if m == bound:
+                    assert res.shattered and res.n_failed == 0
+                    continue
+                # one point more: exactly 2^depth labellings fail (2^(m-2) linear, 2^(m-3) affine)
+                assert res.n_failed == 2**depth and not res.shattered
+                fwd, rev = failing_set(m, depth, max_switches), failing_set(m, depth, max_switches, True)
+                if kind == "1-D":
+                    assert set(res.failed) == fwd
+                elif kind == "line in R^2":
+                    assert set(res.failed) in (fwd, rev)
+
+
+def test_string_model_counts_of_the_worst_labellings():
+    # the construction's depth is at most m - 1 (linear) / m - 2 (affine), attained by 2^(m-2) / 2^(m-3) labellings
+    for m in range(4, 11):
+        for readout, s in (("linear", 1), ("affine", 2)):
+            depths = [string_model_depth(b, s) for b in itertools.product((0, 1), repeat=m)]
+            assert max(depths) == L.construction_depth(m, readout)
+            assert depths.count(max(depths)) == 2 ** (m - 1 - s)
+
+
+def test_ln_net_depth_equals_the_string_model_on_random_labellings():
+    r = rng(41)
+    for m in (6, 9, 13):
+        X = np.sort(r.standard_normal(m))[:, None]
+        for readout, s in (("linear", 1), ("affine", 2)):
+            for _ in range(4):
+                y = r.integers(0, 2, m)
+                net = L.ln_net_classifier(X, y, readout=readout)
+                depth = net.meta["info"]["depth_needed"] - net.meta["info"]["extra_warps"]
+                assert depth in (string_model_depth(tuple(y), s), string_model_depth(tuple(y[::-1]), s))
+
+
+def test_identity_padding_keeps_ln_outputs():
+    # a block Linear(I, 0) -> LayerNorm is the identity on LN outputs: a shallower LN-Net pads to any depth
+    y = L.layer_norm(rng(42).standard_normal((6, 3)))
+    pad = meanfield.Network([meanfield.Block((meanfield.Linear(np.eye(3)), meanfield.LayerNorm()))])
+    np.testing.assert_allclose(meanfield.propagate(pad, X=y).info["features"], y, atol=1e-14)
+
+
+def test_random_fit_rate_is_a_rate_not_a_vc_bound():
+    res = L.random_fit_rate(depth=3, m_values=[2, 4, 5, 10], trials=40, seed=0)
+    assert res.fraction_fitted[:2] == [1.0, 1.0]          # m <= depth + 1: always fitted
+    # m = depth + 2: a random labelling fails with probability 2^depth / 2^m = 1/4
+    assert abs(res.fraction_fitted[2] - 0.75) <= 3 * math.sqrt(0.75 * 0.25 / 40) + 1e-12
+    assert res.fraction_fitted[3] < 0.5
+    assert res.stderr[0] == 0.0 and len(res.stderr) == 4
+    aff = L.random_fit_rate(depth=3, m_values=[5, 6], trials=40, seed=1, readout="affine")
+    assert aff.fraction_fitted[0] == 1.0
+    assert abs(aff.fraction_fitted[1] - 0.875) <= 3 * math.sqrt(0.875 * 0.125 / 40) + 1e-12
+    assert not hasattr(L, "vc_probe")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,8 +516,19 @@ def test_vc_probe():
     (lambda: L.ln_net_classifier(np.eye(3), [0, 1]), "y"),
     (lambda: L.ln_net_classifier(np.array([[0.0], [0.0]]), [0, 1]), "repeated"),
     (lambda: L.ln_net_classifier(np.eye(3), [0, 1, 0], max_layers=0), "max_layers"),
-    (lambda: L.vc_probe(0, [3]), "depth"),
-    (lambda: L.vc_probe(3, []), "m_values"),
+    (lambda: L.random_fit_rate(0, [3]), "depth"),
+    (lambda: L.random_fit_rate(3, []), "m_values"),
+    (lambda: L.random_fit_rate(3, [3], readout="chord"), "readout"),
+    (lambda: L.ln_net_classifier(np.eye(3), [0, 1, 0], readout="relu"), "readout"),
+    (lambda: L.shattering(np.eye(3), 0), "depth"),
+    (lambda: L.shattering(np.zeros((15, 1)) + np.arange(15)[:, None], 3), "m=15"),
+    (lambda: L.shattering(np.array([[0.0], [1.0], [0.0]]), 2), "distinct"),
+    (lambda: L.construction_depth(0), "m"),
+    (lambda: L.construction_vc_bound(2, readout="x"), "readout"),
+    (lambda: L.nonlinearity_sf(1.0, 2), "group_size"),
+    (lambda: L.nonlinearity_sf(-1.0, 4), "t"),
+    (lambda: L.nonlinearity_sf(1.0, 4, kind="bn"), "kind"),
+    (lambda: L.nonlinearity_tail_index(1, kind="rms"), "group_size"),
     (lambda: L.xor_example(0, noise=1.0), "noise"),
 ])
 def test_bad_inputs(call, match):
