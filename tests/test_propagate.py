@@ -319,7 +319,7 @@ def test_relu_norm_variants_closed_form(norm, placement, kind):
         np.testing.assert_allclose(np.diagonal(t.gram[1:], axis1=1, axis2=2), 0.5, rtol=1e-15)
 
 
-@pytest.mark.parametrize("centering", ["layer", "meanfield"])
+@pytest.mark.parametrize("centering", ["layer", "per_sample"])
 def test_relu_centering(centering):
     """Center after the activation: K -> J - m m^T (both modes agree at infinite width); with
     sigma_w^2 = 2 pi / (pi - 1) the variance of the centred ReLU is preserved."""
@@ -896,8 +896,8 @@ def test_center_scale_layers_compose_to_layernorm():
     K0 = random_gram(45, 5, spread=0.4)
     a = propagate(Network([Block([Dense(1.2, 0.1), Activation("gelu"), LayerNorm()])] * 3), K0)
     b = propagate(Network([Block([Dense(1.2, 0.1), Activation("gelu"), Center(), Scale()])] * 3), K0)
-    c = propagate(Network([Block([Dense(1.2, 0.1), Activation("gelu"), Center("meanfield"),
-                                  Scale("meanfield")])] * 3), K0)
+    c = propagate(Network([Block([Dense(1.2, 0.1), Activation("gelu"), Center("per_sample"),
+                                  Scale("per_sample")])] * 3), K0)
     np.testing.assert_array_equal(a.gram, b.gram)
     np.testing.assert_allclose(a.gram, c.gram, rtol=1e-14, atol=1e-15)
 
