@@ -79,7 +79,7 @@ from meanfield.network import Network, mlp
 __all__ = [
     "gamma", "gamma_trajectory", "gamma_from_gram", "output_correlation", "gamma_from_correlation",
     "correlation_from_gamma",
-    "regime", "REGIMES", "BOUNDARY", "zero_bias_regime", "ZERO_BIAS_REGIMES", "maxpool_gamma",
+    "regime", "REGIMES", "BOUNDARY", "INFINITE_GAMMA", "zero_bias_regime", "ZERO_BIAS_REGIMES", "maxpool_gamma",
     "phase_diagram", "PhaseDiagram", "simulate", "BiasSimulation",
     # re-exported (public facade)
     "class_fraction_law", "ClassFractionLaw", "sample_fractions",
@@ -88,6 +88,7 @@ __all__ = [
 REGIMES = ("neutral", "prejudiced", "deep prejudice")  # Francazi et al.'s names (`regime`)
 BOUNDARY = "boundary"  # gamma = 1 within the tolerance: the uniform law between neutral and prejudiced
 ZERO_BIAS_REGIMES = ("zero", "finite", "divergent")  # the toolkit's `zero_bias_regime`
+INFINITE_GAMMA = 1e12  # gamma above this is infinite up to the accuracy of the mean-field maps (1 - c < 1e-12)
 
 
 # ================================================================================================
@@ -225,14 +226,17 @@ def regime(gamma, *, stderr=0.0, k: float = 3.0, rtol: float = 1e-3) -> str:
       data evenly);
     - "prejudiced": 1 < gamma < inf, U-shaped: most initializations favour one class;
     - "deep prejudice": gamma = inf, G_0 in {0, 1}: every initialization sends (almost) all the data to one
-      class; for a curve over depth, gamma growing without bound with depth;
+      class; for a curve over depth, gamma growing without bound with depth. A value above
+      ``INFINITE_GAMMA`` = 1e12 counts as infinite: 1 - c < 1e-12 is the correlation 1 up to the accuracy of
+      the mean-field maps (an ordered network reaches it within a few dozen layers and then stalls at
+      round-off);
     - "boundary": gamma = 1 within the tolerance, the uniform law between neutral and prejudiced.
 
     ``gamma`` is a number or a 1-D sequence over depth (e.g. `gamma_trajectory`); its last entry g_L is the
     network's output. A curve of at least 3 entries is "deep prejudice" when its last increments do not
     shrink (d2 >= d1 and d2 > rtol g_L: at least linear growth, as c -> 1 in a ReLU network or
     exponentially in an ordered tanh network); a curve that converges geometrically, or is flat, is
-    classified by g_L. A number is "deep prejudice" only if it is +inf.
+    classified by g_L. A number is "deep prejudice" only if it is infinite (above ``INFINITE_GAMMA``).
 
     Tolerance for simulated values (finite width, finite data): with ``stderr`` s (the standard error of g_L,
     e.g. `BiasSimulation.gamma_stderr`), "neutral" needs g_L + k s < 1, "prejudiced" g_L - k s > 1, and
@@ -254,7 +258,7 @@ def regime(gamma, *, stderr=0.0, k: float = 3.0, rtol: float = 1e-3) -> str:
     rtol = check_real("regime", "rtol", rtol, lo=0.0)
     se = float(check_real_array("regime", "stderr", stderr, lo=0.0, ndim=(0, 1)).reshape(-1)[-1])
     last = float(g.reshape(-1)[-1])
-    if last == math.inf:
+    if last > INFINITE_GAMMA:
         return "deep prejudice"
     if g.ndim == 1 and g.size >= 3 and _grows_without_bound(g, rtol) is True:
         return "deep prejudice"

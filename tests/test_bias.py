@@ -135,6 +135,10 @@ def test_francazi_regime_rules():
     assert bias.regime(1.1, stderr=0.02) == "prejudiced"
     assert bias.regime(0.0009, stderr=0.0001) == "neutral"  # LayerNorm after the activation, width 512
     assert bias.regime([0.2, 0.5, 0.97], stderr=[0.0, 0.01, 0.02]) == "deep prejudice"
+    # an ordered network reaches c = 1 up to round-off and stalls there: infinite up to the maps' accuracy
+    assert bias.regime([4e7, 2.1e15, 2.1e15, 2.1e15]) == "deep prejudice"
+    g = bias.gamma_trajectory(mlp(100, "relu", sigma_w=math.sqrt(0.72), sigma_b=math.sqrt(0.0125)))
+    assert bias.regime(g[1:]) == "deep prejudice"
 
 
 def test_francazi_regimes_of_the_placements():
