@@ -38,7 +38,8 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints", "demo.png"]
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 default_role = "py:obj"  # `name` in a docstring links to the object when it is documented
-suppress_warnings = ["myst.header"]  # the guides start their sections at level 2 in places
+suppress_warnings = ["myst.header",  # the guides start their sections at level 2 in places
+                    "ref.python"]  # an attribute name shared by two result records (e.g. readout) is ambiguous
 
 # API reference
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}

@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("maps", "qc_maps", "criticality", "bias", "class_fractions", "rates", "bn_gradients", "orthogonality",
+               "joudaki",
                "checks", "layernorm", "separability", "ln_net", "group_size", "weightnorm", "fisher", "transformations",
                "sweep", "plot", "cli", "measures", "infinite", "finite")
 

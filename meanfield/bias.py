@@ -30,7 +30,16 @@ one block and gamma -> infinity with depth (deep prejudice); LayerNorm before th
 BatchNorm before the activation: 1/(pi - 1) at every depth; LayerNorm or BatchNorm after the activation:
 0 (neutral). Odd activations with zero bias (tanh, sin, erf) give 0; sigmoid a large gamma. Max pooling
 over k units creates bias even in a linear network: for k = 2, c = (E max(z1, z2))^2 / E max^2 = 1/pi,
-so gamma = 1/(pi - 1) as for ReLU.
+so gamma = 1/(pi - 1) as for ReLU (`maxpool_gamma`: one layer, any k, exact; the MaxPool layer's mean-field
+rule is exact on a Gaussian input for k <= 4).
+
+Regimes: the paper's and the toolkit's
+--------------------------------------
+`regime` is Francazi et al.'s definition: "neutral" gamma < 1 (G_0 unimodal at 1/2), "prejudiced"
+1 < gamma < inf (U-shaped), "deep prejudice" gamma = inf or growing without bound with depth, and
+"boundary" at gamma = 1 within a tolerance for simulated values. `zero_bias_regime` is the toolkit's
+extension, with its own labels: does gamma vanish ("zero", the exact neutrality of the infinite-width
+theory, e.g. a norm after the activation), stay finite ("finite") or diverge ("divergent")?
 
 The class-fraction law (public facade)
 --------------------------------------
@@ -70,12 +79,16 @@ from meanfield.network import Network, mlp
 __all__ = [
     "gamma", "gamma_trajectory", "gamma_from_gram", "output_correlation", "gamma_from_correlation",
     "correlation_from_gamma",
-    "regime", "REGIMES", "phase_diagram", "PhaseDiagram", "simulate", "BiasSimulation",
+    "regime", "REGIMES", "BOUNDARY", "INFINITE_GAMMA", "zero_bias_regime", "ZERO_BIAS_REGIMES", "maxpool_gamma",
+    "phase_diagram", "PhaseDiagram", "simulate", "BiasSimulation",
     # re-exported (public facade)
     "class_fraction_law", "ClassFractionLaw", "sample_fractions",
 ]
 
-REGIMES = ("neutral", "prejudiced", "deep prejudice")
+REGIMES = ("neutral", "prejudiced", "deep prejudice")  # Francazi et al.'s names (`regime`)
+BOUNDARY = "boundary"  # gamma = 1 within the tolerance: the uniform law between neutral and prejudiced
+ZERO_BIAS_REGIMES = ("zero", "finite", "divergent")  # the toolkit's `zero_bias_regime`
+INFINITE_GAMMA = 1e12  # gamma above this is infinite up to the accuracy of the mean-field maps (1 - c < 1e-12)
 
 
 # ================================================================================================
@@ -175,62 +188,133 @@ def output_correlation(net: Network, input_correlation: float = 0.0, *, mc_sampl
 
 # ================================================================================================
 # regimes
-def regime(gamma, *, eps: float = 1e-6, large: float = 100.0, rtol: float = 1e-3) -> str:
-    """Classify a bias value, or a bias-versus-depth curve, as "neutral", "prejudiced" or "deep prejudice".
+def _curve(owner: str, gamma) -> np.ndarray:
+    g = np.asarray(gamma, dtype=np.float64)
+    if g.ndim > 1 or g.size == 0:
+        raise ValueError(f"{owner}: gamma must be a number or a non-empty 1-D sequence over depth, got shape "
+                         f"{g.shape}")
+    if np.any(np.isnan(g)):
+        raise ValueError(f"{owner}: gamma={gamma!r} contains NaN; allowed: real numbers in [-inf, inf]")
+    return g
 
-    ``gamma`` is a number or a 1-D sequence of gamma per depth (e.g. `gamma_trajectory`); its last entry
-    g_L is the network's output. The rules, applied in this order:
 
-    1. "neutral" if g_L < eps (default 1e-6; negative values, which simulated estimates can take, count
-       as neutral). Mean-field values are exact to ~1e-12, so the default separates 0 from bias; for a
-       simulated estimate pass e.g. ``eps=3 * sim.gamma_stderr`` (`BiasSimulation.regime` does).
-    2. "deep prejudice" if g_L > large (default 100: c > 0.99, an expected majority fraction above 0.968).
-    3. For a sequence of at least 3 entries, the trend of the last two increments d1 = g_{L-1} - g_{L-2},
-       d2 = g_L - g_{L-1}:
+def _grows_without_bound(g: np.ndarray, rtol: float) -> bool | float:
+    """The trend of the last two increments d1, d2 of a curve (>= 3 entries): True if gamma grows at least
+    linearly (d2 > rtol g_L and d2 >= d1), else the Aitken limit g_L + d2 p / (1 - p), p = d2 / d1, of a
+    geometric convergence (0 < d2 < d1), else g_L (flat or decreasing)."""
+    last = float(g[-1])
+    d1, d2 = float(g[-2] - g[-3]), float(g[-1] - g[-2])
+    if d2 <= rtol * abs(last):
+        return last
+    if d2 < d1:
+        p = d2 / d1
+        return last + d2 * p / (1.0 - p)
+    return True
 
-       - d2 <= rtol * g_L (flat or decreasing; default rtol 1e-3): "prejudiced";
-       - 0 < d2 < d1 (increments shrinking: geometric convergence with ratio p = d2 / d1): the Aitken
-         limit g_inf = g_L + d2 p / (1 - p) decides: "deep prejudice" if g_inf > large, else "prejudiced";
-       - otherwise (increments not shrinking: gamma grows at least linearly with depth, as c -> 1):
-         "deep prejudice".
 
-    4. "prejudiced" otherwise (a single value with eps <= g_L <= large, or a curve of 2 entries).
+def regime(gamma, *, stderr=0.0, k: float = 3.0, rtol: float = 1e-3) -> str:
+    """Francazi et al.'s initial state of a bias value, or of a bias-versus-depth curve: "neutral",
+    "prejudiced", "deep prejudice", or "boundary".
 
-    (Francazi et al. 2025: neutral gamma = 0, prejudiced 0 < gamma < inf, deep prejudice gamma -> inf
-    with depth.) The trend is read from the depths given; a growth slower than geometric convergence and
-    slower than linear (e.g. logarithmic) would be extrapolated to a finite limit.
+    The paper's definitions (Francazi, Pinto, Lucchi and Baity-Jesi 2025, Fig. 1: "three distinct predictive
+    behaviors at initialization, ranging from neutral to deeply prejudiced"; Bassi et al. 2025, the ICLR 2026
+    poster and ``compute_neutrality.py`` of github.com/abassi98/igb_and_trainability, where the neutrality
+    boundary is the correlation c = 1/2, i.e. gamma = 1), read through the class-fraction law
+    G_0 = Phi(sqrt(gamma) Z):
+
+    - "neutral": gamma < 1, the law of G_0 is unimodal at 1/2 (gamma = 0: every initialization splits the
+      data evenly);
+    - "prejudiced": 1 < gamma < inf, U-shaped: most initializations favour one class;
+    - "deep prejudice": gamma = inf, G_0 in {0, 1}: every initialization sends (almost) all the data to one
+      class; for a curve over depth, gamma growing without bound with depth. A value above
+      ``INFINITE_GAMMA`` = 1e12 counts as infinite: 1 - c < 1e-12 is the correlation 1 up to the accuracy of
+      the mean-field maps (an ordered network reaches it within a few dozen layers and then stalls at
+      round-off);
+    - "boundary": gamma = 1 within the tolerance, the uniform law between neutral and prejudiced.
+
+    ``gamma`` is a number or a 1-D sequence over depth (e.g. `gamma_trajectory`); its last entry g_L is the
+    network's output. A curve of at least 3 entries is "deep prejudice" when its last increments do not
+    shrink (d2 >= d1 and d2 > rtol g_L: at least linear growth, as c -> 1 in a ReLU network or
+    exponentially in an ordered tanh network); a curve that converges geometrically, or is flat, is
+    classified by g_L. A number is "deep prejudice" only if it is infinite (above ``INFINITE_GAMMA``).
+
+    Tolerance for simulated values (finite width, finite data): with ``stderr`` s (the standard error of g_L,
+    e.g. `BiasSimulation.gamma_stderr`), "neutral" needs g_L + k s < 1, "prejudiced" g_L - k s > 1, and
+    |g_L - 1| <= k s is "boundary". The default s = 0 suits the mean-field values (exact to ~1e-12), for
+    which only gamma = 1 exactly is "boundary". A neutral network simulated at finite width, e.g. LayerNorm
+    after the activation at width 512 with gamma = 0.0009 +- 0.0001, is "neutral"; the toolkit's
+    `zero_bias_regime` asks the different question whether gamma vanishes.
 
     Examples
     --------
     >>> from meanfield import bias
-    >>> bias.regime(0.0), bias.regime(0.5), bias.regime(1e3)
-    ('neutral', 'prejudiced', 'deep prejudice')
-    >>> bias.regime([0.47, 0.98, 1.53]), bias.regime([0.47, 0.47, 0.47]), bias.regime([0.1, 0.3, 0.4])
-    ('deep prejudice', 'prejudiced', 'prejudiced')
+    >>> bias.regime(0.0), bias.regime(0.47), bias.regime(1.5), bias.regime(float("inf"))
+    ('neutral', 'neutral', 'prejudiced', 'deep prejudice')
+    >>> bias.regime([0.47, 0.98, 1.53]), bias.regime(0.97, stderr=0.02), bias.regime(0.0009, stderr=0.0001)
+    ('deep prejudice', 'boundary', 'neutral')
     """
-    eps = check_real("regime", "eps", eps)
-    large = check_real("regime", "large", large, lo=eps)
+    g = _curve("regime", gamma)
+    k = check_real("regime", "k", k, lo=0.0)
     rtol = check_real("regime", "rtol", rtol, lo=0.0)
-    g = np.asarray(gamma, dtype=np.float64)
-    if g.ndim > 1 or g.size == 0:
-        raise ValueError(f"regime: gamma must be a number or a non-empty 1-D sequence over depth, got shape "
-                         f"{g.shape}")
-    if np.any(np.isnan(g)):
-        raise ValueError(f"regime: gamma={gamma!r} contains NaN; allowed: real numbers in [-inf, inf]")
+    se = float(check_real_array("regime", "stderr", stderr, lo=0.0, ndim=(0, 1)).reshape(-1)[-1])
+    last = float(g.reshape(-1)[-1])
+    if last > INFINITE_GAMMA:
+        return "deep prejudice"
+    if g.ndim == 1 and g.size >= 3 and _grows_without_bound(g, rtol) is True:
+        return "deep prejudice"
+    if last + k * se < 1.0:
+        return "neutral"
+    if last - k * se > 1.0:
+        return "prejudiced"
+    return "boundary"
+
+
+def zero_bias_regime(gamma, *, eps: float = 1e-6, large: float = 100.0, rtol: float = 1e-3) -> str:
+    """The toolkit's classification (not the paper's; see `regime`): does the bias vanish ("zero"), stay
+    finite ("finite") or diverge with depth ("divergent")?
+
+    ``gamma`` is a number or a 1-D sequence of gamma per depth; its last entry g_L is the network's output.
+    The rules, applied in this order:
+
+    1. "zero" if g_L < eps (default 1e-6; negative values, which simulated estimates can take, count as
+       zero). Mean-field values are exact to ~1e-12, so the default separates 0 from bias; for a simulated
+       estimate pass e.g. ``eps=3 * sim.gamma_stderr`` (`BiasSimulation.zero_bias_regime` does).
+    2. "divergent" if g_L > large (default 100: c > 0.99, an expected majority fraction above 0.968).
+    3. For a sequence of at least 3 entries, the trend of the last two increments d1 = g_{L-1} - g_{L-2},
+       d2 = g_L - g_{L-1}:
+
+       - d2 <= rtol * g_L (flat or decreasing; default rtol 1e-3): "finite";
+       - 0 < d2 < d1 (increments shrinking: geometric convergence with ratio p = d2 / d1): the Aitken
+         limit g_inf = g_L + d2 p / (1 - p) decides: "divergent" if g_inf > large, else "finite";
+       - otherwise (increments not shrinking: gamma grows at least linearly with depth, as c -> 1):
+         "divergent".
+
+    4. "finite" otherwise (a single value with eps <= g_L <= large, or a curve of 2 entries).
+
+    The trend is read from the depths given; a growth slower than geometric convergence and slower than
+    linear (e.g. logarithmic) would be extrapolated to a finite limit.
+
+    Examples
+    --------
+    >>> from meanfield import bias
+    >>> bias.zero_bias_regime(0.0), bias.zero_bias_regime(0.5), bias.zero_bias_regime(1e3)
+    ('zero', 'finite', 'divergent')
+    >>> bias.zero_bias_regime([0.47, 0.98, 1.53]), bias.zero_bias_regime([0.1, 0.3, 0.4])
+    ('divergent', 'finite')
+    """
+    eps = check_real("zero_bias_regime", "eps", eps)
+    large = check_real("zero_bias_regime", "large", large, lo=eps)
+    rtol = check_real("zero_bias_regime", "rtol", rtol, lo=0.0)
+    g = _curve("zero_bias_regime", gamma)
     last = float(g.reshape(-1)[-1])
     if last < eps:
-        return "neutral"
+        return "zero"
     if last > large:
-        return "deep prejudice"
+        return "divergent"
     if g.ndim == 1 and g.size >= 3:
-        d1, d2 = float(g[-2] - g[-3]), float(g[-1] - g[-2])
-        if d2 <= rtol * last:
-            return "prejudiced"
-        if d2 < d1:
-            p = d2 / d1
-            return "deep prejudice" if last + d2 * p / (1.0 - p) > large else "prejudiced"
-        return "deep prejudice"
-    return "prejudiced"
+        trend = _grows_without_bound(g, rtol)
+        return "divergent" if trend is True or trend > large else "finite"
+    return "finite"
 
 
 @dataclass(frozen=True)
@@ -238,8 +322,9 @@ class PhaseDiagram:
     """gamma over a (sigma_w^2, sigma_b^2) grid at a given depth (see `phase_diagram`).
 
     Attributes: ``sigma_b2`` (nb,), ``sigma_w2`` (nw,), ``gamma`` (nb, nw) at the output, ``gamma_depth``
-    (nb, nw, depth + 1) the whole curves, ``regime`` (nb, nw) labels (`regime` of the curve over blocks
-    1..depth; "undefined" where gamma is NaN, i.e. the output is identically zero), and the settings.
+    (nb, nw, depth + 1) the whole curves, ``regime`` (nb, nw) Francazi et al.'s labels (`regime` of the curve
+    over blocks 1..depth), ``zero_bias`` (nb, nw) the toolkit's labels (`zero_bias_regime`), "undefined"
+    where gamma is NaN (the output is identically zero), and the settings.
     """
 
     activation: str
@@ -252,24 +337,31 @@ class PhaseDiagram:
     gamma: np.ndarray
     gamma_depth: np.ndarray
     regime: np.ndarray
+    zero_bias: np.ndarray
     thresholds: dict = field(default_factory=dict)
 
     def codes(self) -> np.ndarray:
-        """Integer regime codes for plotting: neutral 0, prejudiced 1, deep prejudice 2, undefined -1."""
-        table = {name: i for i, name in enumerate(REGIMES)}
+        """Integer codes of ``regime`` for plotting: neutral 0, prejudiced 1, deep prejudice 2, boundary 3,
+        undefined -1."""
+        table = {name: i for i, name in enumerate((*REGIMES, BOUNDARY))}
         return np.vectorize(lambda s: table.get(s, -1), otypes=[int])(self.regime)
+
+    def zero_bias_codes(self) -> np.ndarray:
+        """Integer codes of ``zero_bias``: zero 0, finite 1, divergent 2, undefined -1."""
+        table = {name: i for i, name in enumerate(ZERO_BIAS_REGIMES)}
+        return np.vectorize(lambda s: table.get(s, -1), otypes=[int])(self.zero_bias)
 
 
 def phase_diagram(act, depth: int, sigma_b2_grid, sigma_w2_grid, norm: str | None = None,
                   placement: str = "post", *, input_correlation: float = 0.0, eps: float = 1e-6,
                   large: float = 100.0, rtol: float = 1e-3, mc_samples: int = 2**18) -> PhaseDiagram:
-    """Mean-field gamma and its regime over a grid of (sigma_b^2, sigma_w^2) for ``mlp(depth, act, norm,
+    """Mean-field gamma and its regimes over a grid of (sigma_b^2, sigma_w^2) for ``mlp(depth, act, norm,
     placement, sigma_w, sigma_b)``.
 
-    Each grid point runs `gamma_trajectory`; the regime is `regime` applied to the curve over blocks
-    1..depth with the given thresholds. Arrays are indexed [i_b, i_w] (rows sigma_b^2, columns sigma_w^2),
-    the layout of `meanfield.plot.phase_diagram(values, sigma_b2_grid, sigma_w2_grid)`. Variances must be
-    >= 0 and finite.
+    Each grid point runs `gamma_trajectory`; ``regime`` is Francazi et al.'s `regime` of the curve over
+    blocks 1..depth (``rtol``), ``zero_bias`` the toolkit's `zero_bias_regime` (``eps``, ``large``,
+    ``rtol``). Arrays are indexed [i_b, i_w] (rows sigma_b^2, columns sigma_w^2), the layout of
+    `meanfield.plot.phase_diagram(values, sigma_b2_grid, sigma_w2_grid)`. Variances must be >= 0 and finite.
     """
     depth = check_int("phase_diagram", "depth", depth, lo=1)
     a = hermite.activation(act)
@@ -278,17 +370,52 @@ def phase_diagram(act, depth: int, sigma_b2_grid, sigma_w2_grid, norm: str | Non
     _input_gram("phase_diagram", input_correlation)
     curves = np.empty((sb2.size, sw2.size, depth + 1))
     labels = np.empty((sb2.size, sw2.size), dtype=object)
+    zero = np.empty((sb2.size, sw2.size), dtype=object)
     for i, b2 in enumerate(sb2):
         for j, w2 in enumerate(sw2):
             net = mlp(depth, a, norm=norm, placement=placement, sigma_w=math.sqrt(w2), sigma_b=math.sqrt(b2))
             g = gamma_trajectory(net, input_correlation, mc_samples=mc_samples)
             curves[i, j] = g
-            labels[i, j] = ("undefined" if np.any(np.isnan(g))
-                            else regime(g[1:], eps=eps, large=large, rtol=rtol))
+            undefined = bool(np.any(np.isnan(g)))
+            labels[i, j] = "undefined" if undefined else regime(g[1:], rtol=rtol)
+            zero[i, j] = "undefined" if undefined else zero_bias_regime(g[1:], eps=eps, large=large, rtol=rtol)
     return PhaseDiagram(activation=a.name, depth=depth, norm=norm, placement=placement,
                         input_correlation=float(input_correlation), sigma_w2=sw2, sigma_b2=sb2,
                         gamma=curves[..., -1].copy(), gamma_depth=curves, regime=labels.astype(str),
-                        thresholds={"eps": eps, "large": large, "rtol": rtol})
+                        zero_bias=zero.astype(str), thresholds={"eps": eps, "large": large, "rtol": rtol})
+
+
+def maxpool_gamma(k: int, act="identity") -> float:
+    """Francazi et al. (2024)'s initial guessing bias of one hidden layer followed by max pooling over k units:
+    gamma = (E M)^2 / Var M, M = max_j f(z_j), z_j i.i.d. N(0, 1) (zero bias, independent standardized
+    inputs; the pooled units are i.i.d. at infinite width).
+
+    For a non-decreasing f, max_j f(z_j) = f(max_j z_j) has the density k phi(x) Phi(x)^(k-1) in x, so
+    E M^p = int f(x)^p k phi(x) Phi(x)^(k-1) dx (adaptive quadrature split at f's kinks, relative error
+    ~1e-13). Linear: k = 2 gives 1/(pi - 1) (E M = 1/sqrt(pi), E M^2 = 1), as one ReLU layer. Any k >= 1;
+    ``act`` must be non-decreasing (checked on a grid; ValueError otherwise).
+    """
+    import scipy.integrate as si
+    import scipy.special as sc
+
+    k = check_int("maxpool_gamma", "k", k, lo=1)
+    a = hermite.activation(act)
+    x = np.linspace(-8.0, 8.0, 4001)
+    fx = np.asarray(a.fn(x), dtype=np.float64)
+    if np.any(np.diff(fx) < -1e-12 * max(1.0, float(np.max(np.abs(fx))))):
+        raise ValueError(f"maxpool_gamma: act={a.name!r} must be non-decreasing (max_j f(z_j) = f(max_j z_j)); "
+                         "use meanfield.propagate with MaxPool for other activations")
+    cuts = sorted({-40.0, 40.0, *(float(c) for c in a.kinks if -40.0 < c < 40.0)})
+
+    def moment(p):
+        def h(t):
+            return float(a.fn(np.array([t]))[0]) ** p * k * math.exp(-0.5 * t * t + (k - 1) * sc.log_ndtr(t)) \
+                / math.sqrt(2.0 * math.pi)
+        return sum(si.quad(h, lo, hi, epsabs=0.0, epsrel=1e-13, limit=400)[0] for lo, hi in zip(cuts, cuts[1:]))
+
+    m1, m2 = moment(1), moment(2)
+    var = m2 - m1 * m1
+    return math.inf if var <= 0 else m1 * m1 / var
 
 
 # ================================================================================================
@@ -335,9 +462,19 @@ class BiasSimulation:
         """Largest class fraction per initialization, (seeds,)."""
         return self.fractions.max(axis=1)
 
-    def regime(self, *, k: float = 3.0, large: float = 100.0) -> str:
-        """`regime` of the estimate, neutral when gamma < k standard errors (at least 1e-6)."""
-        return regime(self.gamma, eps=max(k * self.gamma_stderr, 1e-6), large=large)
+    def regime(self, *, k: float = 3.0) -> str:
+        """Francazi et al.'s `regime` of the estimate, with its finite-width, finite-data tolerance: gamma is
+        compared with 1 within k standard errors (``stderr=gamma_stderr``); "deep prejudice" when every
+        initialization sends all the data to one class (the finite-data signature of G_0 in {0, 1})."""
+        if np.all(self.fractions.max(axis=1) == 1.0):
+            return "deep prejudice"
+        se = self.gamma_stderr if math.isfinite(self.gamma_stderr) else 0.0
+        return regime(self.gamma, stderr=se, k=k)
+
+    def zero_bias_regime(self, *, k: float = 3.0, large: float = 100.0) -> str:
+        """The toolkit's `zero_bias_regime` of the estimate: "zero" when gamma < k standard errors (at least
+        1e-6, at most ``large``)."""
+        return zero_bias_regime(self.gamma, eps=min(max(k * self.gamma_stderr, 1e-6), large), large=large)
 
     def __repr__(self) -> str:
         return (f"BiasSimulation(gamma={self.gamma:.4g} +- {self.gamma_stderr:.2g}, n_points={self.n_points}, "

@@ -3,8 +3,15 @@
 G. Yang, J. Pennington, V. Rao, J. Sohl-Dickstein and S. S. Schoenholz, "A mean field theory of batch
 normalization" (ICLR 2019): in x_{l+1} = f(BN(W_l x_l)) (`mlp(..., norm="bn", placement="pre")`) the squared
 gradient norm grows by a factor lambda(B) per block backwards, (B - 2)/(B - 3) for a linear f and
-pi/(pi - 1) for ReLU as B -> inf (`bn_gradient_rate`, `bn_gradient_rate_limit`);
-`measure_bn_gradient_rate` measures it with `meanfield.simulate`. Re-exported by `meanfield.rates`.
+pi/(pi - 1) for ReLU as B -> inf.
+
+- `yang_gradient_rate`: the paper's closed form, Theorem 8 (ReLU) and the linear rate (Theorem 9), any B;
+- `bn_gradient_rate`: the toolkit's derivation for any activation (closed form for an affine f, Monte Carlo
+  over the sphere otherwise; it agrees with Theorem 8 for ReLU within its standard error);
+- `bn_gradient_rate_limit`: the large-batch limit E f'(z)^2 / Var f(z);
+- `measure_bn_gradient_rate`: measured with `meanfield.simulate`.
+
+Re-exported by `meanfield.rates`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from meanfield.finite import simulate
 from meanfield.layers import Activation, Block, Dense
 from meanfield.network import Network, mlp
 
-__all__ = ["Estimate", "bn_gradient_rate", "bn_gradient_rate_limit", "bn_gradient_network", "measure_bn_gradient_rate"]
+__all__ = ["Estimate", "yang_gradient_rate", "bn_gradient_rate", "bn_gradient_rate_limit", "bn_gradient_network",
+           "measure_bn_gradient_rate"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,63 @@ class Estimate:
     method: str
     per_seed: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+
+
+def _relu_scale(a: hermite.Activation) -> float | None:
+    """s > 0 if f(x) = s max(x, 0) (checked on a grid), else None."""
+    if a.homogeneous_degree != 1:
+        return None
+    x = np.linspace(-3.0, 3.0, 61)
+    y = np.asarray(a.fn(x), dtype=np.float64)
+    s = float(y[-1] / x[-1])
+    return s if s > 0 and np.allclose(y, s * np.maximum(x, 0.0), rtol=1e-12, atol=1e-14) else None
+
+
+def yang_gradient_rate(act="relu", batch_size: int = 8) -> float:
+    """Yang et al. (ICLR 2019)'s closed-form gradient explosion rate of a batch-normalized network
+    x_{l+1} = f(BN(W_l x_l)): the per-block growth factor lambda(B) of the squared gradient norm.
+
+    Theorem 8 (alpha-ReLU f(x) = max(x, 0)^alpha, here alpha = 1, ReLU), with c = -1/(B - 1) and the
+    normalized arc-cosine kernel J(c) = (sqrt(1 - c^2) + (pi - arccos c) c)/pi, J'(c) = (pi - arccos c)/pi,
+    J(1) = 1::
+
+        lambda = (B - 3 + 2 alpha) [(2 alpha - 1) J'(c) + alpha^2 (B - 1) J(1)]
+                 / [(2 alpha - 1)(B - 3)(B - 1)(J(1) - J(c))] - alpha^2 / (B - 3)
+               = (J'(c) + B - 1) / ((B - 3)(1 - J(c))) - 1 / (B - 3)                     (alpha = 1),
+
+    decreasing to pi/(pi - 1) as B -> inf. Linear (affine) f: lambda = (B - 2)/(B - 3), the minimum over
+    all activations (Theorem 9). The theorems assume B >= 4; at B = 2 both formulas give 0 (the batch norm of
+    two samples is constant) and at B = 3 they diverge (+inf), as `bn_gradient_rate` does.
+
+    Parameters
+    ----------
+    act : "relu" (or a positive multiple of it) or an affine activation ("identity", ...)
+    batch_size : int >= 2
+
+    Raises ValueError for another activation: use the toolkit's `bn_gradient_rate` (Monte Carlo).
+
+    Examples
+    --------
+    >>> from meanfield import rates
+    >>> round(rates.yang_gradient_rate("relu", 8), 6), rates.yang_gradient_rate("identity", 8)
+    (1.78819, 1.2)
+    """
+    from meanfield.rates import beta0  # rates re-exports this module: imported at call time
+
+    a = hermite.activation(act)
+    B = check_int("yang_gradient_rate", "batch_size", batch_size, lo=2)
+    linear = beta0(a, 1.0) >= 1.0 - 1e-12
+    if not linear and _relu_scale(a) is None:
+        raise ValueError(f"yang_gradient_rate: act={a.name!r} must be ReLU (Theorem 8) or affine (Theorem 9); "
+                         "use meanfield.rates.bn_gradient_rate (Monte Carlo) for other activations")
+    if B == 3:
+        return math.inf
+    if linear:
+        return (B - 2) / (B - 3)
+    c = -1.0 / (B - 1)
+    J = (math.sqrt(1.0 - c * c) + (math.pi - math.acos(c)) * c) / math.pi
+    Jp = (math.pi - math.acos(c)) / math.pi
+    return (Jp + B - 1) / ((B - 3) * (1.0 - J)) - 1.0 / (B - 3)
 
 
 def bn_gradient_rate_limit(act) -> float:
@@ -50,8 +115,10 @@ def bn_gradient_rate_limit(act) -> float:
 def bn_gradient_rate(act="identity", batch_size: int = 8, *, samples: int = 2**17, seed: int = 0) -> Estimate:
     """Per-block growth factor lambda(B) of the squared gradient norm in x_{l+1} = f(BN(W_l x_l)).
 
-    Yang, Pennington, Rao, Sohl-Dickstein and Schoenholz, "A mean field theory of batch normalization"
-    (ICLR 2019); the network is ``mlp(L, act, norm="bn", placement="pre")``, the gradient flows from the
+    The toolkit's derivation, for any activation with a derivative (the paper's closed form for ReLU and
+    linear activations is `yang_gradient_rate`, Theorem 8; the two agree within this estimate's standard
+    error). Yang, Pennington, Rao, Sohl-Dickstein and Schoenholz, "A mean field theory of batch
+    normalization" (ICLR 2019); the network is ``mlp(L, act, norm="bn", placement="pre")``, the gradient flows from the
     output towards the input and grows by lambda per block (gradient independence assumption, infinite
     width). sigma_w and sigma_b do not matter (batch norm removes both).
 

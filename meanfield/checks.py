@@ -577,12 +577,16 @@ def check_bn_gradient_rate(act="identity", batch_size: int = 8, *, width: int = 
                            samples: int = 2**17) -> CheckReport:
     """The predicted batch-norm gradient explosion rate matches the finite-width simulator.
 
-    Predicted: `meanfield.rates.bn_gradient_rate` (closed form (B - 2)/(B - 3) for a linear activation,
-    Monte Carlo otherwise; Yang et al., ICLR 2019). Measured: `meanfield.rates.measure_bn_gradient_rate`
-    (simulate with gradients). Holds when |measured - predicted| <= z sqrt(se_m^2 + se_p^2) + rtol predicted;
-    ``rtol`` allows for the O(B / width) finite-width bias.
+    Predicted: Yang et al. (ICLR 2019)'s closed form `meanfield.rates.yang_gradient_rate` for ReLU
+    (Theorem 8) and affine activations ((B - 2)/(B - 3)); for other activations the toolkit's
+    `meanfield.rates.bn_gradient_rate` (Monte Carlo, ``samples``). Measured:
+    `meanfield.rates.measure_bn_gradient_rate` (simulate with gradients). Holds when |measured - predicted|
+    <= z sqrt(se_m^2 + se_p^2) + rtol predicted; ``rtol`` allows for the O(B / width) finite-width bias.
     """
-    pred = rates.bn_gradient_rate(act, batch_size, samples=samples, seed=0)
+    try:
+        pred = rates.Estimate(rates.yang_gradient_rate(act, batch_size), 0.0, "closed form (Yang et al. 2019)")
+    except ValueError:
+        pred = rates.bn_gradient_rate(act, batch_size, samples=samples, seed=0)
     meas = rates.measure_bn_gradient_rate(act, batch_size, width=width, depth=depth, seeds=seeds, seed=seed,
                                           skip=skip)
     se = math.sqrt(pred.stderr**2 + (meas.stderr if math.isfinite(meas.stderr) else 0.0) ** 2)

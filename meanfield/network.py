@@ -10,16 +10,27 @@ import json
 from dataclasses import dataclass
 
 from meanfield.core.validate import check_choice, check_int
-from meanfield.layers import Activation, Block, Center, Dense, Layer, Residual, layer_from_dict, norm_layer_types
+from meanfield.layers import (
+    Activation,
+    Block,
+    Center,
+    Dense,
+    Layer,
+    MeanFieldCenter,
+    Residual,
+    layer_from_dict,
+    norm_layer_types,
+)
 
-__all__ = ["Network", "mlp", "NORMS", "PLACEMENTS", "norm_choices", "norm_layers", "check_placement"]
+__all__ = ["Network", "mlp", "NORMS", "PLACEMENTS", "CENTERINGS", "norm_choices", "norm_layers", "check_placement"]
 
 PLACEMENTS = ("pre", "post")
+CENTERINGS = (None, "layer", "per_sample", "meanfield")
 
 
 def norm_choices() -> tuple:
     """The one norm vocabulary of `mlp`, `maps` and `sweep`: None and the ``norm_key`` of every registered
-    norm layer type ("ln", "rms", "bn", "gln", "wn", "mobn", and user-defined ones); two keys joined by "+"
+    norm layer type ("ln", "rms", "bn", "gln", "wn", "mobn", "meanfield", and user-defined ones); two keys joined by "+"
     combine a weight normalization with a norm layer (e.g. "wn+mobn", Salimans and Kingma 2016)."""
     return (None, *norm_layer_types())
 
@@ -163,13 +174,19 @@ def mlp(depth: int, activation="relu", norm: str | None = None, placement: str =
     ----------
     depth : int >= 1
     activation : name, callable or hermite.Activation
-    norm : None, "ln", "rms", "bn", "gln", "wn", "mobn", or "wn+<norm>" (see `norm_choices`)
+    norm : None, "ln", "rms", "bn", "gln", "wn", "mobn", "meanfield", or "wn+<norm>" (see `norm_choices`)
         "gln" takes ``groups`` or ``group_size``; "wn" replaces Dense by WeightNormDense(g=sigma_w,
         init=wn_init) and adds no norm layer; "bn" uses BatchNorm(mode=bn_mode); "mobn" is
-        MeanOnlyBatchNorm; "wn+mobn" is Salimans and Kingma's weight norm with mean-only BatchNorm.
+        MeanOnlyBatchNorm; "wn+mobn" is Salimans and Kingma's weight norm with mean-only BatchNorm;
+        "meanfield" is Joudaki et al.'s mean-field normalization `MeanFieldScale(activation)`: division by
+        the constant sqrt(sum_{k>=1} c_k^2) of the activation (authors' code ``normalization='MF'``).
     placement : "pre" or "post"
-    centering : None, "layer" or "meanfield"
-        Adds Center(mode=centering) right after the activation (Joudaki et al. 2023).
+    centering : None, "layer", "meanfield" or "per_sample"
+        Adds a centring right after the activation (Joudaki et al. 2023): "layer" is Center(mode="layer")
+        (subtract each sample's feature mean); "meanfield" is the paper's mean-field centring
+        `MeanFieldCenter(activation)`, subtracting the constant c_0 = E f(z), z ~ N(0, 1) (authors' code
+        ``centering='MF'``); "per_sample" is the toolkit's extension Center(mode="per_sample"), subtracting
+        c_0 at each sample's own empirical pre-activation variance (it acts like a real centring).
     residual : float or None
         If given, each block is Residual(branch=block, alpha=residual) with an identity shortcut.
     readout : int, True or None
@@ -178,13 +195,16 @@ def mlp(depth: int, activation="relu", norm: str | None = None, placement: str =
     depth = check_int("mlp", "depth", depth, lo=1)
     dense_cls, norm_cls = norm_layers("mlp", norm)
     check_placement("mlp", placement)
-    check_choice("mlp", "centering", centering, (None, "layer", "meanfield"))
+    check_choice("mlp", "centering", centering, CENTERINGS)
     act = Activation(activation)
     options = {"groups": groups, "group_size": group_size, "bn_mode": bn_mode, "wn_init": wn_init,
-               "sigma_w": sigma_w, "sigma_b": sigma_b}
+               "sigma_w": sigma_w, "sigma_b": sigma_b, "activation": act.act}
     dense = Dense(sigma_w=sigma_w, sigma_b=sigma_b) if dense_cls is None else dense_cls.for_mlp(**options)
     nl = None if norm_cls is None else norm_cls.for_mlp(**options)
-    core = [act] + ([Center(mode=centering)] if centering else [])
+    if centering == "meanfield":
+        core = [act, MeanFieldCenter(act.act)]
+    else:
+        core = [act] + ([Center(mode=centering)] if centering else [])
     if nl is None:
         body = [dense, *core]
     elif placement == "pre":

@@ -73,8 +73,9 @@ The batch-norm rates have their own modules, whose public names are re-exported 
 
 * `meanfield.orthogonality`: `orthogonality_chain`, `orthogonality_rate`, `orthogonality_plateau`, the
   linear batch-norm chain of Daneshmand, Joudaki and Bach (NeurIPS 2021);
-* `meanfield.bn_gradients`: `bn_gradient_rate`, `bn_gradient_rate_limit`, `bn_gradient_network`,
-  `measure_bn_gradient_rate`, `Estimate`, the gradient explosion of Yang et al. (ICLR 2019).
+* `meanfield.bn_gradients`: `yang_gradient_rate` (the paper's Theorem 8), `bn_gradient_rate`,
+  `bn_gradient_rate_limit`, `bn_gradient_network`, `measure_bn_gradient_rate`, `Estimate`, the gradient
+  explosion of Yang et al. (ICLR 2019).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ from meanfield.bn_gradients import (
     bn_gradient_rate,
     bn_gradient_rate_limit,
     measure_bn_gradient_rate,
+    yang_gradient_rate,
 )
 from meanfield.core.validate import check_choice, check_int, check_real, check_real_array
 from meanfield.measures import check_gram, correlations, isometry_gap, potential
@@ -119,6 +121,7 @@ __all__ = [
     "bn_gradient_rate_limit",
     "bn_gradient_network",
     "measure_bn_gradient_rate",
+    "yang_gradient_rate",
     "orthogonality_chain",
     "orthogonality_plateau",
     "orthogonality_rate",

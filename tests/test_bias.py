@@ -27,8 +27,8 @@ def test_relu_no_norm_one_layer_and_growth():
     assert abs(g[1] - RELU_G1) < 1e-12
     assert abs(bias.gamma(relu_net(1)) - RELU_G1) < 1e-12
     assert np.all(np.diff(g[1:]) > 0.1)  # grows with depth
-    assert bias.regime(g[1:]) == "deep prejudice"
-    assert bias.regime(g[1]) == "prejudiced"
+    assert bias.zero_bias_regime(g[1:]) == "divergent"
+    assert bias.zero_bias_regime(g[1]) == "finite"
 
 
 def test_layernorm_pre_equals_no_norm():
@@ -39,14 +39,14 @@ def test_layernorm_pre_equals_no_norm():
 def test_batchnorm_pre_constant():
     g = bias.gamma_trajectory(relu_net(8, "bn", "pre"))
     np.testing.assert_allclose(g[1:], RELU_G1, rtol=1e-12)
-    assert bias.regime(g[1:]) == "prejudiced"
+    assert bias.zero_bias_regime(g[1:]) == "finite"
 
 
 @pytest.mark.parametrize("norm", ["ln", "bn"])
 def test_post_norms_neutral(norm):
     g = bias.gamma_trajectory(relu_net(8, norm, "post"))
     assert np.all(g >= 0) and np.all(g < 1e-12)
-    assert bias.regime(g[1:]) == "neutral"
+    assert bias.zero_bias_regime(g[1:]) == "zero"
 
 
 @pytest.mark.parametrize("act", ["tanh", "sin", "erf"])
@@ -59,7 +59,7 @@ def test_sigmoid_large_and_growing():
     g = bias.gamma_trajectory(mlp(3, "sigmoid", sigma_w=1.0))
     assert g[1] > 5.0
     assert g[3] > 1000.0
-    assert bias.regime(g[1:]) == "deep prejudice"
+    assert bias.zero_bias_regime(g[1:]) == "divergent"
 
 
 def test_maxpool_biases_a_linear_network():
@@ -68,7 +68,7 @@ def test_maxpool_biases_a_linear_network():
     # k = 2: c = (E max(z1, z2))^2 / E max^2 = (1/sqrt(pi))^2 / 1 = 1/pi, as for ReLU; Monte Carlo rule
     g = bias.gamma(net, mc_samples=2**18)
     assert abs(g - RELU_G1) < 0.02
-    assert bias.regime(g) == "prejudiced"
+    assert bias.zero_bias_regime(g) == "finite"
 
 
 @pytest.mark.parametrize("r", [0.2, 0.5, 0.9])
@@ -89,23 +89,87 @@ def test_edge_values():
     assert abs(bias.output_correlation(relu_net(1)) - 1 / math.pi) < 1e-12
 
 
-def test_regime_rules():
-    assert bias.regime(0.0) == "neutral"
-    assert bias.regime(-1e-3) == "neutral"
-    assert bias.regime(1e-7) == "neutral"
-    assert bias.regime(1e-7, eps=1e-8) == "prejudiced"
-    assert bias.regime(0.5) == "prejudiced"
-    assert bias.regime(101.0) == "deep prejudice"
-    assert bias.regime(101.0, large=1e3) == "prejudiced"
+def test_zero_bias_regime_rules():
+    assert bias.zero_bias_regime(0.0) == "zero"
+    assert bias.zero_bias_regime(-1e-3) == "zero"
+    assert bias.zero_bias_regime(1e-7) == "zero"
+    assert bias.zero_bias_regime(1e-7, eps=1e-8) == "finite"
+    assert bias.zero_bias_regime(0.5) == "finite"
+    assert bias.zero_bias_regime(101.0) == "divergent"
+    assert bias.zero_bias_regime(101.0, large=1e3) == "finite"
+    assert bias.zero_bias_regime(math.inf) == "divergent"
+    assert bias.zero_bias_regime([0.5, 0.6]) == "finite"  # too short to tell a trend
+    assert bias.zero_bias_regime([0.5, 0.5, 0.5, 0.5]) == "finite"  # flat
+    assert bias.zero_bias_regime([0.5, 0.6, 0.5999]) == "finite"  # decreasing
+    assert bias.zero_bias_regime([0.1, 0.3, 0.4]) == "finite"  # geometric convergence to 0.5
+    assert bias.zero_bias_regime([0.1, 0.5, 0.95]) == "divergent"  # increments growing
+    assert bias.zero_bias_regime([1.0, 50.0, 99.0]) == "divergent"  # linear growth
+    assert bias.zero_bias_regime([1.0, 41.0, 80.0]) == "divergent"  # converging, but to 80 + 39 * 39 > 100
+    assert bias.zero_bias_regime([1.0, 41.0, 80.0], large=2000.0) == "finite"
+
+
+def test_francazi_regimes_follow_the_class_fraction_law():
+    """Francazi et al.: neutral iff G_0 = Phi(sqrt(gamma) Z) is unimodal at 1/2 (gamma < 1), prejudiced iff
+    U-shaped (1 < gamma < inf), the neutrality boundary at c = 1/2 (compute_neutrality.py of Bassi et al.)."""
+    for g in (0.0, 1e-4, 0.3, 0.999, 1.001, 2.0, 50.0, 1e6):
+        law = bias.class_fraction_law(g)
+        unimodal = g == 0.0 or law.pdf(0.5) > law.pdf(0.05)
+        assert bias.regime(g) == ("neutral" if unimodal else "prejudiced"), g
+    assert bias.regime(1.0) == "boundary" and abs(bias.class_fraction_law(1.0).pdf(0.123) - 1.0) < 1e-14
+    for c in (0.49, 0.51):
+        assert bias.regime(bias.gamma_from_correlation(c)) == ("neutral" if c < 0.5 else "prejudiced")
     assert bias.regime(math.inf) == "deep prejudice"
-    assert bias.regime([0.5, 0.6]) == "prejudiced"  # too short to tell a trend
-    assert bias.regime([0.5, 0.5, 0.5, 0.5]) == "prejudiced"  # flat
-    assert bias.regime([0.5, 0.6, 0.5999]) == "prejudiced"  # decreasing
-    assert bias.regime([0.1, 0.3, 0.4]) == "prejudiced"  # geometric convergence to 0.5
-    assert bias.regime([0.1, 0.5, 0.95]) == "deep prejudice"  # increments growing
-    assert bias.regime([1.0, 50.0, 99.0]) == "deep prejudice"  # linear growth
-    assert bias.regime([1.0, 41.0, 80.0]) == "deep prejudice"  # converging, but to 80 + 39 * 39 > 100
-    assert bias.regime([1.0, 41.0, 80.0], large=2000.0) == "prejudiced"
+
+
+def test_francazi_regime_rules():
+    assert bias.regime(-1e-3) == "neutral"  # a simulated estimate below 0
+    assert bias.regime(1e3) == "prejudiced"  # a finite number is never deep prejudice ...
+    assert bias.regime([1.0, 50.0, 99.0]) == "deep prejudice"  # ... a curve growing at least linearly is
+    assert bias.regime([0.1, 0.5, 0.95]) == "deep prejudice"
+    assert bias.regime([1.0, 41.0, 80.0]) == "prejudiced"  # converging geometrically: classified by g_L
+    assert bias.regime([0.47, 0.47, 0.47]) == "neutral"  # BN before the activation
+    assert bias.regime([0.9, 0.5, 0.2]) == "neutral"  # decreasing
+    # the finite-width, finite-data tolerance: gamma compared with 1 within k standard errors
+    assert bias.regime(0.97, stderr=0.02) == "boundary"
+    assert bias.regime(0.97, stderr=0.02, k=1.0) == "neutral"
+    assert bias.regime(1.1, stderr=0.02) == "prejudiced"
+    assert bias.regime(0.0009, stderr=0.0001) == "neutral"  # LayerNorm after the activation, width 512
+    assert bias.regime([0.2, 0.5, 0.97], stderr=[0.0, 0.01, 0.02]) == "deep prejudice"
+    # an ordered network reaches c = 1 up to round-off and stalls there: infinite up to the maps' accuracy
+    assert bias.regime([4e7, 2.1e15, 2.1e15, 2.1e15]) == "deep prejudice"
+    g = bias.gamma_trajectory(mlp(100, "relu", sigma_w=math.sqrt(0.72), sigma_b=math.sqrt(0.0125)))
+    assert bias.regime(g[1:]) == "deep prejudice"
+
+
+def test_francazi_regimes_of_the_placements():
+    """Mean field, ReLU, sigma_w^2 = 2: no norm and LN before the activation are deep-prejudiced, BN before
+    is neutral (gamma = 1/(pi - 1) at every depth), a norm after the activation neutral (gamma = 0)."""
+    expect = {(None, "post"): "deep prejudice", ("ln", "pre"): "deep prejudice", ("bn", "pre"): "neutral",
+              ("ln", "post"): "neutral", ("bn", "post"): "neutral"}
+    for (norm, placement), label in expect.items():
+        assert bias.regime(bias.gamma_trajectory(relu_net(8, norm, placement))[1:]) == label
+    # two and three ReLU layers cross the boundary gamma = 1 (0.975 -> 1.531)
+    g = bias.gamma_trajectory(relu_net(3))
+    assert [bias.regime(x) for x in g[1:]] == ["neutral", "neutral", "prejudiced"]
+
+
+def test_francazi_regime_of_tanh_phases():
+    """tanh with sigma_b^2 = 0.1: ordered phase (sigma_w^2 = 0.5) c -> 1, deep prejudice; chaotic phase:
+    the fixed point c* decides, neutral iff c* <= 1/2 (Bassi et al.'s neutrality line)."""
+    sb = math.sqrt(0.1)
+    assert bias.regime(bias.gamma_trajectory(mlp(12, "tanh", sigma_w=math.sqrt(0.5), sigma_b=sb))[1:]) \
+        == "deep prejudice"
+    for w2 in (2.0, 8.0):
+        net = mlp(40, "tanh", sigma_w=math.sqrt(w2), sigma_b=sb)
+        c_star = bias.output_correlation(net)
+        assert bias.regime(bias.gamma_trajectory(net)[1:]) == ("neutral" if c_star < 0.5 else "prejudiced")
+
+
+def test_simulated_deep_prejudice():
+    """Every initialization sends all the data to one class: the finite-data signature of gamma = inf."""
+    sim = bias.simulate(mlp(5, "sigmoid"), n_points=200, seeds=12, width=128)
+    assert np.all(sim.fractions.max(axis=1) == 1.0) and sim.regime() == "deep prejudice"
+    assert sim.zero_bias_regime() == "divergent"
 
 
 def test_phase_diagram_relu_and_tanh():
@@ -116,18 +180,21 @@ def test_phase_diagram_relu_and_tanh():
     # zero bias: ReLU is homogeneous, gamma does not depend on sigma_w (rows sigma_b^2, columns sigma_w^2)
     np.testing.assert_allclose(pd_relu.gamma[0, :], pd_relu.gamma[0, 0], rtol=1e-10)
     np.testing.assert_allclose(pd_relu.gamma_depth[0, 0, 1], RELU_G1, rtol=1e-12)
-    assert set(pd_relu.regime.ravel()) == {"deep prejudice"}
+    assert set(pd_relu.zero_bias.ravel()) == {"divergent"}
+    assert set(pd_relu.regime.ravel()) == {"deep prejudice"}  # Francazi et al.: ReLU c -> 1 everywhere
     pd_tanh = bias.phase_diagram("tanh", 4, sb2, sw2)
-    assert np.all(pd_tanh.gamma[0, :] < 1e-12) and np.all(pd_tanh.regime[0, :] == "neutral")
+    assert np.all(pd_tanh.gamma[0, :] < 1e-12) and np.all(pd_tanh.zero_bias[0, :] == "zero")
+    assert np.all(pd_tanh.regime[0, :] == "neutral")
     assert np.all(pd_tanh.gamma[1:, :] > 0)
-    assert np.all(pd_tanh.codes()[0, :] == 0) and np.all(pd_tanh.codes()[1:, :] >= 1)
+    assert np.all(pd_tanh.zero_bias_codes()[0, :] == 0) and np.all(pd_tanh.zero_bias_codes()[1:, :] >= 1)
     # tanh with a bias: deep prejudice in the ordered phase (small sigma_w), prejudiced in the chaotic one
     pd_t = bias.phase_diagram("tanh", 10, [0.1], [0.5, 8.0])
-    assert list(pd_t.regime[0]) == ["deep prejudice", "prejudiced"]
+    assert list(pd_t.zero_bias[0]) == ["divergent", "finite"]
     # BN before the activation freezes gamma: never deep prejudice at zero bias
     pd_bn = bias.phase_diagram("relu", 4, [0.0], [1.0, 2.0], norm="bn", placement="pre")
     assert pd_bn.gamma.shape == (1, 2)
-    assert np.all(pd_bn.regime == "prejudiced")
+    assert np.all(pd_bn.zero_bias == "finite")
+    assert np.all(pd_bn.regime == "neutral")  # Francazi et al.: gamma = 1/(pi - 1) < 1
     np.testing.assert_allclose(pd_bn.gamma, RELU_G1, rtol=1e-12)
 
 
@@ -260,6 +327,14 @@ def test_bad_input():
         bias.simulate(net, 10, 2, 0)
     with pytest.raises(ValueError, match="NaN"):
         bias.regime(float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        bias.zero_bias_regime(float("nan"))
+    with pytest.raises(ValueError, match="stderr"):
+        bias.regime(0.5, stderr=-1.0)
+    with pytest.raises(ValueError, match="k=0"):
+        bias.maxpool_gamma(0)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        bias.maxpool_gamma(2, "sin")
     with pytest.raises(ValueError, match="net"):
         bias.gamma("relu")
     with pytest.raises(ValueError, match="sigma_b2_grid"):
@@ -282,7 +357,8 @@ def test_simulation_agrees_with_theory(norm, placement):
     assert abs(sim.gamma - theory) <= 3 * sim.gamma_stderr + 2.0 / sim.n_points + 0.01
     if placement == "post" and norm is not None:
         assert abs(sim.gamma) < 0.01
-        assert sim.regime(large=100.0) in ("neutral", "prejudiced")
+        assert sim.zero_bias_regime(large=100.0) in ("zero", "finite")
+        assert sim.regime() == "neutral"  # Francazi et al.: gamma < 1 within the tolerance
     else:
         assert sim.gamma > 5 * sim.gamma_stderr
     if norm == "bn" and placement == "post":  # batch statistics: every output has data mean exactly 0

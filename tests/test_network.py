@@ -20,6 +20,8 @@ from meanfield import (
     LayerNorm,
     Linear,
     MaxPool,
+    MeanFieldCenter,
+    MeanFieldScale,
     MeanOnlyBatchNorm,
     Network,
     Residual,
@@ -77,7 +79,7 @@ def test_mlp_weight_norm_replaces_dense():
     assert mlp(1, norm="wn").blocks[0].layers[0].init == "fixed"
 
 
-@pytest.mark.parametrize("centering", ["layer", "meanfield"])
+@pytest.mark.parametrize("centering", ["layer", "per_sample"])
 def test_mlp_centering_follows_activation(centering):
     assert kinds(mlp(2, centering=centering).blocks[0]) == ["Dense", "Activation", "Center"]
     post = mlp(2, norm="ln", centering=centering).blocks[0]
@@ -214,8 +216,9 @@ def _every_layer_network():
         Block([Dense(), MeanOnlyBatchNorm(), Activation("tanh")]),
         Block([Dense(), Activation(hermite.activation("leaky_relu", negative_slope=0.2)),
                GroupLayerNorm(group_size=3)]),
-        Block([Dense(), Activation("gelu"), Center("meanfield"), Scale("meanfield"), GroupLayerNorm(groups=2)]),
+        Block([Dense(), Activation("gelu"), Center("per_sample"), Scale("per_sample"), GroupLayerNorm(groups=2)]),
         Block([Dense(), Activation("relu"), Center(), Scale(), MaxPool(2)]),
+        Block([Dense(), Activation("sigmoid"), MeanFieldCenter("sigmoid"), MeanFieldScale("sigmoid")]),
         Residual(branch=[Dense(), Activation("tanh")], alpha=0.5, shortcut=[Dense(2.0)]),
         Residual(branch=[Dense(1.4), Activation(hermite.activation("relu", gain=2.0)), LayerNorm()]),
         Block([Dense(1.0, width=1)], name="readout"),

@@ -274,6 +274,53 @@ def test_bn_gradient_rate_relu_large_batch():
     assert 0 < small.stderr < 0.01
 
 
+YANG_TABLE = {  # B: (ReLU, linear), Theorem 8 evaluated in the research notes (section 4.5)
+    4: (3.084061, 2.0), 5: (2.273707, 1.5), 8: (1.788190, 1.2), 16: (1.589950, 1.076923),
+    32: (1.521953, 1.034483), 64: (1.493063, 1.016393), 128: (1.479681, 1.008), 1000: (1.468539, 1.001003)}
+
+
+def test_yang_theorem8_table_and_limits():
+    for B, (relu, lin) in YANG_TABLE.items():
+        assert rates.yang_gradient_rate("relu", B) == pytest.approx(relu, abs=6e-7)
+        assert rates.yang_gradient_rate("identity", B) == pytest.approx(lin, abs=6e-7)
+    # alpha = 1 of the printed alpha-ReLU formula, re-derived here
+    for B in (4, 7, 50):
+        c = -1.0 / (B - 1)
+        J = (math.sqrt(1 - c * c) + (math.pi - math.acos(c)) * c) / math.pi
+        Jp = (math.pi - math.acos(c)) / math.pi
+        a = 1.0
+        lam = ((B - 3 + 2 * a) * ((2 * a - 1) * Jp + a * a * (B - 1) * 1.0)
+               / ((2 * a - 1) * (B - 3) * (B - 1) * (1.0 - J)) - a * a / (B - 3))
+        assert rates.yang_gradient_rate("relu", B) == pytest.approx(lam, rel=1e-14)
+    big = rates.yang_gradient_rate("relu", 10**7)
+    assert big == pytest.approx(rates.bn_gradient_rate_limit("relu"), rel=1e-6)
+    assert rates.yang_gradient_rate(hermite.activation("relu", gain=2.0), 8) == rates.yang_gradient_rate("relu", 8)
+    assert rates.yang_gradient_rate("2*x + 1", 8) == pytest.approx(1.2)
+    assert rates.yang_gradient_rate("relu", 2) == 0.0 and rates.yang_gradient_rate("relu", 3) == math.inf
+    rs = [rates.yang_gradient_rate("relu", B) for B in range(4, 200)]
+    assert np.all(np.diff(rs) < 0)  # decreasing in B
+
+
+@pytest.mark.parametrize("B", [4, 6, 8, 32])
+def test_yang_theorem8_against_the_toolkits_monte_carlo(B):
+    est = rates.bn_gradient_rate("relu", B, samples=2**17, seed=B)
+    assert abs(est.value - rates.yang_gradient_rate("relu", B)) < 4.5 * est.stderr
+
+
+def test_yang_theorem8_against_simulation():
+    """measure_bn_gradient_rate (simulator with gradients): within its error plus the O(B/width) bias."""
+    m = rates.measure_bn_gradient_rate("relu", 8, width=512, depth=16, seeds=8, skip=4)
+    lam = rates.yang_gradient_rate("relu", 8)
+    assert abs(m.value - lam) < 3 * m.stderr + 0.03 * lam
+
+
+def test_yang_gradient_rate_bad_inputs():
+    with pytest.raises(ValueError, match="tanh.*ReLU"):
+        rates.yang_gradient_rate("tanh", 8)
+    with pytest.raises(ValueError, match="batch_size=1"):
+        rates.yang_gradient_rate("relu", 1)
+
+
 def test_bn_gradient_network_needs_head():
     from meanfield.finite import simulate
 

@@ -158,7 +158,7 @@ def wide_batch(n=4, d=1024, seed=1):
     ("tanh", "rms", "pre", {}),
     ("tanh", "wn", "post", {}),
     ("tanh", "wn", "post", {"wn_init": "data"}),
-    ("relu", "ln", "post", {"residual": 0.5, "centering": "meanfield"}),
+    ("relu", "ln", "post", {"residual": 0.5, "centering": "per_sample"}),
 ])
 def test_agrees_with_propagate(act, norm, placement, extra):
     propagate = _propagate()
@@ -617,11 +617,11 @@ def relu_hermite(monkeypatch):
     monkeypatch.setattr(hermite, "second_moment", second_moment)
 
 
-def test_meanfield_center_and_scale(relu_hermite):
+def test_per_sample_center_and_scale(relu_hermite):
     X = batch(n=4, d=32)
     w = 4096
-    net = Network([Block([Dense(1.3), Activation("relu"), Center(mode="meanfield"),
-                          Scale(mode="meanfield")])])
+    net = Network([Block([Dense(1.3), Activation("relu"), Center(mode="per_sample"),
+                          Scale(mode="per_sample")])])
     sim = simulate(net, X, width=w, seeds=4, seed=1)
     # exact identity: the output is (relu(u) - c0(q)) / sqrt(q/2 - c0^2) per sample, so the diagonal is
     # (m2_hat - 2 c0 m_hat + c0^2) / (q/2 - c0^2), which -> 1 at infinite width (relative error ~ 1/sqrt(w))
@@ -629,7 +629,7 @@ def test_meanfield_center_and_scale(relu_hermite):
     np.testing.assert_allclose(d, 1.0, atol=6 / math.sqrt(w))
     np.testing.assert_allclose(sim.means[:, 1], 0.0, atol=6 / math.sqrt(w))
     # mean-field scaling without centring divides by sqrt(E relu^2) = sqrt(q/2)
-    net2 = Network([Block([Dense(1.3), Activation("relu"), Scale(mode="meanfield")])])
+    net2 = Network([Block([Dense(1.3), Activation("relu"), Scale(mode="per_sample")])])
     sim2 = simulate(net2, X, width=w, seeds=4, seed=1)
     np.testing.assert_allclose(np.diagonal(sim2.gram[:, 1], axis1=-2, axis2=-1), 1.0, atol=6 / math.sqrt(w))
     # the meanfield constant is not the empirical mean: means are small but not exactly 0
@@ -639,11 +639,11 @@ def test_meanfield_center_and_scale(relu_hermite):
     assert np.all(np.isfinite(g.grad_norms))
 
 
-def test_meanfield_center_needs_its_activation():
+def test_per_sample_center_needs_its_activation():
     X = batch()
-    for layers in ([Dense(1.0), Center(mode="meanfield")],
-                   [Activation("relu"), Dense(1.0), Scale(mode="meanfield")],
-                   [Activation("relu"), Scale(), Center(mode="meanfield")]):
+    for layers in ([Dense(1.0), Center(mode="per_sample")],
+                   [Activation("relu"), Dense(1.0), Scale(mode="per_sample")],
+                   [Activation("relu"), Scale(), Center(mode="per_sample")]):
         with pytest.raises(ValueError, match="meanfield"):
             simulate(Network([Block(layers)]), X, width=8, seeds=1)
 
@@ -724,12 +724,12 @@ def test_bad_widths_for_layers():
     assert sim.gram.shape == (1, 3, 4, 4)
 
 
-def test_meanfield_scale_after_layer_center_matches_propagate():
-    """Scale("meanfield") divides by the infinite-width RMS of its input, c_0 removed after any Center."""
+def test_per_sample_scale_after_layer_center_matches_propagate():
+    """Scale("per_sample") divides by the infinite-width RMS of its input, c_0 removed after any Center."""
     import meanfield
     from meanfield import Activation, Center, Dense, Network, Scale
 
-    net = Network([meanfield.Block([Dense(1.3), Activation("relu"), Center("layer"), Scale("meanfield")])] * 3)
+    net = Network([meanfield.Block([Dense(1.3), Activation("relu"), Center("layer"), Scale("per_sample")])] * 3)
     X = np.random.default_rng(5).standard_normal((4, 16))
     mf = meanfield.propagate(net, X=X)
     sim = simulate(net, X, width=2048, seeds=12, seed=3, progress=False)

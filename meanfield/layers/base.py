@@ -106,7 +106,7 @@ class Layer:
     @classmethod
     def for_mlp(cls, **options) -> Layer:
         """The layer that ``mlp(norm=cls.norm_key, ...)`` inserts, from mlp's options (groups, group_size,
-        bn_mode, wn_init, sigma_w, sigma_b)."""
+        bn_mode, wn_init, sigma_w, sigma_b, activation)."""
         return cls()
 
     # ---------------------------------------------------------------------------------------------------

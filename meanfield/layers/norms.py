@@ -7,7 +7,7 @@ limit of a vanishing epsilon), never to NaN.
 
 Mean field (one unit's n-vector x with second moments K and means m):
 
-- Center: K -> K - m m^T, m -> 0 (mode "meanfield" subtracts c_0 = E f(u_a) = m_a: the same map).
+- Center: K -> K - m m^T, m -> 0 (mode "per_sample" subtracts c_0(q_a) = E f(u_a) = m_a: the same map).
 - Scale / RMSNorm: K -> D^-1/2 K D^-1/2, D = diag K, m -> D^-1/2 m, with the diagonal (and duplicated
   inputs) exactly 1. LayerNorm = Center then Scale.
 - GroupLayerNorm(groups=g): LayerNorm's rule (each group is infinitely wide). GroupLayerNorm(group_size=G)
@@ -21,6 +21,7 @@ dx = (dy - mean(dy) - y mean(dy y)) / sigma (without the mean term for RMSNorm).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,13 +175,31 @@ def expected_cosine(rho: np.ndarray, k: int) -> np.ndarray:
     return c * rho * sc.hyp2f1(0.5, 0.5, k / 2 + 1, rho * rho)
 
 
+MODES = ("layer", "per_sample")
+
+
+def _mode(owner: str, mode) -> str:
+    """The mode of Center/Scale; "meanfield", the former name of "per_sample", is accepted with a FutureWarning."""
+    if mode == "meanfield":
+        warnings.warn(f"{owner}(mode='meanfield') is the former name of {owner}(mode='per_sample'), the toolkit's "
+                      "per-sample variant; Joudaki et al.'s mean-field layer (a constant of the activation) is "
+                      f"meanfield.{'MeanFieldCenter' if owner == 'Center' else 'MeanFieldScale'}(act). The old "
+                      "name will raise in a later version.", FutureWarning, stacklevel=4)
+        return "per_sample"
+    return check_choice(owner, "mode", mode, MODES)
+
+
 @dataclass(frozen=True, repr=False)
 class Center(Layer):
-    """Centering of each sample across features (Joudaki et al. 2023).
+    """Centering of each sample across features.
 
-    mode="layer": subtract the empirical per-sample feature mean; mode="meanfield": subtract the constant
-    E f(sqrt(q_a) z) of the preceding activation f at the sample's pre-activation variance q_a (the
-    Hermite coefficient c_0), i.e. mean-field centering.
+    mode="layer": subtract the empirical per-sample feature mean (the centring of LayerNorm; Joudaki et al.
+    2023's "layer" centring). mode="per_sample" (the toolkit's extension, not the paper's definition):
+    subtract the mean-field constant E f(sqrt(q_a) z) of the preceding activation f evaluated at the
+    sample's own empirical pre-activation variance q_a (its Hermite coefficient c_0(q_a)). Joudaki et al.'s
+    mean-field centring subtracts one constant c_0 = E f(z) for every sample: `MeanFieldCenter`.
+
+    Mean field (both modes): K -> K - m m^T, m -> 0.
     """
 
     mode: str = "layer"
@@ -188,7 +207,7 @@ class Center(Layer):
     keeps_chain = True
 
     def __post_init__(self):
-        check_choice("Center", "mode", self.mode, ("layer", "meanfield"))
+        object.__setattr__(self, "mode", _mode("Center", self.mode))
 
     def infinite(self, law, ctx):
         return law.centered()
@@ -209,12 +228,16 @@ class Center(Layer):
 
 @dataclass(frozen=True, repr=False)
 class Scale(Layer):
-    """Scaling of each sample to unit mean square across features (Joudaki et al. 2023).
+    """Scaling of each sample to unit mean square across features.
 
-    mode="layer": divide by the empirical per-sample root mean square; mode="meanfield": divide by the
-    constant infinite-width root mean square of its input: sqrt(E f(sqrt(q_a) z)^2) for the preceding
-    activation f at the sample's pre-activation variance, minus c_0^2 under the root if a Center (either
-    mode) comes between them.
+    mode="layer": divide by the empirical per-sample root mean square. mode="per_sample" (the toolkit's
+    extension, not the paper's definition): divide by the infinite-width root mean square of its input
+    evaluated at the sample's own empirical pre-activation variance q_a, sqrt(E f(sqrt(q_a) z)^2) for the
+    preceding activation f, minus c_0(q_a)^2 under the root if a Center (either mode) comes between them.
+    Joudaki et al.'s mean-field normalization divides by one constant sqrt(sum_{k>=1} c_k^2) for every
+    sample: `MeanFieldScale`.
+
+    Mean field (both modes): K -> D^-1/2 K D^-1/2, D = diag K.
     """
 
     mode: str = "layer"
@@ -222,7 +245,7 @@ class Scale(Layer):
     keeps_chain = True
 
     def __post_init__(self):
-        check_choice("Scale", "mode", self.mode, ("layer", "meanfield"))
+        object.__setattr__(self, "mode", _mode("Scale", self.mode))
 
     def infinite(self, law, ctx):
         return law.scaled()
@@ -235,7 +258,7 @@ class Scale(Layer):
         centered = bool(chain and chain["center"])
         if chain is not None:
             chain["scaled"] = True
-        if self.mode == "meanfield":
+        if self.mode == "per_sample":
             return ScaleMFOp(w_in, centered), w_in
         return StandardizeOp(w_in, axis=-1, center=False, chain_role="keep"), w_in
 
@@ -245,17 +268,19 @@ class Scale(Layer):
 
 
 def _chain(layer, compiler) -> dict | None:
-    """The compile-time chain of the Activation that a Center/Scale follows (checked for mean-field mode)."""
+    """The compile-time chain of the Activation that a Center/Scale follows (checked for per-sample mode)."""
     chain = compiler.chain
-    if layer.mode == "meanfield":
+    if layer.mode == "per_sample":
         name = type(layer).__name__
         if chain is None:
-            raise compiler.error(f"a meanfield {name} needs a preceding Activation, with only Center/Scale "
-                                 "layers in between")
+            raise compiler.error(f"a per_sample {name} (mode='per_sample', formerly 'meanfield') needs a preceding "
+                                 "Activation, with only Center/Scale layers in between")
         if name == "Center" and chain["scaled"]:
-            raise compiler.error("a meanfield Center must come before any Scale after its Activation")
+            raise compiler.error("a per_sample Center (mode='per_sample', formerly 'meanfield') must come before "
+                                 "any Scale after its Activation")
         if name == "Scale" and chain["scaled"]:
-            raise compiler.error("a meanfield Scale cannot follow another Scale")
+            raise compiler.error("a per_sample Scale (mode='per_sample', formerly 'meanfield') cannot follow "
+                                 "another Scale")
         chain["act"].need_q = True
     return chain
 
@@ -332,7 +357,7 @@ class CenterOp(Op):
 
 
 class ScaleMFOp(Op):
-    """Scale(mode="meanfield"): divide by sqrt(E f^2 [- c_0^2]) at the sample's q_a."""
+    """Scale(mode="per_sample"): divide by sqrt(E f^2 [- c_0^2]) at the sample's q_a."""
 
     chain_role = "keep"
 
