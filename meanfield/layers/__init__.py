@@ -10,6 +10,7 @@ built-in ones.
 from meanfield.layers.activation import *  # noqa: F403
 from meanfield.layers.base import Layer, layer_from_dict, layer_types, norm_layer_types
 from meanfield.layers.batchnorm import *  # noqa: F403
+from meanfield.layers.concat import *  # noqa: F403
 from meanfield.layers.dense import *  # noqa: F403
 from meanfield.layers.mean_only_batchnorm import *  # noqa: F403
 from meanfield.layers.norms import *  # noqa: F403
