@@ -34,6 +34,7 @@ MODULES = (
     "meanfield.weightnorm",
     "meanfield.fisher",
     "meanfield.transformations",
+    "meanfield.shortcuts",
     "meanfield.sweep",
     "meanfield.plot",
     "meanfield.cli",
