@@ -56,22 +56,8 @@ from meanfield.core.validate import check_array, check_bool, check_int, check_re
 from meanfield.layers import Activation, Block, Concat, Linear
 from meanfield.network import Network
 
-__all__ = [
-    "Parameters",
-    "parameters",
-    "with_theta",
-    "forward",
-    "loss",
-    "gradient",
-    "jacobian",
-    "gauss_newton",
-    "hessian",
-    "Spectrum",
-    "spectrum",
-    "block_norms",
-    "gradient_newton_angle",
-    "AUTHORS_MUS",
-]
+__all__ = ["Parameters", "parameters", "with_theta", "forward", "loss", "gradient", "jacobian", "gauss_newton",
+           "hessian", "Spectrum", "spectrum", "block_norms", "gradient_newton_angle", "AUTHORS_MUS"]
 
 #: the damping values of the authors' angle comparison, ``logspace(-4, -0.3, 20)`` (ltmlp_gradComparison.m line 13)
 AUTHORS_MUS = np.logspace(-4, -0.3, 20)
@@ -284,10 +270,12 @@ def with_theta(net, theta: ArrayLike) -> Network:
 # ----------------------------------------------------------------------------------------------------
 # the program: forward (with tangents along every parameter direction) and reverse (with their tangents)
 # ----------------------------------------------------------------------------------------------------
-def _run_forward(nodes, x, P: int, tangents: bool, second: bool, tape: list, dep: bool = False, xd=None):
+def _run_forward(nodes, x, P: int, tangents: bool, second: bool, tape: list | None, dep: bool = False,
+                 xd=None):
     """Outputs (and, with ``tangents``, their derivatives along every parameter, shape (P, N, w)); each node
-    appends (x, xd, extra, dep) to ``tape``, dep telling whether its input depends on a parameter; a tangent is
-    None where no parameter acts yet. Returns (output, its tangent, dep)."""
+    appends (x, xd, extra, dep) to ``tape`` (None: no tape, and no derivatives without tangents), dep telling
+    whether its input depends on a parameter; a tangent is None where no parameter acts yet. Returns (output,
+    its tangent, dep)."""
     for node in nodes:
         dep_in = dep
         if isinstance(node, _Lin):
@@ -300,23 +288,30 @@ def _run_forward(nodes, x, P: int, tangents: bool, second: bool, tape: list, dep
                 for s, c0, c1 in node.groups:  # d z_i / d W_ij = x_j
                     zd[s].reshape(out, c1 - c0, N, out)[r, :, :, r] += x[:, c0:c1].T
                 zd[node.bias][r, :, r] += 1.0
-            tape.append((x, xd, None, dep_in))
+            if tape is not None:
+                tape.append((x, xd, None, dep_in))
             dep = True
         elif isinstance(node, _Act):
             act = node.act
-            z, fp = act.fn(x), act.derivative(x)
+            z = act.fn(x)
+            if tape is None and not tangents:  # forward only: no derivatives
+                x = z
+                continue
+            fp = act.derivative(x)
             fpp = act.second_derivative(x) if second else None
             zd = None if xd is None else fp * xd
-            tape.append((x, xd, (fp, fpp), dep_in))
+            if tape is not None:
+                tape.append((x, xd, (fp, fpp), dep_in))
         else:  # _Cat
-            sub: list = []
+            sub = None if tape is None else []
             zb, zbd, dep = _run_forward(node.nodes, x, P, tangents, second, sub, dep_in, xd)
             z = np.concatenate([x, zb], axis=1)
             zd = None
             if zbd is not None or xd is not None:
                 zx = np.zeros((P, x.shape[0], x.shape[1])) if xd is None else xd
                 zd = np.concatenate([zx, np.zeros(zx.shape[:2] + (zb.shape[1],)) if zbd is None else zbd], axis=2)
-            tape.append((x, xd, sub, dep_in))
+            if tape is not None:
+                tape.append((x, xd, sub, dep_in))
         x, xd = z, zd
     return x, xd, dep
 
@@ -416,14 +411,14 @@ def _data(owner: str, d0: int, X, Y=None, n_out: int | None = None):
 def forward(net, X: ArrayLike) -> np.ndarray:
     """The network output y(X), shape (N, n_out)."""
     nodes, P, d0, dout = _compile("fisher.forward", net)
-    return _run_forward(nodes, _data("fisher.forward", d0, X), P.n_params, False, False, [])[0]
+    return _run_forward(nodes, _data("fisher.forward", d0, X), P.n_params, False, False, None)[0]
 
 
 def loss(net, X: ArrayLike, Y: ArrayLike) -> float:
     """The squared loss L = 1/(2N) sum_n ||y(x_n) - y_n||^2."""
     nodes, P, d0, dout = _compile("fisher.loss", net)
     Xa, Ya = _data("fisher.loss", d0, X, Y, dout)
-    r = _run_forward(nodes, Xa, P.n_params, False, False, [])[0] - Ya
+    r = _run_forward(nodes, Xa, P.n_params, False, False, None)[0] - Ya
     return float(0.5 * np.sum(r * r) / Xa.shape[0])
 
 
@@ -460,7 +455,7 @@ def jacobian(net, X: ArrayLike, chunk: int | None = None) -> np.ndarray:
     step = _chunk("fisher.jacobian", chunk, P.n_params * _widths(nodes), N)
     parts = []
     for s in range(0, N, step):
-        yd = _run_forward(nodes, Xa[s:s + step], P.n_params, True, False, [])[1]
+        yd = _run_forward(nodes, Xa[s:s + step], P.n_params, True, False, None)[1]
         parts.append(yd.transpose(1, 2, 0))
     return np.concatenate(parts, axis=0)
 
@@ -492,7 +487,7 @@ def gauss_newton(net, X: ArrayLike, chunk: int | None = None) -> np.ndarray:
     step = _chunk("fisher.gauss_newton", chunk, Pn * _widths(nodes), N)
     G = np.zeros((Pn, Pn))
     for s in range(0, N, step):
-        yd = _run_forward(nodes, Xa[s:s + step], Pn, True, False, [])[1]
+        yd = _run_forward(nodes, Xa[s:s + step], Pn, True, False, None)[1]
         J = yd.reshape(Pn, -1)
         G += J @ J.T
     G /= N

@@ -332,9 +332,9 @@ class TrainResult:
     losses : (R,) float array
         Full-data training loss L = 1/(2N) sum ||y - t||^2 at those iterations (NaN after a divergence).
     net : Network
-        The final network.
+        The final network (after a divergence, the last one with finite parameters and loss).
     history : list
-        `unit_stats` at every recorded iteration (with ``track_units``; else only the last).
+        `unit_stats` at every recorded iteration (with ``track_units``; else only for ``net``).
     diverged : bool
         True when the parameters or the loss became non-finite (training stopped there).
     max_gamma : float
@@ -420,17 +420,18 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, *, steps: int = 1000, lr: fl
             if not np.all(np.isfinite(theta)) or np.max(np.abs(theta)) > 1e100:
                 diverged = True
                 break
-            net = fisher.with_theta(net, theta)
+            prev, net = net, fisher.with_theta(net, theta)
             if k % record_every == 0:
                 val = fisher.loss(net, Xa, Ya)
                 if not math.isfinite(val) or val > 1e100:
-                    diverged = True
+                    diverged, net = True, prev
                     break
                 losses[r] = val
                 r += 1
                 if track_units:
                     history.append(unit_stats(net, Xa))
-    if not track_units and not diverged:
-        history = [unit_stats(net, Xa)]
+    with np.errstate(over="ignore", invalid="ignore"):  # the last finite network of a diverging run
+        if not track_units:
+            history = [unit_stats(net, Xa)]
     gmax = max((float(np.max(np.asarray(a.gamma))) for a in _parse(owner, net).acts.values()), default=1.0)
     return TrainResult(rec_steps, losses, net, history, diverged, gmax)

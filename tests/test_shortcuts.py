@@ -236,6 +236,18 @@ def test_train_options():
                                fisher.parameters(net).theta - 1e-8 * shortcuts.step_scales(net) * g, rtol=1e-14)
 
 
+def test_train_stops_at_a_divergence():
+    rng = np.random.default_rng(10)
+    X = rng.standard_normal((60, 3))
+    Y = np.tanh(X @ [1.0, -2.0, 0.5])[:, None]
+    res = shortcuts.train(shortcuts.network((3, 6, 1), seed=0), X, Y, steps=200, lr=50.0, record_every=1,
+                          gamma="unit_variance")
+    assert res.diverged
+    k = int(np.argmax(np.isnan(res.losses)))
+    assert k > 0 and np.all(np.isnan(res.losses[k:])) and np.all(np.isfinite(res.losses[:k]))
+    assert np.all(np.isfinite(fisher.parameters(res.net).theta)) and len(res.history) == 1
+
+
 def test_step_scales():
     net = shortcuts.network((2, 3, 3, 1))
     P = fisher.parameters(net)
