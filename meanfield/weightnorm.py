@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from meanfield.core.validate import check_array, check_bool, check_real
+
 __all__ = [
     "weight",
     "grads",
@@ -44,18 +46,8 @@ __all__ = [
 
 
 def _array(x: ArrayLike, name: str, ndim: tuple[int, ...]) -> np.ndarray:
-    """x as a finite float64 array with one of the allowed numbers of dimensions."""
-    try:
-        a = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a real numeric array, got {type(x).__name__}") from exc
-    if a.ndim not in ndim:
-        allowed = " or ".join(str(d) for d in ndim)
-        raise ValueError(f"{name} must have {allowed} dimensions, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite (no NaN or inf), got {np.count_nonzero(~np.isfinite(a))} "
-                         "non-finite entries")
-    return a
+    """x as a finite float64 array with one of the allowed numbers of dimensions (`check_array`)."""
+    return check_array("weightnorm", name, x, ndim=ndim)
 
 
 def _row_norms(v: np.ndarray) -> np.ndarray:
@@ -206,10 +198,10 @@ def data_dependent_init(v: ArrayLike, X: ArrayLike, scale: float = 1.0, rtol: fl
     if Xa.shape[1] != va.shape[1]:
         raise ValueError(f"X has {Xa.shape[1]} features but v has {va.shape[1]} input columns; they must "
                          "match")
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale={scale!r} must be a finite number > 0")
-    if not (0 <= rtol < 1):
-        raise ValueError(f"rtol={rtol!r} must lie in [0, 1)")
+    owner = "weightnorm.data_dependent_init"
+    scale = check_real(owner, "scale", scale, 0.0, lo_open=True)
+    rtol = check_real(owner, "rtol", rtol, 0.0, 1.0, hi_open=True)
+    mean_only_bn = check_bool(owner, "mean_only_bn", mean_only_bn)
     norms = _row_norms(va)
     t = (Xa @ va.T) / norms
     mu = t.mean(axis=0)
@@ -321,7 +313,7 @@ def weightnorm_dense(X: ArrayLike, v: ArrayLike, g: ArrayLike, b: ArrayLike | No
                          "match")
     w = weight(va, g)
     out = Xa @ w.T
-    if mean_only_bn:
+    if check_bool("weightnorm.weightnorm_dense", "mean_only_bn", mean_only_bn):
         out = out - out.mean(axis=0, keepdims=True)
     if b is not None:
         out = out + _gain(b, va, "b")
