@@ -1,33 +1,39 @@
 """Weight normalization (Salimans and Kingma 2016) as plain numpy functions.
 
 Source: T. Salimans and D. P. Kingma, "Weight Normalization: A Simple Reparameterization to Accelerate
-Training of Deep Neural Networks", NeurIPS 2016.
+Training of Deep Neural Networks", NeurIPS 2016 (arXiv:1602.07868); the authors' code is ``openai/weightnorm``
+(the Lasagne version ran the paper's CIFAR-10 experiments; line references below are to lasagne/nn.py).
 
 Each unit i of a dense layer has its weight vector reparameterized as
 
-    w_i = g_i v_i / ||v_i||,
+    w_i = g_i v_i / ||v_i||                           (lasagne/nn.py line 247)
 
-so that the norm ||w_i|| = |g_i| is decoupled from the direction v_i / ||v_i||. The functions here work
-on a weight matrix v of shape (out, in) (row i is unit i's vector) and a gain vector g of shape (out,);
-inputs are batches X of shape (batch, in) and pre-activations t of shape (batch, out).
+so that the norm ||w_i|| = |g_i| is decoupled from the direction v_i / ||v_i||. The functions here work on a
+weight matrix v of shape (out, in) (row i is unit i's vector) and a gain vector g of shape (out,); inputs are
+batches X of shape (batch, in) and pre-activations t of shape (batch, out).
 
-Functions
----------
-weight                          w = g v / ||v|| row-wise
-grads                           (grad_g, grad_v) from grad_w, in the projection form of the paper
-data_dependent_init             (g, b) standardizing each pre-activation over a batch
-mean_only_batchnorm             t - mean_batch(t)
-mean_only_batchnorm_backward    grad_t = grad_out - mean_batch(grad_out)
-weightnorm_dense                X w^T + b with w = g v / ||v||
+Functions::
 
-Everything is numpy float64; bad input raises ValueError naming the argument, its value and the valid
-range.
+    weight                          w = g v / ||v|| row-wise
+    grads                           (grad_g, grad_v) from grad_w, in the projection form of the paper
+    data_dependent_init             (g, b) standardizing each pre-activation over a batch (lines 252-257), or with
+                                    mean-only batch norm only g (lines 202-205)
+    mean_only_batchnorm             t - mean_batch(t) (lines 199-200)
+    mean_only_batchnorm_backward    grad_t = grad_out - mean_batch(grad_out)
+    weightnorm_dense                X w^T + b with w = g v / ||v||, optionally followed by mean-only batch norm
+
+The gradient identities are the paper's (section 2; the code differentiates automatically); the rest follows the
+code lines cited. Everything is numpy float64; bad input raises ValueError naming the argument, its value and the
+valid range. The layer types of both engines are `meanfield.WeightNormDense` and `meanfield.MeanOnlyBatchNorm`
+(``meanfield.mlp(norm="wn+mobn")``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from meanfield.core.validate import check_array, check_bool, check_real
 
 __all__ = [
     "weight",
@@ -40,18 +46,8 @@ __all__ = [
 
 
 def _array(x: ArrayLike, name: str, ndim: tuple[int, ...]) -> np.ndarray:
-    """x as a finite float64 array with one of the allowed numbers of dimensions."""
-    try:
-        a = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a real numeric array, got {type(x).__name__}") from exc
-    if a.ndim not in ndim:
-        allowed = " or ".join(str(d) for d in ndim)
-        raise ValueError(f"{name} must have {allowed} dimensions, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite (no NaN or inf), got {np.count_nonzero(~np.isfinite(a))} "
-                         "non-finite entries")
-    return a
+    """x as a finite float64 array with one of the allowed numbers of dimensions (`check_array`)."""
+    return check_array("weightnorm", name, x, ndim=ndim)
 
 
 def _row_norms(v: np.ndarray) -> np.ndarray:
@@ -79,7 +75,7 @@ def weight(v: ArrayLike, g: ArrayLike) -> np.ndarray:
 
     .. math:: w_i = g_i \\, v_i / \\lVert v_i \\rVert, \\qquad \\lVert w_i \\rVert = |g_i|
 
-    (Salimans and Kingma 2016, eq. 2).
+    (Salimans and Kingma 2016, section 2; lasagne/nn.py line 247).
 
     Parameters
     ----------
@@ -110,7 +106,7 @@ def grads(v: ArrayLike, g: ArrayLike, grad_w: ArrayLike) -> tuple[np.ndarray, np
     """Gradients with respect to g and v given the gradient with respect to w = g v/||v||.
 
     With w_i = g_i v_i / ||v_i|| and the gradient grad_w of a loss with respect to w (Salimans and
-    Kingma 2016, eqs. 3 and 4):
+    Kingma 2016, section 2; the code leaves them to automatic differentiation):
 
     .. math::
         \\nabla_{g_i} L = \\frac{\\nabla_{w_i} L \\cdot v_i}{\\lVert v_i \\rVert}, \\qquad
@@ -153,17 +149,20 @@ def grads(v: ArrayLike, g: ArrayLike, grad_w: ArrayLike) -> tuple[np.ndarray, np
     return grad_g, grad_v
 
 
-def data_dependent_init(v: ArrayLike, X: ArrayLike, scale: float = 1.0,
-                        rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+def data_dependent_init(v: ArrayLike, X: ArrayLike, scale: float = 1.0, rtol: float = 1e-10,
+                        mean_only_bn: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Data-dependent initialization of the gains and biases of a weight-normalized dense layer.
 
     For the normalized pre-activations t_ni = v_i . x_n / ||v_i|| over the batch, with batch mean mu_i
-    and (population, ddof = 0) standard deviation sigma_i (Salimans and Kingma 2016, section 3):
+    and (population, ddof = 0) standard deviation sigma_i (Salimans and Kingma 2016, section 3; the code,
+    lasagne/nn.py lines 252-257, starts from g = 1 and sets g <- g / sigma, b <- -mu / sigma):
 
     .. math:: g_i = \\frac{s}{\\sigma_i}, \\qquad b_i = -\\frac{s\\,\\mu_i}{\\sigma_i},
 
     so that y_ni = g_i t_ni + b_i = s (t_ni - mu_i) / sigma_i has batch mean 0 and standard deviation s
-    (s = ``scale``, 1 by default) for every unit.
+    (s = ``scale``, 1 by default; the TensorFlow version calls it ``init_scale``) for every unit. With
+    ``mean_only_bn`` (weight norm followed by mean-only batch norm, lines 202-205) only g is set, g_i = s/sigma_i,
+    and b stays 0: the layer subtracts the batch mean itself.
 
     Parameters
     ----------
@@ -173,6 +172,8 @@ def data_dependent_init(v: ArrayLike, X: ArrayLike, scale: float = 1.0,
         The initialization batch, one sample per row; at least two samples.
     scale : float, optional
         Target standard deviation s > 0 of every pre-activation (1 by default).
+    mean_only_bn : bool, optional
+        The initialization of weight norm with mean-only batch norm (b = 0).
     rtol : float, optional
         A unit is constant over the batch when sigma_i <= rtol * sqrt(mean_n t_ni^2) (round-off makes
         the computed sigma of a constant unit tiny rather than exactly 0); such a unit cannot be
@@ -197,10 +198,10 @@ def data_dependent_init(v: ArrayLike, X: ArrayLike, scale: float = 1.0,
     if Xa.shape[1] != va.shape[1]:
         raise ValueError(f"X has {Xa.shape[1]} features but v has {va.shape[1]} input columns; they must "
                          "match")
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale={scale!r} must be a finite number > 0")
-    if not (0 <= rtol < 1):
-        raise ValueError(f"rtol={rtol!r} must lie in [0, 1)")
+    owner = "weightnorm.data_dependent_init"
+    scale = check_real(owner, "scale", scale, 0.0, lo_open=True)
+    rtol = check_real(owner, "rtol", rtol, 0.0, 1.0, hi_open=True)
+    mean_only_bn = check_bool(owner, "mean_only_bn", mean_only_bn)
     norms = _row_norms(va)
     t = (Xa @ va.T) / norms
     mu = t.mean(axis=0)
@@ -213,7 +214,7 @@ def data_dependent_init(v: ArrayLike, X: ArrayLike, scale: float = 1.0,
                          "deviation 0): they cannot be scaled to standard deviation 1; use a batch with "
                          "varied inputs (at least 2 distinct samples)")
     g = scale / sigma
-    b = -mu * g
+    b = np.zeros_like(g) if mean_only_bn else -mu * g
     return g, b
 
 
@@ -222,7 +223,8 @@ def mean_only_batchnorm(t: ArrayLike) -> np.ndarray:
 
     .. math:: \\hat t_{ni} = t_{ni} - \\frac{1}{B} \\sum_{m=1}^{B} t_{mi}
 
-    (Salimans and Kingma 2016, section 2.2; the learned bias is added separately).
+    (Salimans and Kingma 2016, mean-only batch normalization; lasagne/nn.py lines 199-200, which also keep a
+    running mean 0.9 m + 0.1 mean_batch for evaluation, line 201; the learned bias is added separately).
 
     Parameters
     ----------
@@ -274,10 +276,14 @@ def mean_only_batchnorm_backward(grad_out: ArrayLike) -> np.ndarray:
     return ga - ga.mean(axis=0, keepdims=True)
 
 
-def weightnorm_dense(X: ArrayLike, v: ArrayLike, g: ArrayLike, b: ArrayLike | None = None) -> np.ndarray:
-    """Forward pass of a weight-normalized dense layer.
+def weightnorm_dense(X: ArrayLike, v: ArrayLike, g: ArrayLike, b: ArrayLike | None = None,
+                     mean_only_bn: bool = False) -> np.ndarray:
+    """Forward pass of a weight-normalized dense layer, optionally with mean-only batch normalization.
 
     .. math:: y_{ni} = g_i \\frac{v_i \\cdot x_n}{\\lVert v_i \\rVert} + b_i = (X w^T)_{ni} + b_i
+
+    and with ``mean_only_bn`` (lasagne/nn.py lines 199-207, the bias added after the centering)
+    y_ni = t_ni - mean_m t_mi + b_i, t = X w^T.
 
     Parameters
     ----------
@@ -288,6 +294,8 @@ def weightnorm_dense(X: ArrayLike, v: ArrayLike, g: ArrayLike, b: ArrayLike | No
         Gains.
     b : array_like, shape (out,) or scalar, optional
         Biases (0 if omitted).
+    mean_only_bn : bool, optional
+        Subtract the batch mean of every unit before adding b.
 
     Returns
     -------
@@ -305,6 +313,8 @@ def weightnorm_dense(X: ArrayLike, v: ArrayLike, g: ArrayLike, b: ArrayLike | No
                          "match")
     w = weight(va, g)
     out = Xa @ w.T
+    if check_bool("weightnorm.weightnorm_dense", "mean_only_bn", mean_only_bn):
+        out = out - out.mean(axis=0, keepdims=True)
     if b is not None:
         out = out + _gain(b, va, "b")
     return out

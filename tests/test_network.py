@@ -221,6 +221,7 @@ def _every_layer_network():
         Block([Dense(), Activation("sigmoid"), MeanFieldCenter("sigmoid"), MeanFieldScale("sigmoid")]),
         Residual(branch=[Dense(), Activation("tanh")], alpha=0.5, shortcut=[Dense(2.0)]),
         Residual(branch=[Dense(1.4), Activation(hermite.activation("relu", gain=2.0)), LayerNorm()]),
+        meanfield.Concat(branch=[Dense(1.1, 0.1), Activation("tanh")], share=0.5),
         Block([Dense(1.0, width=1)], name="readout"),
         Block([Linear([[1.0, -2.0], [0.5, 0.25]], [0.1, -0.3])]),
     ])

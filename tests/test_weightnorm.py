@@ -76,6 +76,51 @@ def test_data_dependent_init_standardizes():
     np.testing.assert_allclose(np.linalg.norm(weightnorm.weight(v, g), axis=1), g, rtol=1e-14)
 
 
+def test_data_dependent_init_is_the_authors_code():
+    """lasagne/nn.py lines 252-257 (WeightNormLayer, init=True), written out: with g = 1 the input is X w^T,
+    m = mean(input), input -= m, stdv = sqrt(mean(input^2)), then b <- -m/stdv and g <- g/stdv; and lines 199-205
+    (MeanOnlyBNLayer): the same stdv of the centred input, g <- g/stdv, b left at 0."""
+    rng = np.random.default_rng(5)
+    v = 0.05 * rng.standard_normal((5, 8))  # lasagne.init.Normal(0.05)
+    X = rng.standard_normal((100, 8)) + 0.3
+    inp = X @ (v / np.sqrt(np.sum(v**2, axis=1, keepdims=True))).T
+    m = inp.mean(axis=0)
+    cen = inp - m
+    stdv = np.sqrt(np.mean(cen**2, axis=0))
+    g, b = weightnorm.data_dependent_init(v, X)
+    np.testing.assert_allclose(g, 1.0 / stdv, rtol=1e-13)
+    np.testing.assert_allclose(b, -m / stdv, rtol=1e-13)
+    gm, bm = weightnorm.data_dependent_init(v, X, mean_only_bn=True)
+    np.testing.assert_allclose(gm, 1.0 / stdv, rtol=1e-13)
+    np.testing.assert_array_equal(bm, 0.0)
+    y = weightnorm.weightnorm_dense(X, v, gm, bm, mean_only_bn=True)
+    np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-13)
+    np.testing.assert_allclose(y.std(axis=0), 1.0, rtol=1e-13)
+    np.testing.assert_allclose(y, weightnorm.weightnorm_dense(X, v, g, b), rtol=1e-12, atol=1e-13)
+    # the TensorFlow version (tensorflow/nn.py lines 150-157) adds 1e-10 to the variance: the same to ~1e-10
+    np.testing.assert_allclose(g, 1.0 / np.sqrt(stdv**2 + 1e-10), rtol=1e-7)
+
+
+def test_norm_of_v_grows_under_gradient_descent():
+    """grad_v is orthogonal to v, so a gradient step v' = v - lr grad_v has ||v'||^2 = ||v||^2 + lr^2 ||grad_v||^2:
+    the norm never decreases (the paper's self-stabilization argument), whatever the loss."""
+    rng = np.random.default_rng(6)
+    v, g = rng.standard_normal((4, 6)), rng.uniform(0.5, 2.0, 4)
+    _, grad_v = weightnorm.grads(v, g, rng.standard_normal((4, 6)))
+    for lr in (0.01, 0.3, 3.0):
+        v2 = v - lr * grad_v
+        np.testing.assert_allclose(np.sum(v2**2, axis=1), np.sum(v**2, axis=1) + lr**2 * np.sum(grad_v**2, axis=1),
+                                   rtol=1e-12)
+
+
+def test_mean_only_batchnorm_layer_is_the_numpy_function():
+    import meanfield
+
+    F = np.random.default_rng(7).standard_normal((6, 5)) + 2.0
+    np.testing.assert_allclose(meanfield.MeanOnlyBatchNorm().on_features(F), weightnorm.mean_only_batchnorm(F),
+                               rtol=0, atol=0)
+
+
 def test_weightnorm_dense_matches_definition():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((7, 4))
@@ -85,6 +130,9 @@ def test_weightnorm_dense_matches_definition():
     expected = g * (X @ v.T) / np.linalg.norm(v, axis=1) + b
     np.testing.assert_allclose(weightnorm.weightnorm_dense(X, v, g, b), expected, rtol=1e-13)
     np.testing.assert_allclose(weightnorm.weightnorm_dense(X, v, g), expected - b, rtol=1e-12, atol=1e-14)
+    centred = expected - b - (expected - b).mean(axis=0)
+    np.testing.assert_allclose(weightnorm.weightnorm_dense(X, v, g, b, mean_only_bn=True), centred + b, rtol=1e-12,
+                               atol=1e-14)
 
 
 def test_mean_only_batchnorm_forward_backward():

@@ -11,6 +11,7 @@ built-in ones.
 from meanfield.layers.activation import *  # noqa: F403
 from meanfield.layers.base import Layer, layer_from_dict, layer_types, norm_layer_types
 from meanfield.layers.batchnorm import *  # noqa: F403
+from meanfield.layers.concat import *  # noqa: F403
 from meanfield.layers.constant_norms import *  # noqa: F403
 from meanfield.layers.dense import *  # noqa: F403
 from meanfield.layers.mean_only_batchnorm import *  # noqa: F403

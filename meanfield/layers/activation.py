@@ -52,6 +52,11 @@ class Activation(Layer):
 
     def infinite(self, law, ctx):
         act = self.act
+        if act.per_unit:
+            raise ValueError(f"propagate: activation {act.name!r} has per-unit parameters (alpha, beta or gamma one "
+                             "per unit), which have no single Hermite expansion and so no infinite-width rule; it "
+                             "acts only on explicit features (propagate(net, X=X) through fixed layers) and in "
+                             "simulate")
         src = law.sampler()
         fn = act.fn
 
@@ -75,6 +80,9 @@ class Activation(Layer):
         if compiler.grad and not self.act.has_derivative:
             raise compiler.error(f"gradients=True needs the derivative of every activation; activation "
                                  f"{self.act.name!r} has none (pass derivative= to hermite.activation)")
+        if self.act.per_unit and self.act.units != w_in:
+            raise compiler.error(f"activation {self.act.name!r} has per-unit parameters for {self.act.units} units "
+                                 f"but the layer receives {w_in} features")
         op = ActOp(self.act, w_in)
         compiler.chain = {"act": op, "center": False, "scaled": False}
         return op, w_in
