@@ -10,6 +10,7 @@ Each test names the defect it covers (the numbering of issue 17):
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -76,3 +77,120 @@ def test_tower_through_network_from_dict_and_mlp():
     assert time.perf_counter() - t0 < 2.0
 
 
+# ---------------------------------------------------------------------------------------------------------
+# 3. divergent expectations
+
+
+def test_divergent_second_moment_is_inf():
+    """Defect 3: E exp(2 x^2) at q = 1 came back 1.4e189; E x^-2 came back 1351. Both are +inf."""
+    assert hermite.second_moment("exp(x**2)") == math.inf
+    assert hermite.second_moment("1/x") == math.inf
+
+
+def test_divergent_kernel_is_inf_on_the_diagonal_and_refused_elsewhere():
+    """Defect 3: kernel("exp(x**2)", ...) came back 1.3e235 (true: +inf)."""
+    assert hermite.kernel("exp(x**2)", 1.0) == math.inf
+    with pytest.raises(ValueError, match=r"q1=1.*square-integrable"):
+        hermite.kernel("exp(x**2)", 0.5)
+    # converging entries of the same call are computed; E exp(u^2 + v^2) = 1/sqrt(det(I - 2 Sigma))
+    k = hermite.kernel("exp(x**2)", [1.0, 0.5], q1=[1.0, 0.1])
+    assert k[0] == math.inf
+    assert k[1] == pytest.approx(1 / math.sqrt((1 - 0.2) ** 2 - 0.2**2 * 0.25), rel=1e-12)
+
+
+def test_divergent_coefficients_and_tail_mass_are_refused():
+    """Defect 3: no Hermite expansion where E f^2 = +inf; the error names q."""
+    with pytest.raises(ValueError, match=r"coefficients: q=1 .*square-integrable"):
+        hermite.coefficients("1/x", 4)
+    with pytest.raises(ValueError, match=r"q=0.3"):
+        hermite.coefficients("exp(x**2)", 3, [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="tail_mass"):
+        hermite.tail_mass("exp(x**2)", 3)
+
+
+def test_divergence_threshold_in_q_is_exact():
+    """Defect 3: E exp(2 x^2) at variance q is 1/sqrt(1 - 4q) below q = 1/4 and +inf from q = 1/4 on (the
+    borderline integrand is constant); the variances of one call are decided by bisection, each exactly."""
+    q = np.array([0.05, 0.1, 0.2, 0.25, 0.3, 10.0])
+    m = hermite.second_moment("exp(x**2)", q)
+    np.testing.assert_allclose(m[:3], 1 / np.sqrt(1 - 4 * q[:3]), rtol=1e-12)
+    assert np.all(m[3:] == math.inf)
+    # the gain rescales the variance: f(g x) at q is f at g^2 q
+    assert hermite.second_moment(hermite.activation("exp(x**2)", gain=0.1)) == pytest.approx(1 / math.sqrt(0.96))
+    assert hermite.second_moment(hermite.activation("exp(x**2)", gain=0.6)) == math.inf
+
+
+@pytest.mark.parametrize("text,q", [("exp(x**2)", 0.24), ("exp(x**2)", 0.2499), ("x**72", 1.0), ("exp(x)", 64.0)])
+def test_convergent_integrals_beyond_the_quadrature_range_are_refused(text, q):
+    """Found while fixing defect 3: just below the threshold the integral converges, but its mass lies beyond
+    the quadrature's range: E exp(2 x^2) came out 13.4 for 50 at q = 0.2499, 6e-4 off at q = 0.24; E x^72
+    4e-12 off; E exp(2x) 13% off at q = 64. Refused instead (a ValueError that says why)."""
+    with pytest.raises(ValueError, match="mass beyond"):
+        hermite.second_moment(text, q)
+    with pytest.raises(ValueError, match="mass beyond"):
+        hermite.coefficients(text, 3, q)
+
+
+@pytest.mark.parametrize("text,q,finite", [
+    ("exp(x**2/4)", 1.0, False),  # borderline: integrand constant
+    ("exp(x**2/4)/(1 + x**2)", 1.0, None),  # borderline, saved by x^-4, but its mass is out of range
+    ("exp(x**2)*sin(x)", 1.0, False),  # oscillating factor: its envelope counts
+    ("exp(exp(x))", 1.0, False),
+    ("exp(-exp(x))", 1.0, True),
+    ("exp(x**4/10**20)", 1.0, False),  # overtakes the Gaussian only beyond x ~ 1e10
+    ("abs(x)**(-0.5)", 1.0, False),  # f^2 = 1/|x|: log-divergent
+    ("1/(x - 100)", 1.0, False),  # a pole far in the tail still diverges
+    ("tan(x)", 1.0, False),
+    ("1/(x**2 - 1)", 1.0, False),
+    ("1/(x + sin(x) + 3)", 1.0, False),  # a pole sympy cannot solve for: found numerically
+    ("exp(1/x)", 1.0, False),
+    ("exp(-1/x**2)", 1.0, True),
+    ("sin(x)/x", 1.0, True),  # removable
+    ("x*tanh(x)", 1e4, True),
+    ("log(1 + exp(x))", 1e3, True),
+    ("x**30", 1.0, True),
+])
+def test_divergence_of_formulas(text, q, finite):
+    """Defect 3: growth against the Gaussian weight and poles, decided from the formula (None: converges,
+    but with a tail of the integrand the quadrature does not resolve, refused)."""
+    if finite is None:
+        with pytest.raises(ValueError, match="mass beyond"):
+            hermite.second_moment(text, q)
+        return
+    m = hermite.second_moment(text, q)
+    assert math.isfinite(m) == finite
+
+
+def test_divergence_borderline_and_unbounded_formulas_are_refused():
+    """Defect 3: undecidable borderlines and integrable-but-unbounded singularities raise (the quadrature
+    gave E |z|^(-1/2) = 1.696 for 1.720: a wrong number)."""
+    with pytest.raises(ValueError, match="too close to 1/z"):
+        hermite.second_moment("exp(x**2/4)/sqrt(1 + abs(x))")
+    for text in ("abs(x)**(-0.25)", "log(abs(x))"):
+        with pytest.raises(ValueError, match="unbounded"):
+            hermite.second_moment(text)
+
+
+def test_derivative_kernel_divergence():
+    """Defect 3: f = sqrt|x| is square-integrable, f' = sign(x) / (2 sqrt|x|) is not."""
+    assert math.isfinite(hermite.kernel("sqrt(abs(x))", 0.5))
+    assert hermite.kernel("sqrt(abs(x))", 1.0, derivative=1) == math.inf
+    with pytest.raises(ValueError, match="f' of activation"):
+        hermite.kernel("sqrt(abs(x))", 0.5, derivative=1)
+
+
+def test_divergence_of_callables_from_samples():
+    """Defect 3 for callables: what is decidable from samples."""
+    assert hermite.second_moment(lambda x: np.exp(x**2)) == math.inf
+    assert hermite.second_moment(lambda x: np.exp(x**2 / 4)) == math.inf
+    assert hermite.second_moment(lambda x: np.exp(x**2), 0.2) == pytest.approx(1 / math.sqrt(0.2), rel=1e-9)
+    with pytest.raises(ValueError, match="x = 0"):  # 1/x: infinite at a sample, refused (was 1351)
+        hermite.second_moment(lambda x: 1 / x)
+    assert hermite.second_moment(np.tanh, 1e4) == pytest.approx(hermite.second_moment("tanh", 1e4), rel=1e-10)
+
+
+def test_transform_of_a_divergent_activation():
+    """A polynomial-subtracted core diverges exactly where its base does."""
+    t = hermite.transform("exp(x**2)", remove=(0, 1, 2), q=0.1)
+    assert math.isfinite(hermite.second_moment(t, 0.1))
+    assert hermite.second_moment(t, 1.0) == math.inf
