@@ -388,7 +388,9 @@ def shortcut_mlp(widths: Sequence[int], phi: str | Phi | tuple | Sequence = "tan
     blocks = [ShortcutBlock(widths[2 * k], widths[2 * k + 1], widths[2 * k + 2], phis[k], shortcuts[k])
               for k in range(K)]
     net = ShortcutMLP(blocks)
-    rng = np.random.default_rng(seed)
+    from meanfield.core.validate import check_seed
+
+    rng = np.random.default_rng(check_seed("shortcut_mlp", seed, generator=True))
     params = {}
     for name, shape in net.shapes.items():
         if len(shape) == 2:

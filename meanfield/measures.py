@@ -391,13 +391,30 @@ def am_gm_ratio(K) -> float | np.ndarray:
 
 
 def gamma_from_gram(G) -> np.ndarray:
-    """gamma = c / (K - c) per Gram of a stack (..., n, n), with K the mean diagonal entry and c the mean
-    off-diagonal entry: the infinite-data bias of an output whose second moments over initialization are
-    G, reading the n inputs as independent draws from the data (exchangeable: for n = 2 the two diagonal
-    entries agree up to Monte Carlo noise). +inf when c = K (collinear outputs), NaN for a zero output.
+    """Initial guessing bias gamma = c / (K - c) per Gram of a stack (Francazi et al.).
+
+    K is the mean diagonal entry and c the mean off-diagonal entry: the infinite-data bias of an output
+    whose second moments over initialization are G, reading the n inputs as independent draws from the
+    data (exchangeable: for n = 2 the two diagonal entries agree up to Monte Carlo noise).
+
+    Parameters
+    ----------
+    G : array_like, shape (..., n, n)
+        Gram matrix or stack with n >= 2, validated by `check_gram` (real, finite, symmetric, positive
+        semi-definite with the relative tolerance).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        gamma per Gram: +inf when c = K (collinear outputs), NaN for a zero output (K = 0).
+
+    Raises
+    ------
+    ValueError
+        For an invalid G (naming it, the offending value and the valid range) or n < 2.
     """
-    G = np.asarray(G, dtype=np.float64)
-    if G.ndim < 2 or G.shape[-1] != G.shape[-2] or G.shape[-1] < 2:
+    G = check_gram(G, "G")
+    if G.shape[-1] < 2:
         raise ValueError(f"gamma_from_gram: G must be a stack of n x n Grams with n >= 2, got shape {G.shape}")
     n = G.shape[-1]
     diag = np.trace(G, axis1=-2, axis2=-1) / n

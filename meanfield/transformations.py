@@ -88,6 +88,7 @@ from numpy.typing import ArrayLike
 import hermite
 from hermite.quadrature import gaussian_expectation
 from meanfield import fisher
+from meanfield.core.validate import check_seed
 from meanfield.infinite import propagate
 from meanfield.layers import Activation, Block, Dense, Residual
 from meanfield.network import Network
@@ -770,7 +771,7 @@ def train(net: fisher.ShortcutMLP, X: ArrayLike, Y: ArrayLike, *, steps: int = 1
     lr = float(_finite_array(lr, "lr"))
     if not lr > 0:
         raise ValueError(f"lr={lr!r} must be > 0")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed("train", seed, generator=True))
     N = Xa.shape[0]
     if transform:
         net = update_transforms(net, Xa, choice)

@@ -194,3 +194,126 @@ def test_transform_of_a_divergent_activation():
     t = hermite.transform("exp(x**2)", remove=(0, 1, 2), q=0.1)
     assert math.isfinite(hermite.second_moment(t, 0.1))
     assert hermite.second_moment(t, 1.0) == math.inf
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. validation holes
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1.0, 1e12])
+def test_psd_tolerance_is_relative_for_k0_of_any_scale(scale):
+    """Defect 4: the PSD check of K0 used an absolute tolerance (max(1, lambda_max)), so a non-PSD K0 of scale
+    1e-12 (eigenvalues 3e-12 and -1e-12) was accepted."""
+    bad = np.array([[1.0, 2.0], [2.0, 1.0]]) * scale
+    with pytest.raises(ValueError, match=r"K0 must be positive semi-definite.*psd_tol"):
+        meanfield.propagate(meanfield.mlp(2, "relu"), bad)
+    good = np.array([[1.0, 0.5], [0.5, 1.0]]) * scale
+    assert meanfield.propagate(meanfield.mlp(2, "relu"), good).gram.shape == (3, 2, 2)
+
+
+def test_measures_use_the_relative_psd_tolerance():
+    bad = np.array([[1.0, 2.0], [2.0, 1.0]]) * 1e-12
+    for f in (meanfield.isometry_gap, meanfield.potential, meanfield.measures.correlations):
+        with pytest.raises(ValueError, match="K must be positive semi-definite"):
+            f(bad)
+
+
+def test_gamma_from_gram_checks_its_gram():
+    """Defect 4: gamma_from_gram (formerly bias.gamma_from_gram) did not check PSD: [[1, 2], [2, 1]] gave +inf."""
+    g = meanfield.measures.gamma_from_gram
+    with pytest.raises(ValueError, match=r"G must be positive semi-definite"):
+        g(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(ValueError, match="G must be symmetric"):
+        g(np.array([[1.0, 0.5], [0.2, 1.0]]))
+    with pytest.raises(ValueError, match="G must be finite"):
+        g(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="n >= 2"):
+        g(np.eye(1))
+    assert meanfield.bias.gamma_from_gram(np.array([[1.0, 0.3], [0.3, 1.0]])) == pytest.approx(0.3 / 0.7)
+
+
+def test_layer_dict_without_its_activation_is_refused():
+    """Defect 4: {"type": "Activation"} silently became ReLU."""
+    from meanfield.layers.base import layer_from_dict
+
+    with pytest.raises(ValueError, match=r"'act' is required"):
+        layer_from_dict({"type": "Activation"})
+    d = meanfield.mlp(1, "tanh").to_dict()
+    del d["blocks"][0]["layers"][1]["act"]
+    with pytest.raises(ValueError, match=r"'act' is required"):
+        meanfield.Network.from_dict(d)
+    with pytest.raises(ValueError, match=r"act=\{'foo': 1\}"):
+        layer_from_dict({"type": "Activation", "act": {"foo": 1}})  # was a KeyError
+    assert meanfield.Activation().act == hermite.activation("relu")  # the Python default stays
+    assert layer_from_dict({"type": "Activation", "act": {"name": "tanh"}}).act == hermite.activation("tanh")
+
+
+def test_complex_data_is_refused_not_cut_to_its_real_part():
+    """Defect 4: complex data; simulate refuses it (the message now says complex, it said 'object')."""
+    X = np.ones((3, 4)) + 1j
+    for f in (meanfield.simulate, meanfield.simulate_outputs):
+        with pytest.raises(ValueError, match=r"X must be a real \(n, d\) array, got dtype complex"):
+            f(meanfield.mlp(1, "relu"), X, width=4, seeds=1)
+    with pytest.raises(ValueError, match="K0 .*complex"):
+        meanfield.propagate(meanfield.mlp(1, "relu"), X @ X.conj().T)
+
+
+def test_memory_estimate_is_checked_before_allocating():
+    """Defect 4: simulate(width=10**12) tried to allocate 29 TiB before failing (MemoryError)."""
+    net, X = meanfield.mlp(2, "relu"), np.eye(4)
+    with pytest.raises(ValueError, match=r"simulate: width=1000000000000, n=4, depth=2 needs an estimated .*TiB"):
+        meanfield.simulate(net, X, width=10**12, seeds=2)
+    with pytest.raises(ValueError, match=r"width=1000000000000.*available"):
+        meanfield.simulate(net, X, width=10**12, seeds=2, max_memory=1e30)
+    with pytest.raises(ValueError, match=r"simulate: seeds=1000000000000 .*results"):
+        meanfield.simulate(net, X, width=8, seeds=10**12)
+    with pytest.raises(ValueError, match=r"simulate_outputs: width=1000000000000"):
+        meanfield.simulate_outputs(net, X, width=10**12, seeds=2)
+    # a wide network that fits is still simulated (the shortcut needs O(n width) memory)
+    assert meanfield.simulate_outputs(net, X, width=10**5, seeds=1).shape == (1, 4, 10**5)
+
+
+def _seeded_calls():
+    from meanfield import bias, bn_gradients, checks, group_size, ln_net, orthogonality, separability
+    from meanfield.fisher import shortcut_mlp
+
+    net, bn = meanfield.mlp(1, "relu"), meanfield.mlp(1, "relu", norm="bn")
+    X = np.random.default_rng(0).standard_normal((4, 6))
+    return {
+        "simulate": lambda s: meanfield.simulate(net, X, width=4, seeds=2, seed=s),
+        "simulate_outputs": lambda s: meanfield.simulate_outputs(net, X, width=4, seeds=2, seed=s),
+        "bias.gamma": lambda s: bias.gamma(bn, seed=s),
+        "bias.gamma_trajectory": lambda s: bias.gamma_trajectory(bn, seed=s),
+        "bias.output_correlation": lambda s: bias.output_correlation(bn, seed=s),
+        "bias.simulate": lambda s: bias.simulate(net, n_points=10, seeds=2, width=4, seed=s),
+        "bn_gradient_rate": lambda s: bn_gradients.bn_gradient_rate(samples=1000, seed=s),
+        "measure_bn_gradient_rate": lambda s: bn_gradients.measure_bn_gradient_rate(seeds=2, seed=s),
+        "checks.random_grams": lambda s: checks.random_grams(2, seed=s),
+        "checks.random_correlations": lambda s: checks.random_correlations(2, seed=s),
+        "checks.check_rescaling": lambda s: checks.check_rescaling(trials=2, seed=s),
+        "checks.check_affine_isometry": lambda s: checks.check_affine_isometry(seed=s),
+        "checks.check_bn_gradient_rate": lambda s: checks.check_bn_gradient_rate(seeds=2, seed=s),
+        "group_size_study": lambda s: group_size.group_size_study(seed=s),
+        "ln_net_classifier": lambda s: ln_net.ln_net_classifier(X, np.array([0, 1, 0, 1]), seed=s),
+        "vc_probe": lambda s: ln_net.vc_probe(2, [4], trials=1, seed=s),
+        "orthogonality_chain": lambda s: orthogonality.orthogonality_chain(4, 3, 2, seeds=2, seed=s),
+        "xor_example": lambda s: separability.xor_example(seed=s),
+        "fisher.shortcut_mlp": lambda s: shortcut_mlp([4, 8, 4], seed=s),
+    }
+
+
+_SEEDED = ["simulate", "simulate_outputs", "bias.gamma", "bias.gamma_trajectory", "bias.output_correlation",
+           "bias.simulate", "bn_gradient_rate", "measure_bn_gradient_rate", "checks.random_grams",
+           "checks.random_correlations", "checks.check_rescaling", "checks.check_affine_isometry",
+           "checks.check_bn_gradient_rate", "group_size_study", "ln_net_classifier", "vc_probe", "orthogonality_chain",
+           "xor_example", "fisher.shortcut_mlp"]
+
+
+@pytest.mark.parametrize("name", _SEEDED)
+@pytest.mark.parametrize("seed", [-1, 1.5, "a", True])
+def test_every_seed_argument_is_validated(name, seed):
+    """Defect 4: seed=-1 raised numpy's 'expected non-negative integer' (1.5 a TypeError, True was accepted);
+    now every public seed argument raises a ValueError naming seed (meanfield.propagate aside: its driver,
+    meanfield/infinite.py, belongs to another change)."""
+    with pytest.raises(ValueError, match=r"seed.*must be"):
+        _seeded_calls()[name](seed)
