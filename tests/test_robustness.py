@@ -317,3 +317,35 @@ def test_every_seed_argument_is_validated(name, seed):
     meanfield/infinite.py, belongs to another change)."""
     with pytest.raises(ValueError, match=r"seed.*must be"):
         _seeded_calls()[name](seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. rank-aware measures
+
+
+def test_singular_gram_of_bn_after_relu_is_singular_for_every_seed():
+    """Defect 5: BN after ReLU (n = 4): the BN output's Gram has rank n - 1 exactly; with the threshold n eps
+    9 of 1600 (seed, block) Grams had a finite gap (8.3), 1591 had +inf. With 16 n eps: all +inf."""
+    X = np.random.default_rng(0).standard_normal((4, 64))
+    net = meanfield.mlp(50, "relu", norm="bn", placement="post")
+    sim = meanfield.simulate(net, X, width=512, seeds=32, seed=0)
+    gap = sim.isometry_gap()[:, 1:]
+    assert gap.shape == (32, 50)
+    assert np.all(gap == math.inf)
+    assert np.all(meanfield.propagate(net, X=X).isometry_gap()[1:] == math.inf)
+    # two samples after BN are exactly anti-collinear: the potential is +inf every time, not ~1e15
+    sim2 = meanfield.simulate(net, X[:2], width=512, seeds=32, seed=0)
+    assert np.all(sim2.potential()[:, 1:] == math.inf)
+
+
+def test_default_threshold_is_documented_and_relative():
+    M = meanfield.measures
+    eps = np.finfo(float).eps
+    assert M.default_rcond(4) == 16 * 4 * eps
+    lam = np.array([1.0, 0.5, 0.25, 16 * 4 * eps * 0.9])
+    assert M.isometry_gap(np.diag(lam)) == math.inf
+    assert M.isometry_gap(np.diag(lam) * 1e-200) == math.inf  # relative: any scale
+    lam[-1] = 16 * 4 * eps * 1.1
+    assert math.isfinite(M.isometry_gap(np.diag(lam)))
+    assert M.potential(np.array([[1.0, 1 - 1e-15], [1 - 1e-15, 1.0]])) == math.inf
+    assert M.potential(np.array([[1.0, 1 - 1e-15], [1 - 1e-15, 1.0]]), rcond=0.0) > 1e14
