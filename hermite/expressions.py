@@ -17,7 +17,7 @@ import numpy as np
 from hermite.cores import CallableCore, ExpressionCore
 from hermite.validate import check_kinks, check_parity
 
-__all__ = ["parse_expression", "core_expr", "is_sympy"]
+__all__ = ["parse_expression", "core_expr", "is_sympy", "polynomial_real_roots"]
 
 _FUNCS = {
     "exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "tan": "tan", "tanh": "tanh", "sinh": "sinh",
@@ -203,6 +203,42 @@ def _lambdify(expr):
     return g
 
 
+def polynomial_real_roots(expr, max_exact: int = 4):
+    """The real roots of ``expr`` if it is a polynomial in x with numeric coefficients, else None.
+
+    Degree <= ``max_exact``: exact (sympy). Higher degrees: numpy's companion-matrix roots, those within
+    1e-6 of the real axis polished by Newton's method in mpmath at 80 digits and kept when they converge
+    to a real root; bounded cost (sympy's exact solve of x**97 - x**3 + 1 does not finish).
+    """
+    import mpmath as mp
+    import sympy as sp
+
+    x = sp.Symbol("x", real=True)
+    try:
+        poly = sp.Poly(expr, x)
+    except (sp.PolynomialError, sp.GeneratorsNeeded, ValueError, TypeError):
+        return None
+    coeffs = poly.all_coeffs()
+    if not all(c.is_number for c in coeffs) or poly.degree() < 1:
+        return None if not all(c.is_number for c in coeffs) else []
+    if poly.degree() <= max_exact:
+        return [r for r in sp.solve(poly.as_expr(), x) if r.is_real]
+    c = np.array([float(v) for v in coeffs])
+    out = []
+    with mp.workdps(80):
+        cm = [mp.mpf(str(sp.Float(v, 90))) for v in coeffs]
+        for z in np.roots(c):
+            if abs(z.imag) > 1e-6 * (1.0 + abs(z)):
+                continue
+            try:
+                r = mp.findroot(lambda t: mp.polyval(cm, t), mp.mpf(float(z.real)), tol=mp.mpf(10) ** -70)
+            except (ValueError, ZeroDivisionError):
+                continue
+            if abs(mp.im(r)) == 0 and all(abs(r - o) > mp.mpf(10) ** -40 for o in out):
+                out.append(mp.re(r))
+        return [sp.Float(str(r), 80) for r in sorted(out)]  # str inside workdps: all 80 digits
+
+
 def _expr_kinks(expr) -> tuple:
     """Real points where a Piecewise/Abs/Max/Min/sign/Heaviside in ``expr`` switches."""
     import sympy as sp
@@ -222,6 +258,10 @@ def _expr_kinks(expr) -> tuple:
     pts = set()
     for a in args:
         if not a.has(x):
+            continue
+        roots = polynomial_real_roots(a)
+        if roots is not None:
+            pts.update(float(r) for r in roots)
             continue
         try:
             sols = sp.solve(sp.Eq(a, 0), x)

@@ -450,7 +450,12 @@ class _Formula:
     def _zeros(self, t) -> list:
         import sympy as sp
 
+        from hermite.expressions import polynomial_real_roots
+
         x = self.x
+        roots = polynomial_real_roots(t)
+        if roots is not None:
+            return roots
         try:
             sol = sp.solveset(t, x, sp.S.Reals)
         except Exception:  # noqa: BLE001

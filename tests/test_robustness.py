@@ -196,6 +196,17 @@ def test_transform_of_a_divergent_activation():
     assert hermite.second_moment(t, 1.0) == math.inf
 
 
+@pytest.mark.parametrize("text,finite", [("abs(x**97 - x**3 + 1)*tanh(x)/(1 + x**100)", True),
+                                         ("1/(x**99 + x + 3)", False)])
+def test_high_degree_kinks_and_poles_in_bounded_time(text, finite):
+    """Defects 2 and 3: sympy's exact solve of a degree-97 kink argument or a degree-99 denominator did not
+    finish; polynomial roots beyond degree 4 are found numerically and polished to 80 digits."""
+    hermite.activation("x")
+    t0 = time.perf_counter()
+    assert math.isfinite(hermite.second_moment(text)) == finite
+    assert time.perf_counter() - t0 < 10.0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 4. validation holes
 
