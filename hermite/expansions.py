@@ -23,9 +23,19 @@ import numpy as np
 import scipy.special as sc
 
 from hermite.activations import activation
+from hermite.integrability import divergence
 from hermite.validate import check_convention, check_order, check_variance
 
 __all__ = ["coefficients", "second_moment", "tail_mass"]
+
+
+def _require_square_integrable(owner: str, act, Q: np.ndarray) -> None:
+    """ValueError where E f(sqrt(q) z)^2 = +inf: f has no Hermite expansion there."""
+    bad, why = divergence(act, Q)
+    if bad.any():
+        q = float(Q[np.argmax(bad)])
+        raise ValueError(f"{owner}: q={q:g} must be a variance at which activation {act.name!r} is square-"
+                         f"integrable (E f(sqrt(q) z)^2 < inf); it diverges there: {why}")
 
 
 def _convert(c: np.ndarray, convention: str) -> np.ndarray:
@@ -58,6 +68,10 @@ def coefficients(act, K: int, q=1.0, convention: str = "orthonormal") -> np.ndar
     (closed forms for exp, sin, cos, gaussian, erf; kink-split composite Gauss-Legendre otherwise), and
     for user callables that are smooth between their declared kinks.
 
+    Raises ValueError where f is not square-integrable under N(0, q) (E f^2 = +inf, e.g. "exp(x**2)" at
+    q >= 1/4 or "1/x"): the Hermite expansion does not exist there. Divergence is decided from the
+    integrand, not from quadrature (`hermite.integrability`).
+
     Examples
     --------
     >>> import hermite, numpy as np
@@ -70,6 +84,7 @@ def coefficients(act, K: int, q=1.0, convention: str = "orthonormal") -> np.ndar
     qa = check_variance(q)
     check_convention(convention)
     Q = qa.ravel()
+    _require_square_integrable("coefficients", act, Q)
     c = np.array(act.coefficients_at(K, Q))  # a private copy (the engines share a memo)
     c = _convert(c, convention)
     return c.reshape(qa.shape + (K + 1,))
@@ -80,11 +95,19 @@ def second_moment(act, q=1.0) -> np.ndarray | float:
 
     For f = gamma (phi(g x) + alpha x + beta): gamma^2 [M_phi(g^2 q) + alpha^2 q + beta^2
     + 2 alpha sqrt(q) c_1^phi(g^2 q) + 2 beta c_0^phi(g^2 q)].
+
+    Returns +inf (the true value) where the integral diverges: f^2 growing at least like the inverse
+    Gaussian weight exp(x^2 / (2q)) (``"exp(x**2)"`` at q >= 1/4), or a non-integrable singularity
+    (``"1/x"``, ``"abs(x)**-0.5"``). Divergence is decided from the integrand (`hermite.integrability`):
+    exactly for formulas, from samples for callables; ValueError where it cannot be decided.
     """
     act = activation(act)
     qa = check_variance(q)
     Q = qa.ravel()
-    m = np.array(act.second_moment_at(Q))  # a private copy (the engines share a memo)
+    bad, _ = divergence(act, Q) if not act.per_unit else (np.zeros(Q.shape, dtype=bool), "")
+    m = np.full(Q.shape, np.inf)
+    if not bad.all():
+        m[~bad] = act.second_moment_at(Q[~bad])  # a copy (the engines share a memo)
     return float(m[0]) if qa.ndim == 0 else m.reshape(qa.shape)
 
 
@@ -93,11 +116,14 @@ def tail_mass(act, K: int, q=1.0) -> np.ndarray | float:
 
     Bounds the truncation error of any Hermite series: by Cauchy-Schwarz,
     |sum_{k > K} c_k(q1) c_k(q2) rho^k| <= |rho|^(K+1) sqrt(T_K(q1) T_K(q2)).
+
+    Raises ValueError where f is not square-integrable under N(0, q) (see `coefficients`).
     """
     act = activation(act)
     K = check_order(K)
     qa = check_variance(q)
     Q = qa.ravel()
+    _require_square_integrable("tail_mass", act, Q)
     c = act.coefficients_at(K, Q)
     t = np.maximum(act.second_moment_at(Q) - np.sum(c * c, axis=1), 0.0)
     return float(t[0]) if qa.ndim == 0 else t.reshape(qa.shape)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from hermite.activations import activation
+from hermite.integrability import divergence
 from hermite.validate import check_correlation, check_derivative_order, check_flag, check_variance
 
 __all__ = ["kernel"]
@@ -56,6 +57,12 @@ def kernel(act, rho, q1=1.0, q2=None, derivative: int = 0, centered: bool = Fals
     Accuracy: absolute error below 1e-12 sqrt(E f(u)^2 E f(v)^2) for every rho in [-1, 1], q1 != q2 and
     every built-in (see the module docstring for the methods).
 
+    Divergence: where f (f' for derivative=1) is not square-integrable under N(0, q1) or N(0, q2)
+    (`hermite.integrability`: growth of f^2 against the Gaussian weight, non-integrable singularities),
+    the Mehler expansion does not exist. An entry with rho = 1 and q1 = q2 is then the second moment,
+    +inf; any other such entry raises ValueError (its integral may be finite, infinite or undefined
+    depending on rho, and is not computed).
+
     Examples
     --------
     >>> import hermite, numpy as np
@@ -73,10 +80,23 @@ def kernel(act, rho, q1=1.0, q2=None, derivative: int = 0, centered: bool = Fals
     a2 = a1 if q2 is None else check_variance(q2, "q2")
     r, a1, a2 = np.broadcast_arrays(r, a1, a2)
     shape = r.shape
-    out = act.kernel_at(r.ravel(), a1.ravel(), a2.ravel(), derivative)
-    if centered:
-        m1 = act.mean_at(a1.ravel(), derivative)
-        m2 = act.mean_at(a2.ravel(), derivative)
-        out = out - m1 * m2
+    r, a1, a2 = r.ravel(), a1.ravel(), a2.ravel()
+    bad = np.zeros(r.shape, dtype=bool)
+    if not act.per_unit and r.size:
+        b12, why = divergence(act, np.concatenate([a1, a2]), derivative)
+        bad = b12[: r.size] | b12[r.size:]
+        infinite = bad & (r == 1.0) & (a1 == a2)
+        if np.any(bad & ~infinite):
+            i = int(np.argmax(bad & ~infinite))
+            f = "f'" if derivative else "f"
+            raise ValueError(f"kernel: q1={a1[i]:g}, q2={a2[i]:g} must be variances at which {f} of activation "
+                             f"{act.name!r} is square-integrable (rho={r[i]:g}); it diverges: {why}. Only "
+                             "rho = 1 with q1 = q2 (the second moment, +inf) is defined there")
+    out = np.full(r.shape, np.inf)
+    ok = ~bad
+    if ok.any():
+        out[ok] = act.kernel_at(r[ok], a1[ok], a2[ok], derivative)
+        if centered:
+            out[ok] -= act.mean_at(a1[ok], derivative) * act.mean_at(a2[ok], derivative)
     out = out.reshape(shape)
     return float(out) if out.ndim == 0 else out

@@ -69,7 +69,7 @@ import numpy as np
 
 import hermite
 from meanfield.class_fractions import ClassFractionLaw, class_fraction_law, sample_fractions
-from meanfield.core.validate import check_int, check_real, check_real_array, check_samples, check_widths
+from meanfield.core.validate import check_int, check_real, check_real_array, check_samples, check_seed, check_widths
 from meanfield.finite import simulate_outputs
 from meanfield.infinite import propagate
 from meanfield.layers import Block, Dense
@@ -125,6 +125,7 @@ def _exchangeable_trajectory(owner, net, input_correlation, mc_samples, seed):
         raise ValueError(f"{owner}: net must be a meanfield.Network (e.g. meanfield.mlp(...)), got "
                          f"{type(net).__name__}")
     K0 = _input_gram(owner, input_correlation)
+    seed = check_seed(owner, seed)
     return propagate(net, K0, exchangeable=True, mc_samples=mc_samples, seed=seed)
 
 

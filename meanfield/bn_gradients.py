@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import hermite
-from meanfield.core.validate import check_data, check_int
+from meanfield.core.validate import check_data, check_int, check_seed
 from meanfield.finite import simulate
 from meanfield.layers import Activation, Block, Dense
 from meanfield.network import Network, mlp
@@ -155,6 +155,7 @@ def bn_gradient_rate(act="identity", batch_size: int = 8, *, samples: int = 2**1
     a = hermite.activation(act)
     B = check_int("bn_gradient_rate", "batch_size", batch_size, lo=2)
     M = check_int("bn_gradient_rate", "samples", samples, lo=1000)
+    seed = check_seed("bn_gradient_rate", seed)
     if B == 2:
         return Estimate(0.0, 0.0, "closed form", info={"batch_size": B})
     if B == 3:
@@ -239,6 +240,7 @@ def measure_bn_gradient_rate(act="identity", batch_size: int = 8, *, width: int 
     B = check_int(owner, "batch_size", batch_size, lo=4)
     L = check_int(owner, "depth", depth, lo=3)
     sk = check_int(owner, "skip", skip, lo=0)
+    seed = check_seed(owner, seed)
     if L - 2 * sk < 2:
         raise ValueError(f"measure_bn_gradient_rate: depth={L} leaves fewer than 2 blocks after skip={sk} at each end")
     if X is None:

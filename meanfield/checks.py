@@ -36,7 +36,7 @@ import scipy.optimize as so
 
 import hermite
 from meanfield import rates
-from meanfield.core.validate import check_int, check_real
+from meanfield.core.validate import check_int, check_real, check_seed
 from meanfield.infinite import propagate
 from meanfield.measures import am_gm_ratio, check_gram, correlations, isometry, potential
 from meanfield.network import mlp
@@ -109,8 +109,8 @@ class CheckReport:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _rng(seed) -> np.random.Generator:
-    return np.random.default_rng(seed)
+def _rng(seed, owner: str = "checks") -> np.random.Generator:
+    return np.random.default_rng(check_seed(owner, seed))
 
 
 def random_grams(trials: int, n: int | None = None, *, seed=0, spread: float = 1.5,
@@ -120,7 +120,7 @@ def random_grams(trials: int, n: int | None = None, *, seed=0, spread: float = 1
     n is drawn from 2..8 when None; about one in ten is singular (d < n) when ``singular``; others mix a
     shared direction into the samples so that correlations cover (-1, 1).
     """
-    rng = _rng(seed)
+    rng = _rng(seed, "random_grams")
     out = []
     for t in range(check_int("random_grams", "trials", trials, lo=1)):
         nn = int(rng.integers(2, 9)) if n is None else check_int("random_grams", "n", n, lo=1)
@@ -138,7 +138,7 @@ def random_grams(trials: int, n: int | None = None, *, seed=0, spread: float = 1
 def random_correlations(trials: int, n: int = 4, *, seed=0, near_collinear: bool = True) -> list[np.ndarray]:
     """Random n x n correlation matrices (unit diagonal, full rank), some with a nearly collinear pair
     (|rho| up to 1 - 1e-4) when ``near_collinear``."""
-    rng = _rng(seed)
+    rng = _rng(seed, "random_correlations")
     nn = check_int("random_correlations", "n", n, lo=2)
     out = []
     for t in range(check_int("random_correlations", "trials", trials, lo=1)):

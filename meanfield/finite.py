@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -129,6 +130,50 @@ def _check_memory(owner: str, max_memory) -> None:
         mm = float("nan")
     if isinstance(max_memory, bool) or not math.isfinite(mm) or mm <= 0:
         raise ValueError(f"{owner}: max_memory={max_memory!r} must be a positive number of bytes or None")
+
+
+def _available_memory(device: bool, be: Backend | None = None) -> int | None:
+    """Bytes available now: free GPU memory (``device`` on cupy), else the host's MemAvailable
+    (/proc/meminfo; free pages where that is missing); None where unknown (the check is then skipped)."""
+    if device and be is not None and be.kind == "cupy":
+        try:
+            import cupy
+
+            return int(cupy.cuda.runtime.memGetInfo()[0])
+        except Exception:  # noqa: BLE001
+            return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if b < 1024 or unit == "PiB":
+            return f"{b:.3g} {unit}"
+        b /= 1024
+    return f"{b:.3g} PiB"
+
+
+def _check_fits(owner: str, be: Backend, per_seed: int, results: int, what: str, *, seeds: int) -> None:
+    """ValueError, before anything is allocated, when one network (``per_seed`` bytes, estimated) does not fit
+    in the memory available on the device, or the ``results`` arrays do not fit in the host's."""
+    avail = _available_memory(True, be)
+    if avail is not None and per_seed > avail:
+        raise ValueError(f"{owner}: {what} needs an estimated {_fmt_bytes(per_seed)} ({per_seed} bytes) for one "
+                         f"network, more than the {_fmt_bytes(avail)} available; reduce width, depth or n")
+    host = _available_memory(False)
+    if host is not None and results > host:
+        raise ValueError(f"{owner}: seeds={seeds} with {what} needs {_fmt_bytes(results)} ({results} bytes) for "
+                         f"the results alone, more than the {_fmt_bytes(host)} available; reduce seeds or n")
 
 
 @contextlib.contextmanager
@@ -247,7 +292,11 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
         Network s uses ``SeedSequence(seed).spawn(seeds)[s]``: reproducible, independent of chunking.
     max_memory : bytes or None
         Bound on the estimated peak memory of a chunk of seeds (default: a quarter of the available RAM,
-        half of the free GPU memory for cupy). ValueError if one network alone needs more.
+        half of the free GPU memory for cupy). ValueError if one network alone needs more. Whatever
+        max_memory, the estimate of one network is checked against the memory available now (free GPU
+        memory on cupy, MemAvailable of the host otherwise), and the result arrays (seeds x (L+1) x n x n
+        float64) against the host's, before anything is allocated: ValueError naming width, n, depth or
+        seeds and the estimate (``width=10**12`` used to try to allocate 29 TiB).
     gradients : bool
         Also run the backward pass of independent Gaussian readouts r_a ~ N(0, I) on the last block's output and record
         ``grad_norms[s, l] = ||dL/dX^(l)||_F / sqrt(n width_l)`` (needs explicit weights).
@@ -302,6 +351,9 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
     blocks, out_widths, compiler = _compile(net, n, d0, widths, explicit_weights, grad, be)
 
     per_seed = memory_per_seed(blocks, n, d0, be.np_dtype.itemsize, grad)
+    L = net.depth
+    results = 8 * seeds * (L + 1) * (n * n * (2 if grad_gram else 1) + n + (1 if grad else 0))
+    _check_fits("simulate", be, per_seed, results, f"width={width!r}, n={n}, depth={L}", seeds=seeds)
     if max_memory is None:
         budget = default_memory(be)
         chunk = max(1, min(seeds, budget // per_seed))
@@ -399,6 +451,8 @@ def simulate_outputs(net: Network, X, width=512, seeds: int = 32, backend: Any =
     w = out_widths[-1]
     wmax = max([d0] + [max(op.w_in, op.w_out) for ops in blocks for op in ops])
     per_seed = be.np_dtype.itemsize * (8 * n * wmax + 2 * wmax * wmax) + 4096
+    _check_fits("simulate_outputs", be, memory_per_seed(blocks, n, d0, be.np_dtype.itemsize, False), 8 * seeds * n * w,
+                f"width={width!r}, n={n}, depth={net.depth}", seeds=seeds)
     chunk = int(max(1, min(seeds, max_memory // per_seed)))
     seqs = root.spawn(seeds)
     out = np.empty((seeds, n, w))

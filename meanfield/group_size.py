@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meanfield.core.validate import check_int, check_samples
+from meanfield.core.validate import check_int, check_samples, check_seed
 from meanfield.finite import simulate
 from meanfield.infinite import propagate
 from meanfield.layers import Block, Dense, GroupLayerNorm, LayerNorm
@@ -207,6 +207,7 @@ def group_size_study(activation="relu", group_sizes: Sequence[int] = (3, 4, 8, 1
     depth = check_int(owner, "depth", depth, lo=1, strict=True)
     width = check_int(owner, "width", width, lo=2, strict=True)
     seeds = check_int(owner, "seeds", seeds, lo=2, strict=True)
+    seed = check_seed(owner, seed)
     check_placement(owner, placement)
     try:
         gs = tuple(check_int(owner, f"group_sizes[{i}]", G, lo=2, strict=True) for i, G in enumerate(group_sizes))

@@ -17,7 +17,7 @@ import numpy as np
 
 from meanfield.core.law import Features, Law, Unknown
 from meanfield.core.progress import check_progress, tracking
-from meanfield.core.validate import check_data, check_gram, check_int
+from meanfield.core.validate import check_data, check_gram, check_int, check_seed
 from meanfield.layers.base import Layer
 from meanfield.network import Network
 from meanfield.trajectory import Trajectory
@@ -130,7 +130,8 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     law = _input_law(K0, X)
     M = check_int("propagate", "mc_samples", mc_samples, lo=64)
     check_progress("propagate", progress)
-    ctx = Propagation(np.random.default_rng(seed), M, bool(exchangeable), [] if detail else None)
+    rng = np.random.default_rng(check_seed("propagate", seed))
+    ctx = Propagation(rng, M, bool(exchangeable), [] if detail else None)
     n = law.n
     L = net.depth
     grams = np.empty((L + 1, n, n))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meanfield.core.validate import check_choice, check_int, check_real, check_samples
+from meanfield.core.validate import check_choice, check_int, check_real, check_samples, check_seed
 from meanfield.infinite import propagate
 from meanfield.layers import Block, LayerNorm, Linear
 from meanfield.network import Network
@@ -358,7 +358,7 @@ def ln_net_classifier(X, y, max_layers: int | None = None, seed: int = 0, check:
             raise ValueError(f"{owner}: X has a repeated point (row {i}) with two different labels: not "
                              "separable")
         ulab[g] = yb[i]
-    w = _projection(U, seed)
+    w = _projection(U, check_seed("ln_net_classifier", seed))
     t = U @ w
     order = np.argsort(t)
     t0, t1 = float(t[order[0]]), float(t[order[-1]])
@@ -574,7 +574,7 @@ def random_fit_rate(depth: int, m_values: Sequence[int], trials: int = 20, seed:
     ms = [check_int(owner, f"m_values[{i}]", v, lo=1, strict=True) for i, v in enumerate(m_values)]
     if not ms:
         raise ValueError(f"{owner}: m_values={list(m_values)!r} must be a non-empty list of integers >= 1")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed("vc_probe", seed))
     fractions = []
     for m in ms:
         ok = 0

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from meanfield.core.validate import check_int, check_real
+from meanfield.core.validate import check_int, check_real, check_seed
 from meanfield.measures import check_gram, orthogonality_gap_gram
 
 __all__ = ["orthogonality_chain", "orthogonality_plateau", "orthogonality_rate"]
@@ -90,7 +90,7 @@ def orthogonality_chain(d: int, n: int, depth: int, *, seeds: int = 8, seed: int
         K = check_gram(K0, name="K0", allow_stack=False)
         if K.shape[0] != nn:
             raise ValueError(f"orthogonality_chain: K0 must be {nn} x {nn} (n = {nn}); got {K.shape}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed("orthogonality_chain", seed))
     G = np.broadcast_to(K / np.trace(K), (S, nn, nn)).copy()
     out = np.empty((S, L + 1))
     out[:, 0] = orthogonality_gap_gram(G)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meanfield.core.validate import check_int, check_real, check_samples
+from meanfield.core.validate import check_int, check_real, check_samples, check_seed
 from meanfield.ln_net import _E
 
 __all__ = ["ssr", "lssr", "XorExample", "xor_example"]
@@ -110,7 +110,7 @@ def xor_example(seed: int = 0, n_per_cluster: int = 50, noise: float = 0.1) -> X
     """
     from meanfield.layernorm import layer_norm  # the facade re-exports this module
 
-    seed = check_int("xor_example", "seed", seed, strict=True)
+    seed = check_seed("xor_example", seed)
     n = check_int("xor_example", "n_per_cluster", n_per_cluster, lo=1, strict=True)
     noise = check_real("xor_example", "noise", noise, 0.0, 0.3)  # the clusters must stay apart
     rng = np.random.default_rng(seed)

@@ -91,11 +91,23 @@ def check_choice(owner: str | None, name: str, value, choices: Sequence) -> Any:
     raise ValueError(f"{_prefix(owner)}{name}={value!r} must be one of {', '.join(repr(c) for c in choices)}")
 
 
-def check_seed(owner: str | None, seed, name: str = "seed"):
-    """A non-negative integer seed or a numpy SeedSequence."""
+def check_seed(owner: str | None, seed, name: str = "seed", *, generator: bool = False):
+    """A random seed: a non-negative integer (not a bool), a non-empty sequence of them (SeedSequence
+    entropy), or a numpy SeedSequence; with ``generator`` also a numpy Generator or None. Returned as given
+    (a sequence as a list of ints)."""
     if isinstance(seed, np.random.SeedSequence):
         return seed
-    return check_int(owner, name, seed, lo=0)
+    if generator and (seed is None or isinstance(seed, np.random.Generator)):
+        return seed
+    if isinstance(seed, (list, tuple)) and seed:
+        return [check_int(owner, f"{name}[{i}]", v, lo=0, strict=True) for i, v in enumerate(seed)]
+    ok = "an integer >= 0, a sequence of them or a numpy SeedSequence"
+    if generator:
+        ok += ", a numpy Generator or None"
+    try:
+        return check_int(owner, name, seed, lo=0, strict=True)
+    except ValueError:
+        raise ValueError(f"{_prefix(owner)}{name}={seed!r} must be {ok}") from None
 
 
 def _real_float_array(owner: str | None, name: str, value, ndim) -> np.ndarray:
@@ -155,12 +167,14 @@ def check_data(owner: str | None, X, name: str = "X") -> np.ndarray:
         X = to_host(X)
     try:
         arr = np.asarray(X)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError
-        A = np.asarray(arr, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{_prefix(owner)}{name} must be a real (n, d) array, got "
-                         f"{getattr(np.asarray(X, dtype=object), 'dtype', type(X).__name__)}") from None
+        raise ValueError(f"{_prefix(owner)}{name} must be a real (n, d) array, got {type(X).__name__} that is not "
+                         "an array (ragged?)") from None
+    if arr.dtype.kind not in "biuf":
+        kind = "complex" if arr.dtype.kind == "c" else arr.dtype
+        raise ValueError(f"{_prefix(owner)}{name} must be a real (n, d) array, got dtype {kind} (complex data is "
+                         "refused, never cut to its real part)")
+    A = np.asarray(arr, dtype=np.float64)
     if A.ndim != 2 or A.shape[0] < 1 or A.shape[1] < 1:
         raise ValueError(f"{_prefix(owner)}{name} must be a 2-D (n, d) array with n >= 1 inputs and d >= 1 "
                          f"features, got shape {A.shape}")
@@ -276,18 +290,20 @@ def check_gram_eig(K, name: str, psd_tol: float, sym_tol: float, allow_stack: bo
         )
     sym = 0.5 * (arr + At)  # exactly symmetric: IEEE addition commutes
 
-    # positive semi-definite up to round-off
+    # positive semi-definite up to round-off, relative to the scale of each matrix (any scale: K and c K
+    # are accepted or refused together)
     lam = np.linalg.eigvalsh(sym)
     lmin, lmax = lam[..., 0], lam[..., -1]
-    floor = -psd_tol * np.maximum(1.0, lmax)
+    scale = np.maximum(np.abs(lmin), np.abs(lmax))
+    floor = -psd_tol * scale
     bad = lmin < floor
     if bad.any():
-        margin = np.where(bad, floor - lmin, -np.inf)
+        margin = np.where(bad, (floor - lmin) / np.where(scale > 0, scale, 1.0), -np.inf)
         k = int(np.argmax(margin))
         raise ValueError(
             f"{where(name, batch, k)} must be positive semi-definite; got smallest eigenvalue "
             f"{lmin.flat[k]:.6g} (largest {lmax.flat[k]:.6g}); valid: smallest eigenvalue >= "
-            f"-psd_tol * max(1, largest) = {floor.flat[k]:.3g} (psd_tol = {psd_tol:g})"
+            f"-psd_tol * max|eigenvalue| = {floor.flat[k]:.3g} (psd_tol = {psd_tol:g}, relative)"
         )
     return sym, lam
 
@@ -304,7 +320,8 @@ def check_gram(K, name: str = "K", *, psd_tol: float = 1e-10, sym_tol: float = 1
     * real numeric, finite (no NaN or inf), at least 2-D (exactly 2-D if ``allow_stack`` is False),
       square in its last two axes, n >= 1;
     * symmetric: ``max |K - K^T| <= sym_tol * max |K|`` for each matrix of the stack;
-    * positive semi-definite: ``lambda_min >= -psd_tol * max(1, lambda_max)`` for each matrix.
+    * positive semi-definite: ``lambda_min >= -psd_tol * max|lambda|`` for each matrix, a tolerance
+      relative to the matrix's own scale (so a non-PSD K of scale 1e-12 is refused like one of scale 1).
 
     Parameters
     ----------
@@ -313,7 +330,8 @@ def check_gram(K, name: str = "K", *, psd_tol: float = 1e-10, sym_tol: float = 1
     name : str
         Name of the argument, used in error messages.
     psd_tol : float
-        Tolerance on negative eigenvalues, relative to ``max(1, lambda_max)``.
+        Tolerance on negative eigenvalues, relative to ``max|lambda|`` (default 1e-10: round-off of a Gram
+        computed in float64 is about n eps relative).
     sym_tol : float
         Tolerance on the asymmetry, relative to the largest absolute entry.
     allow_stack : bool

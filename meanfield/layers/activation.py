@@ -15,7 +15,7 @@ for numpy-only callables); its derivative for the backward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,8 +29,19 @@ __all__ = ["Activation", "gaussian_moments"]
 
 
 def _coerce_activation(act):
+    """An `hermite.Activation` from an Activation, a name, formula, callable or sympy expression, or its
+    dict (``Activation.to_dict``); ValueError naming ``act`` otherwise."""
     if isinstance(act, dict):
-        return hermite.Activation.from_dict(act)
+        if not any(k in act for k in ("name", "expr", "subtract")):
+            raise ValueError(f"Activation: act={act!r} must be an activation dict with a 'name', 'expr' or "
+                             "'subtract' key (hermite.Activation.to_dict)")
+        try:
+            return hermite.Activation.from_dict(act)
+        except ValueError as exc:
+            raise ValueError(f"Activation: act={act!r} is not a valid activation: {exc}") from None
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"Activation: act={act!r} is not a valid activation dict ({type(exc).__name__}: "
+                             f"{exc})") from None
     return hermite.activation(act)
 
 
@@ -43,6 +54,9 @@ class Activation(Layer):
     """
 
     act: Any = "relu"
+
+    #: a serialized Activation layer must name its activation (no silent ReLU default in a dict)
+    dict_required: ClassVar[tuple] = ("act",)
 
     def __post_init__(self):
         object.__setattr__(self, "act", _coerce_activation(self.act))

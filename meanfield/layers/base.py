@@ -172,14 +172,36 @@ def coerce_layers(owner: str, layers) -> tuple:
 
 
 def layer_from_dict(d: dict) -> Layer:
-    """Inverse of ``Layer.to_dict``: nested lists of layer dicts become tuples of layers."""
+    """Inverse of ``Layer.to_dict``: nested lists of layer dicts become tuples of layers.
+
+    Parameters
+    ----------
+    d : dict
+        ``{"type": <registered class name>, <field>: <value>, ...}``. A field the class lists in its
+        ``dict_required`` class attribute must be present (a layer dict without its activation is an error,
+        not a ReLU by default).
+
+    Returns
+    -------
+    Layer
+
+    Raises
+    ------
+    ValueError
+        For a non-dict, an unknown type, a missing required field, an unknown field or an invalid value,
+        naming the layer type and the field.
+    """
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError(f"layer description {d!r} must be a dict with a 'type' key")
     d = dict(d)
     typ = d.pop("type")
-    if typ not in _REGISTRY:
-        raise ValueError(f"unknown layer type {typ!r}; known: {', '.join(sorted(_REGISTRY))}")
+    if not isinstance(typ, str) or typ not in _REGISTRY:
+        raise ValueError(f"layer description: type={typ!r} must be one of {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[typ]
+    missing = [k for k in getattr(cls, "dict_required", ()) if k not in d]
+    if missing:
+        raise ValueError(f"layer description of type {typ!r}: field {missing[0]!r} is required (got fields "
+                         f"{sorted(d)}); e.g. {{'type': {typ!r}, {missing[0]!r}: ...}}")
     for key, v in d.items():
         if isinstance(v, list) and v and all(isinstance(x, dict) and "type" in x for x in v):
             d[key] = tuple(layer_from_dict(x) for x in v)
