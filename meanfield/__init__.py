@@ -22,11 +22,16 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("maps", "bias", "rates", "checks", "layernorm", "weightnorm", "fisher", "transformations",
-               "sweep", "plot", "cli", "measures", "infinite", "finite")
+               "sweep", "plot", "cli", "measures", "infinite", "finite", "torch", "training", "data")
 
 
 def __getattr__(name):
-    """Submodules on first use (``meanfield.rates.beta0(...)``) without importing them all up front."""
+    """Submodules on first use (``meanfield.rates.beta0(...)``) without importing them all up front;
+    ``meanfield.train`` (`meanfield.training.train`, needs the torch extra) likewise."""
+    if name == "train":
+        from meanfield.training import train
+
+        return train
     if name in _SUBMODULES:
         import importlib
 
