@@ -105,7 +105,7 @@ def _split(owner: str, X: np.ndarray, y: np.ndarray, test_fraction, seed, standa
                    None if yte is None else yte.astype(np.int64), classes, name, info)
 
 
-def digits(test_fraction: float = 0.25, seed: int = 0, standardize: bool = True) -> Dataset:
+def digits(test_fraction: float = 0.25, seed: int = 0, standardize: bool = True, pool: int = 1) -> Dataset:
     """scikit-learn's handwritten digits: 1,797 images of 8 x 8 pixels (64 features, grey levels 0..16), 10
     classes (UCI optical recognition of handwritten digits; ships with scikit-learn, nothing is downloaded).
 
@@ -118,16 +118,25 @@ def digits(test_fraction: float = 0.25, seed: int = 0, standardize: bool = True)
     standardize : bool
         Centre and scale every pixel with the training split's mean and standard deviation (pixels that are
         constant on the training split are centred only).
+    pool : 1, 2, 4 or 8
+        Average pool x pool blocks of pixels first (pool=2: 4 x 4 images, 16 features), for models small
+        enough for a full Hessian.
     """
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - scikit-learn comes with the torch extra
         raise ImportError("digits needs scikit-learn: pip install meanfield-hermite[torch]") from exc
     d = load_digits()
+    pool = check_int("digits", "pool", pool, lo=1)
+    if pool not in (1, 2, 4, 8):
+        raise ValueError(f"digits: pool={pool!r} must be one of 1, 2, 4, 8")
     X = np.asarray(d.data, dtype=np.float64)
+    if pool > 1:
+        s = 8 // pool
+        X = X.reshape(-1, s, pool, s, pool).mean(axis=(2, 4)).reshape(-1, s * s)
     y = np.asarray(d.target, dtype=np.int64)
     return _split("digits", X, y, test_fraction, seed, standardize, "digits", 10,
-                  {"source": "sklearn.datasets.load_digits"})
+                  {"source": "sklearn.datasets.load_digits", "pool": pool})
 
 
 def blobs(n: int = 1000, dim: int = 16, classes: int = 4, separation: float = 2.0, test_fraction: float = 0.25,

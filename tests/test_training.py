@@ -37,6 +37,17 @@ def test_digits_is_the_real_data_set_standardized_and_split_per_class():
     np.testing.assert_array_equal(d.X, again.X)
     assert not np.array_equal(mdata.digits(seed=1).y, d.y)
     assert mdata.digits(test_fraction=0.0).X_test is None
+    small = mdata.digits(pool=2, standardize=False)
+    np.testing.assert_allclose(small.X[:, 0], raw.data[:, [0, 1, 8, 9]].mean(axis=1)[_order(raw, small)])
+    with pytest.raises(ValueError, match="pool"):
+        mdata.digits(pool=3)
+
+
+def _order(raw, d):
+    """The rows of the raw data set that the training split holds, in its order (the same seeded split)."""
+    full = mdata.digits(standardize=False)
+    idx = {row.tobytes(): i for i, row in enumerate(raw.data)}
+    return [idx[row.tobytes()] for row in full.X]
 
 
 def test_blobs_and_teacher():
