@@ -31,24 +31,10 @@ import torch
 from torch import nn
 
 import hermite
+from meanfield import layers as L
 from meanfield.core import torch_modules as tm
 from meanfield.core.validate import check_choice, check_data, check_int, check_seed, check_widths
-from meanfield.layers import (
-    Activation,
-    BatchNorm,
-    Block,
-    Center,
-    Dense,
-    GroupLayerNorm,
-    Layer,
-    LayerNorm,
-    MaxPool,
-    MeanOnlyBatchNorm,
-    Residual,
-    RMSNorm,
-    Scale,
-    WeightNormDense,
-)
+from meanfield.finite import _network
 from meanfield.network import Network
 from meanfield.trajectory import Trajectory
 
@@ -79,14 +65,6 @@ def _device(owner: str, device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(f"{owner}: device={device!r} must be a torch device ('cpu', 'cuda', 'cuda:0', ...) or "
                          "None") from None
-
-
-def _network(owner: str, net) -> Network:
-    if isinstance(net, (Layer, list, tuple)):
-        net = Network(net)
-    if not isinstance(net, Network):
-        raise ValueError(f"{owner}: net must be a meanfield.Network (or layers), got {type(net).__name__}")
-    return net
 
 
 def _root_seed(owner: str, seed) -> np.random.SeedSequence:
@@ -233,8 +211,8 @@ def register_from_torch(torch_type: type, converter: Callable) -> None:
     FROM_TORCH[torch_type] = converter
 
 
-def _act(name: str, **params) -> Activation:
-    return Activation(hermite.activation(name, **params))
+def _act(name: str, **params) -> L.Activation:
+    return L.Activation(hermite.activation(name, **params))
 
 
 def _plain_acts() -> dict:
@@ -259,17 +237,17 @@ def _builtin_table() -> None:
         FROM_TORCH.setdefault(cls, lambda m, r: r.note(f"{r.where}: {type(m).__name__}(p={m.p}) ignored: "
                                                        "dropout is not part of the network at initialization"))
     FROM_TORCH.setdefault(nn.Linear, lambda m, r: r.dense(m))
-    FROM_TORCH.setdefault(nn.LayerNorm, lambda m, r: r.affine(m, LayerNorm()))
-    FROM_TORCH.setdefault(nn.RMSNorm, lambda m, r: r.affine(m, RMSNorm()))
-    FROM_TORCH.setdefault(nn.GroupNorm, lambda m, r: r.affine(m, GroupLayerNorm(groups=int(m.num_groups))))
+    FROM_TORCH.setdefault(nn.LayerNorm, lambda m, r: r.affine(m, L.LayerNorm()))
+    FROM_TORCH.setdefault(nn.RMSNorm, lambda m, r: r.affine(m, L.RMSNorm()))
+    FROM_TORCH.setdefault(nn.GroupNorm, lambda m, r: r.affine(m, L.GroupLayerNorm(groups=int(m.num_groups))))
     FROM_TORCH.setdefault(nn.BatchNorm1d, _batchnorm)
     # the building blocks of to_torch, when used without their description
-    FROM_TORCH.setdefault(tm.Elementwise, lambda m, r: Activation(m.act))
-    FROM_TORCH.setdefault(tm.SampleCenter, lambda m, r: Center())
-    FROM_TORCH.setdefault(tm.SampleScale, lambda m, r: Scale())
-    FROM_TORCH.setdefault(tm.BatchCenter, lambda m, r: MeanOnlyBatchNorm())
-    FROM_TORCH.setdefault(tm.UnitMaxPool, lambda m, r: MaxPool(int(m.k)))
-    FROM_TORCH.setdefault(tm.DataInitWeightNorm, lambda m, r: WeightNormDense(
+    FROM_TORCH.setdefault(tm.Elementwise, lambda m, r: L.Activation(m.act))
+    FROM_TORCH.setdefault(tm.SampleCenter, lambda m, r: L.Center())
+    FROM_TORCH.setdefault(tm.SampleScale, lambda m, r: L.Scale())
+    FROM_TORCH.setdefault(tm.BatchCenter, lambda m, r: L.MeanOnlyBatchNorm())
+    FROM_TORCH.setdefault(tm.UnitMaxPool, lambda m, r: L.MaxPool(int(m.k)))
+    FROM_TORCH.setdefault(tm.DataInitWeightNorm, lambda m, r: L.WeightNormDense(
         init="data", width=int(m.linear.out_features)))
     F = torch.nn.functional
     for fns, name, params in (((F.relu, torch.relu, "relu"), "relu", ()), ((torch.tanh, F.tanh, "tanh"), "tanh", ()),
@@ -292,10 +270,10 @@ def _softplus(m, r):
 def _batchnorm(m, r):
     r.note(f"{r.where}: BatchNorm1d described with batch statistics (its training mode); in evaluation mode "
            "torch uses running statistics instead")
-    return r.affine(m, BatchNorm())
+    return r.affine(m, L.BatchNorm())
 
 
-def _function_layer(node, where: str) -> Activation:
+def _function_layer(node, where: str) -> L.Activation:
     name, params = _FUNCTIONS[node.target]
     values = dict(zip(params, node.args[1:]))
     values.update({k: v for k, v in node.kwargs.items() if k in params})
@@ -319,7 +297,7 @@ class _Reader:
         self.notes.append(text)
         return None
 
-    def affine(self, m: nn.Module, layer: Layer) -> Layer:
+    def affine(self, m: nn.Module, layer: L.Layer) -> L.Layer:
         w, b = getattr(m, "weight", None), getattr(m, "bias", None)
         ok = (w is None or bool(torch.all(w == 1))) and (b is None or bool(torch.all(b == 0)))
         if not ok:
@@ -349,7 +327,7 @@ class _Reader:
             return math.sqrt(float(torch.mean(b.detach().double() ** 2)))
         return 1.0 / math.sqrt(3.0 * fan_in)  # torch's default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
 
-    def dense(self, m: nn.Module) -> Layer:
+    def dense(self, m: nn.Module) -> L.Layer:
         from torch.nn.utils import parametrize
 
         fan_in, out = int(m.in_features), int(m.out_features)
@@ -360,9 +338,9 @@ class _Reader:
                                  "parametrization other than torch's weight_norm(dim=0), which no layer type "
                                  "describes")
             g = plist.original0.detach().double()
-            return WeightNormDense(g=math.sqrt(float(torch.mean(g * g))), init="fixed",
+            return L.WeightNormDense(g=math.sqrt(float(torch.mean(g * g))), init="fixed",
                                    sigma_b=self._sigma_b(m.bias, fan_in), width=out)
-        return Dense(sigma_w=self._sigma_w(m.weight), sigma_b=self._sigma_b(m.bias, fan_in), width=out)
+        return L.Dense(sigma_w=self._sigma_w(m.weight), sigma_b=self._sigma_b(m.bias, fan_in), width=out)
 
     def layers_of(self, m: nn.Module) -> list:
         """The layers of a leaf module (its tag, or the table)."""
@@ -386,7 +364,7 @@ class _Reader:
         return any(cls in FROM_TORCH for cls in type(m).__mro__)
 
 
-def _has_random(layer: Layer) -> bool:
+def _has_random(layer: L.Layer) -> bool:
     return bool(layer.random) or any(_has_random(s) for s in layer.sublayers())
 
 
@@ -506,7 +484,7 @@ def _residual(a, b, prev, item):
         branch, short = short, []
     if not branch:
         raise ValueError("from_torch: a residual sum x + alpha * x has no branch layers")
-    return top, [Residual(branch=tuple(branch), alpha=alpha, shortcut=tuple(short) if short else None)]
+    return top, [L.Residual(branch=tuple(branch), alpha=alpha, shortcut=tuple(short) if short else None)]
 
 
 def _blocks(layers: list) -> list:
@@ -517,7 +495,7 @@ def _blocks(layers: list) -> list:
             blocks.append([layer])
         else:
             blocks[-1].append(layer)
-    return [Block(tuple(b)) for b in blocks]
+    return [L.Block(tuple(b)) for b in blocks]
 
 
 def from_torch(module: nn.Module, init: str = "auto", *, gain: float | None = None, bias=None) -> Network:
@@ -562,7 +540,7 @@ def from_torch(module: nn.Module, init: str = "auto", *, gain: float | None = No
     if isinstance(module, tm.Model):
         blocks = []
         for seq, orig in zip(module.blocks, module.network.blocks):
-            blocks.append(Block(tuple(_read_layers(seq, reader)), name=orig.name))
+            blocks.append(L.Block(tuple(_read_layers(seq, reader)), name=orig.name))
     else:
         layers = _read_layers(module, reader)
         if not layers:
