@@ -22,6 +22,7 @@ __all__ = ["Model", "Elementwise", "ResidualSum", "SampleCenter", "SampleScale",
            "frozen_statistics", "seed_of"]
 
 DTYPE = torch.float64  # the layers build in float64; meanfield.torch casts
+V_SCALE = 0.05  # standard deviation of weight-norm directions v (Salimans and Kingma's code)
 
 
 def gaussian_(tensor: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -148,7 +149,9 @@ class Elementwise(nn.Module):
 
     def forward(self, x):
         if self.mode == "array_api":
-            return self.act.array_fn(x, self._xp)
+            from meanfield.core.backends import OnDevice
+
+            return self.act.array_fn(x, self._xp if x.device.type == "cpu" else OnDevice(self._xp, x.device))
         if self.mode == "host":
             return _HostFunction.apply(x, self.act)
         y = self._native(x * self.gain if self.gain != 1.0 else x)
@@ -221,12 +224,13 @@ class UnitMaxPool(nn.Module):
 # weight normalization
 def weight_norm_linear(w_in: int, w_out: int, g: float, sigma_b: float, generator: torch.Generator) -> nn.Linear:
     """nn.Linear under torch's weight-norm parametrization (``torch.nn.utils.parametrizations.weight_norm``)
-    w_i = g_i v_i / ||v_i||: v ~ N(0, 1) (a uniformly random direction per row), every g_i = g, biases
-    N(0, sigma_b^2)."""
+    w_i = g_i v_i / ||v_i||: v ~ N(0, 0.05^2) (a uniformly random direction per row; the scale 0.05 of
+    Salimans and Kingma's code, which sets the effective step size of v under SGD and Adam, not the law of
+    w), every g_i = g, biases N(0, sigma_b^2)."""
     from torch.nn.utils.parametrizations import weight_norm
 
     lin = nn.Linear(w_in, w_out, dtype=DTYPE)
-    gaussian_(lin.weight, 1.0, generator)
+    gaussian_(lin.weight, V_SCALE, generator)
     gaussian_(lin.bias, sigma_b, generator)
     lin = weight_norm(lin, name="weight", dim=0)
     with torch.no_grad():
