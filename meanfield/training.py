@@ -186,7 +186,7 @@ def train(net, data="digits", *, width: int | Sequence[int] = 128, epochs: int =
         Extra columns per row (e.g. a Hessian diagnostic), called after each evaluation.
     threads : int or None
         torch's CPU threads during the run (restored afterwards). None: one thread for small models (below
-        1e9 flops per step), where threads only add overhead and collapse on shared cores; torch's setting
+        5e9 flops per step), where threads only add overhead and collapse on shared cores; torch's setting
         otherwise.
 
     Returns
@@ -240,7 +240,7 @@ def train(net, data="digits", *, width: int | Sequence[int] = 128, epochs: int =
     Xp = None if probe is None else X[np.random.default_rng(seed_list[0]).permutation(n)[:probe]]
 
     threads = None if threads is None else check_int("train", "threads", threads, lo=1)
-    if threads is None and _step_flops(full, width, ds, bs) < 1e9:
+    if threads is None and _step_flops(full, width, ds, bs) < 5e9:
         threads = 1
     setup = _Setup(ds, X, y, Xt, yt, Xp, C, bs, loss_fn, on_epoch, divergence)
     rows, status_of = [], {}
