@@ -22,13 +22,18 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("maps", "qc_maps", "criticality", "bias", "class_fractions", "rates", "bn_gradients", "orthogonality",
-               "joudaki",
-               "checks", "layernorm", "separability", "ln_net", "group_size", "weightnorm", "fisher", "transformations",
-               "sweep", "plot", "cli", "measures", "infinite", "finite")
+               "joudaki", "checks", "layernorm", "separability", "ln_net", "group_size", "weightnorm", "fisher",
+               "transformations", "shortcuts", "sweep", "plot", "cli", "measures", "infinite", "finite", "torch",
+               "training", "data")
 
 
 def __getattr__(name):
-    """Submodules on first use (``meanfield.rates.beta0(...)``) without importing them all up front."""
+    """Submodules on first use (``meanfield.rates.beta0(...)``) without importing them all up front;
+    ``meanfield.train`` (`meanfield.training.train`, needs the torch extra) likewise."""
+    if name == "train":
+        from meanfield.training import train
+
+        return train
     if name in _SUBMODULES:
         import importlib
 

@@ -284,8 +284,10 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
         ``width`` field keep it.
     seeds : int
         Number of independent networks.
-    backend : "numpy", "cupy", "array_api_strict", an importable array-API module name, or a namespace
-        module (wrapped with array_api_compat). Only array-API standard functions are used.
+    backend : "numpy", "cupy", "array_api_strict", "torch", an importable array-API module name, or a namespace
+        module (wrapped with array_api_compat). Only array-API standard functions are used. "torch" runs on
+        CUDA when torch sees a GPU, else on the CPU ("torch:cpu", "torch:cuda[:i]" choose); the random numbers
+        are drawn on the host as for numpy, so the law is numpy's for the same description.
     dtype : "float32" or "float64"
         Compute dtype; the results are float64 either way.
     seed : int or numpy.random.SeedSequence

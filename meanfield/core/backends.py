@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Backend", "resolve_backend", "to_host", "host_apply", "same_kind", "default_memory", "cpu_count",
-           "blas_single_thread", "stderr_tty", "is_float_dtype_like", "KNOWN_BACKENDS", "DTYPES"]
+           "blas_single_thread", "stderr_tty", "is_float_dtype_like", "KNOWN_BACKENDS", "DTYPES", "OnDevice",
+           "torch_backend"]
 
 DTYPES = ("float32", "float64")
-KNOWN_BACKENDS = ("numpy", "cupy", "array_api_strict")
+KNOWN_BACKENDS = ("numpy", "cupy", "array_api_strict", "torch")
 GPU_HINT = "install the gpu extra: pip install meanfield-hermite[gpu]"
 
 
@@ -37,6 +38,7 @@ class Backend:
         self.eps = float(np.finfo(self.np_dtype).eps)
         self.pool: ThreadPoolExecutor | None = None  # numpy: seed-parallel matmuls and RNG
         self.workers = 1
+        self.device = None  # torch: the torch.device of the run
 
     def matmul(self, a, b):
         """Batched a @ b. On numpy with a thread pool the stack is split across threads, each running a
@@ -115,6 +117,8 @@ def resolve_backend(backend: Any, dtype_name: str) -> Backend:
         import array_api_strict
 
         return Backend("array_api_strict", array_api_strict, "other", dtype_name)
+    if backend == "torch" or backend.startswith("torch:"):
+        return torch_backend(backend, dtype_name)
     try:
         mod = importlib.import_module(backend)
     except ImportError:
@@ -123,6 +127,53 @@ def resolve_backend(backend: Any, dtype_name: str) -> Backend:
                          "...)") from None
     name, xp, kind = namespace_of_module(mod)
     return Backend(backend, xp, kind, dtype_name)
+
+
+class OnDevice:
+    """An array-API namespace whose array-creation functions put new arrays on one device unless told
+    otherwise (torch on a GPU: the layers' ``xp.asarray``/``xp.arange`` calls then land beside the data)."""
+
+    CREATE = ("asarray", "arange", "zeros", "ones", "empty", "full", "eye", "linspace")
+
+    def __init__(self, xp: Any, device: Any):
+        self._xp, self.device = xp, device
+        self.__name__ = getattr(xp, "__name__", "")
+
+    def __getattr__(self, name: str):
+        f = getattr(self._xp, name)
+        if name not in self.CREATE:
+            return f
+        dev = self.device
+
+        def create(*args, device=None, **kwargs):
+            return f(*args, device=dev if device is None else device, **kwargs)
+
+        return create
+
+
+def torch_backend(backend: str, dtype_name: str) -> Backend:
+    """backend="torch" (CUDA when torch sees a GPU, else the CPU), "torch:cpu", "torch:cuda", "torch:cuda:1":
+    torch tensors through the array API (array_api_compat.torch); the random numbers are numpy's, drawn on
+    the host as for numpy (so the same law, network by network the same draws), then moved to the device."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError("simulate: backend='torch' needs PyTorch, which is not installed; install the torch "
+                          "extra: pip install meanfield-hermite[torch]") from exc
+    import array_api_compat.torch as ctorch
+
+    spec = backend.partition(":")[2] or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"simulate: backend={backend!r} names no torch device; use 'torch', 'torch:cpu' or "
+                         "'torch:cuda[:index]'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"simulate: backend={backend!r} needs a CUDA GPU, which torch does not see; use "
+                         "backend='torch' or 'torch:cpu'")
+    be = Backend("torch", OnDevice(ctorch, device), "other", dtype_name)
+    be.device = device
+    return be
 
 
 def to_host(x) -> np.ndarray:
@@ -159,6 +210,12 @@ def default_memory(be: Backend) -> int:
         import cupy
 
         free, _total = cupy.cuda.runtime.memGetInfo()
+        return int(free // 2)
+    device = getattr(be, "device", None)
+    if device is not None and device.type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
         return int(free // 2)
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

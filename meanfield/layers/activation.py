@@ -101,6 +101,16 @@ class Activation(Layer):
         compiler.chain = {"act": op, "center": False, "scaled": False}
         return op, w_in
 
+    def to_torch_module(self, w_in, width, generator):
+        """f unit by unit: torch's own function for the core where it has one, else the activation's
+        array-API form on torch tensors (autograd differentiates either)."""
+        from meanfield.core.torch_modules import Elementwise
+
+        if self.act.per_unit and self.act.units != w_in:
+            raise ValueError(f"to_torch: activation {self.act.name!r} has {self.act.units} per-unit parameters "
+                             f"but the layer receives {w_in} units")
+        return Elementwise(self.act), w_in
+
     @classmethod
     def example(cls):
         return cls("tanh")

@@ -89,6 +89,15 @@ class Layer:
         raise compiler.error(f"layer type {type(self).__name__} has no finite-width operation (define "
                              f"{type(self).__name__}.compile)")
 
+    def to_torch_module(self, w_in: int, width: int, generator):
+        """The torch form of this layer (`meanfield.to_torch`): ``(torch.nn.Module, w_out)`` acting on
+        (batch, w_in) tensors, initialized by the layer's law with draws from the ``torch.Generator``;
+        ``width`` is the block width (for layers whose own width is None). Import torch inside the method.
+        Without an override: a ValueError naming the layer type."""
+        name = type(self).__name__
+        raise ValueError(f"to_torch: layer type {name} ({self!r}) has no torch form; define "
+                         f"{name}.to_torch_module(w_in, width, generator) -> (torch.nn.Module, w_out)")
+
     def sublayers(self) -> tuple:
         """Layers nested inside this one (branches of a Residual, members of a Block)."""
         return ()

@@ -63,6 +63,16 @@ class BatchNorm(Layer):
     def compile(self, w_in, compiler):
         return StandardizeOp(w_in, axis=-2, center=True), w_in
 
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.BatchNorm1d: batch statistics in training mode (the mode `to_torch` returns), running
+        statistics at evaluation; affine at gamma = 1, beta = 0 (trainable). ``mode`` is the mean-field
+        engine's option and does not change the torch form."""
+        from torch import nn
+
+        from meanfield.core.torch_modules import DTYPE
+
+        return nn.BatchNorm1d(w_in, dtype=DTYPE), w_in
+
     @classmethod
     def invalid_parameters(cls):
         return [{"mode": "running"}, {"mode": None}]

@@ -114,6 +114,13 @@ class Concat(Layer):
                                      f"share={actual:.6g} or change the widths")
         return ConcatOp(ops, w_in, wb), w_in + wb
 
+    def to_torch_module(self, w_in, width, generator):
+        """[x, branch(x)]: the torch forms of the branch's layers, concatenated to the input."""
+        from meanfield.core.torch_modules import Concatenation, build_sequence
+
+        branch, wb = build_sequence(self.branch, w_in, width, generator)
+        return Concatenation(branch), w_in + wb
+
     @classmethod
     def example(cls):
         from meanfield.layers.activation import Activation

@@ -104,6 +104,12 @@ class MeanFieldCenter(Layer):
     def compile(self, w_in, compiler):
         return ShiftOp(self._c0, w_in), w_in
 
+    def to_torch_module(self, w_in, width, generator):
+        """x - c_0, the same constant as both engines use."""
+        from meanfield.core.torch_modules import ConstantAffine
+
+        return ConstantAffine(shift=self.constant), w_in
+
     @classmethod
     def example(cls):
         return cls("relu")
@@ -160,6 +166,12 @@ class MeanFieldScale(Layer):
 
     def compile(self, w_in, compiler):
         return ScaleOp(1.0 / self._s, w_in), w_in
+
+    def to_torch_module(self, w_in, width, generator):
+        """x / sqrt(sum_{k>=1} c_k^2), the same constant as both engines use."""
+        from meanfield.core.torch_modules import ConstantAffine
+
+        return ConstantAffine(scale=1.0 / self.constant), w_in
 
     @classmethod
     def example(cls):

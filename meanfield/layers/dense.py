@@ -69,6 +69,18 @@ class Dense(Layer):
         sc = _use_shortcut(compiler, "dense", w_in, w_out)
         return DenseOp("dense", w_in, w_out, self.sigma_w, self.sigma_b, 1.0, sc, compiler.host_staged), w_out
 
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.Linear with weights N(0, sigma_w^2 / fan_in) and biases N(0, sigma_b^2), both trainable."""
+        from torch import nn
+
+        from meanfield.core.torch_modules import DTYPE, gaussian_
+
+        w_out = width if self.width is None else self.width
+        lin = nn.Linear(w_in, w_out, dtype=DTYPE)
+        gaussian_(lin.weight, self.sigma_w / math.sqrt(w_in), generator)
+        gaussian_(lin.bias, self.sigma_b, generator)
+        return lin, w_out
+
     @classmethod
     def example(cls):
         return cls(sigma_w=1.3, sigma_b=0.2)
@@ -129,6 +141,18 @@ class WeightNormDense(Layer):
         kind = "wn_fixed" if self.init == "fixed" else "wn_data"
         sc = _use_shortcut(compiler, kind, w_in, w_out)
         return DenseOp(kind, w_in, w_out, self.g, self.sigma_b, self.g, sc, compiler.host_staged), w_out
+
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.Linear under torch's weight-norm parametrization w_i = g_i v_i / ||v_i|| (v Gaussian, so
+        each direction is uniform). init="fixed": every g_i = g, biases N(0, sigma_b^2). init="data": the
+        first forward pass in training mode sets g_i = 1/sigma_i, b_i = -mu_i/sigma_i from that batch
+        (Salimans and Kingma 2016)."""
+        from meanfield.core.torch_modules import DataInitWeightNorm, weight_norm_linear
+
+        w_out = width if self.width is None else self.width
+        if self.init == "fixed":
+            return weight_norm_linear(w_in, w_out, self.g, self.sigma_b, generator), w_out
+        return DataInitWeightNorm(weight_norm_linear(w_in, w_out, 1.0, 0.0, generator)), w_out
 
     @classmethod
     def example(cls):
@@ -205,6 +229,22 @@ class Linear(Layer):
             raise compiler.error(f"W has {self.W.shape[1]} input features but the layer receives {w_in}; the "
                                  "width before it must equal W.shape[1]")
         return LinearOp(np.asarray(self.W, dtype=np.float64), np.asarray(self.b, dtype=np.float64)), self.width
+
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.Linear holding W and b (trainable, starting at the given values)."""
+        import torch
+        from torch import nn
+
+        from meanfield.core.torch_modules import DTYPE
+
+        if self.W.shape[1] != w_in:
+            raise ValueError(f"to_torch: Linear: W has {self.W.shape[1]} input features but the layer receives "
+                             f"{w_in}")
+        lin = nn.Linear(w_in, self.width, dtype=DTYPE)
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor(np.array(self.W), dtype=DTYPE))
+            lin.bias.copy_(torch.tensor(np.array(self.b), dtype=DTYPE))
+        return lin, self.width
 
     @classmethod
     def example(cls):

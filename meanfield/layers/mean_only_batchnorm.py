@@ -62,6 +62,13 @@ class MeanOnlyBatchNorm(Layer):
     def compile(self, w_in, compiler):
         return BatchCenterOp(w_in), w_in
 
+    def to_torch_module(self, w_in, width, generator):
+        """Subtract the batch mean in training mode, the running mean at evaluation, plus a trainable bias
+        (0 at initialization), as Salimans and Kingma do."""
+        from meanfield.core.torch_modules import BatchCenter
+
+        return BatchCenter(w_in), w_in
+
 
 class BatchCenterOp(Op):
     """h - mean over the batch axis (per feature); the VJP centres the gradient the same way."""

@@ -71,6 +71,14 @@ class LayerNorm(Layer):
     def compile(self, w_in, compiler):
         return StandardizeOp(w_in, axis=-1, center=True), w_in
 
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.LayerNorm over the features, affine parameters at gamma = 1, beta = 0 (trainable)."""
+        from torch import nn
+
+        from meanfield.core.torch_modules import DTYPE
+
+        return nn.LayerNorm(w_in, dtype=DTYPE), w_in
+
 
 @dataclass(frozen=True, repr=False)
 class RMSNorm(Layer):
@@ -87,6 +95,14 @@ class RMSNorm(Layer):
 
     def compile(self, w_in, compiler):
         return StandardizeOp(w_in, axis=-1, center=False), w_in
+
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.RMSNorm over the features, its scale at 1 (trainable)."""
+        from torch import nn
+
+        from meanfield.core.torch_modules import DTYPE
+
+        return nn.RMSNorm(w_in, dtype=DTYPE), w_in
 
 
 @dataclass(frozen=True, repr=False)
@@ -153,6 +169,19 @@ class GroupLayerNorm(Layer):
                                      "choose a width that is a multiple of it")
             groups = w_in // self.group_size
         return StandardizeOp(w_in, axis=-1, center=True, groups=groups), w_in
+
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.GroupNorm (contiguous groups of features, affine at gamma = 1, beta = 0, trainable)."""
+        from torch import nn
+
+        from meanfield.core.torch_modules import DTYPE
+
+        size = self.group_size if self.groups is None else None
+        if (self.groups is not None and w_in % self.groups) or (size is not None and w_in % size):
+            what = f"groups={self.groups}" if size is None else f"group_size={size}"
+            raise ValueError(f"to_torch: GroupLayerNorm {what} must divide the width {w_in}")
+        groups = self.groups if size is None else w_in // size
+        return nn.GroupNorm(groups, w_in, dtype=DTYPE), w_in
 
     @classmethod
     def example(cls):
@@ -221,6 +250,16 @@ class Center(Layer):
             chain["center"] = True
         return CenterOp(self.mode, w_in), w_in
 
+    def to_torch_module(self, w_in, width, generator):
+        """mode="layer": subtract each sample's feature mean. mode="per_sample" has no torch form (its constant
+        depends on the preceding activation's input variance at run time): a ValueError."""
+        from meanfield.core.torch_modules import SampleCenter
+
+        if self.mode != "layer":
+            raise ValueError("to_torch: Center(mode='per_sample') has no torch form (it subtracts c_0 at the "
+                             "preceding activation's run-time input variance); use Center(mode='layer')")
+        return SampleCenter(), w_in
+
     @classmethod
     def invalid_parameters(cls):
         return [{"mode": "batch"}]
@@ -261,6 +300,17 @@ class Scale(Layer):
         if self.mode == "per_sample":
             return ScaleMFOp(w_in, centered), w_in
         return StandardizeOp(w_in, axis=-1, center=False, chain_role="keep"), w_in
+
+    def to_torch_module(self, w_in, width, generator):
+        """mode="layer": divide each sample by its root mean square (no affine parameters). mode="per_sample"
+        has no torch form: a ValueError."""
+        from meanfield.core.torch_modules import SampleScale
+
+        if self.mode != "layer":
+            raise ValueError("to_torch: Scale(mode='per_sample') has no torch form (it divides by a mean-field "
+                             "constant at the preceding activation's run-time input variance); use "
+                             "Scale(mode='layer')")
+        return SampleScale(), w_in
 
     @classmethod
     def invalid_parameters(cls):

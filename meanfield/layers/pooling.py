@@ -207,6 +207,14 @@ class MaxPool(Layer):
                                  f"multiple of {self.k}")
         return MaxPoolOp(self.k, w_in), w_in // self.k
 
+    def to_torch_module(self, w_in, width, generator):
+        """The max over k consecutive units."""
+        from meanfield.core.torch_modules import UnitMaxPool
+
+        if w_in % self.k:
+            raise ValueError(f"to_torch: MaxPool k={self.k} must divide the width {w_in}")
+        return UnitMaxPool(self.k), w_in // self.k
+
     @classmethod
     def invalid_parameters(cls):
         return [{"k": 0}, {"k": 1.5}, {"k": True}]

@@ -89,6 +89,18 @@ class Residual(Layer):
                                     "widths equal" if self.shortcut is None else ""))
         return ResidualOp(branch, short, self.alpha, w_in, wb), wb
 
+    def to_torch_module(self, w_in, width, generator):
+        """shortcut(x) + alpha * branch(x), each side the torch forms of its layers (identity shortcut when
+        None)."""
+        from meanfield.core.torch_modules import ResidualSum, build_sequence
+
+        branch, wb = build_sequence(self.branch, w_in, width, generator)
+        short, ws = (None, w_in) if self.shortcut is None else build_sequence(self.shortcut, w_in, width, generator)
+        if wb != ws:
+            raise ValueError(f"to_torch: Residual: the branch output width {wb} differs from the shortcut output "
+                             f"width {ws}")
+        return ResidualSum(branch, self.alpha, short), wb
+
     @classmethod
     def example(cls):
         from meanfield.layers.activation import Activation
@@ -166,6 +178,12 @@ class Block(Layer):
     def compile(self, w_in, compiler):
         ops, w = compiler.compile_seq(self.layers, w_in, f"{compiler.where} block")
         return SequenceOp(ops, w_in, w), w
+
+    def to_torch_module(self, w_in, width, generator):
+        """torch.nn.Sequential of the layers' torch forms."""
+        from meanfield.core.torch_modules import build_sequence
+
+        return build_sequence(self.layers, w_in, width, generator)
 
     def to_dict(self) -> dict:
         d = {"type": "Block", "layers": [layer.to_dict() for layer in self.layers]}
