@@ -45,6 +45,9 @@ class Trajectory:
         batch-coupled expectation, 0 where the map is exact.
     layers : list or None
         Per-layer Grams when asked for (``detail=True``).
+    gram_cov : ndarray (L+1, n, n, n, n) or None
+        Finite-width theory (``propagate(net, K0, width=W)``): Cov(K_ab, K_cd) of the empirical Gram's entries
+        per block, to first order in 1/W (``gram`` is then the mean of the empirical Gram to the same order).
     """
 
     gram: np.ndarray
@@ -56,6 +59,7 @@ class Trajectory:
     mc_error: np.ndarray | None = None
     layers: list | None = None
     info: dict = field(default_factory=dict)
+    gram_cov: np.ndarray | None = None
 
     # -------------------------------------------------------------------------------------------
     @property

@@ -77,6 +77,9 @@ class Dense(Layer):
     def invalid_parameters(cls):
         return [{"sigma_w": -1.0}, {"sigma_b": float("nan")}, {"width": 0}, {"width": 2.5}, {"sigma_w": "a"}]
 
+    # 1/width theory: given the previous empirical Gram K_hat, units are i.i.d. N(0, sigma_w^2 K_hat + sigma_b^2)
+    fluctuation_kind = "random"
+
 
 @dataclass(frozen=True, repr=False)
 class WeightNormDense(Layer):

@@ -62,6 +62,12 @@ class MeanOnlyBatchNorm(Layer):
     def compile(self, w_in, compiler):
         return BatchCenterOp(w_in), w_in
 
+    # 1/width theory: each unit's n-vector x -> P x
+    fluctuation_kind = "unit"
+
+    def unit_map(self, X):
+        return X - X.mean(axis=-1, keepdims=True)
+
 
 class BatchCenterOp(Op):
     """h - mean over the batch axis (per feature); the VJP centres the gradient the same way."""
