@@ -65,19 +65,21 @@ class _Plan:
     records: dict           # position -> trajectory indices recorded there
     act_pos: int | None     # pattern P2: position of the activation after the per-sample norms
     groups: int             # GroupLayerNorm(groups=g) in the segment: g, else 1
-    width: int
+    width: int | None       # the random layer's own width (None: the network's width W)
 
 
 def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replicates: int = 8,
-                     seed: int = 0) -> Trajectory:
+                     seed: int = 0):
     """Mean and covariance of every block's Gram at finite width, to first order in 1/width.
 
     Parameters
     ----------
     net : Network (or a layer or list of layers)
     K0, X : the input Gram (n x n) or a data matrix (n x d), as for `meanfield.propagate`; n <= 16.
-    width : int >= 2
-        The width W of the simulated networks (a Dense layer with its own ``width`` uses that).
+    width : int >= 2, or a sequence of them
+        The width W of the simulated networks (a Dense layer with its own ``width`` keeps it). The first-order
+        theory is linear in 1/W, so a sequence of widths costs one computation and returns a dict
+        {width: Trajectory}.
     nodes : int
         Quasi-Monte Carlo points per replicate for the per-unit moments (a power of two, 2^8 to 2^20).
     replicates : int
@@ -99,7 +101,7 @@ def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replica
     --------
     >>> import numpy as np, meanfield
     >>> net = meanfield.mlp(3, "tanh", norm="ln")
-    >>> t = meanfield.propagate(net, np.eye(3) * 0.8 + 0.2, width=256, nodes=2**10)
+    >>> t = meanfield.propagate(net, np.eye(3) * 0.8 + 0.2, width=256)
     >>> t.gram_cov.shape
     (4, 3, 3, 3, 3)
     """
@@ -107,14 +109,26 @@ def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replica
         net = Network(net)
     if not isinstance(net, Network):
         raise ValueError(f"{_OWNER}: net must be a meanfield.Network (or a list of layers), got {type(net).__name__}")
-    W = check_int(_OWNER, "width", width, lo=2)
+    many = isinstance(width, (list, tuple, np.ndarray))
+    widths = [check_int(_OWNER, "width", w, lo=2) for w in (width if many else [width])]
+    if not widths:
+        raise ValueError(f"{_OWNER}: width={width!r} must be an integer >= 2 or a non-empty sequence of them")
     log2 = _log2_nodes(nodes)
     R = check_int(_OWNER, "replicates", replicates, lo=2, hi=64)
     law = _input_law(K0, X)
+    if law.n > MAX_INPUTS:
+        raise ValueError(f"{_OWNER}: the batch has n={law.n} inputs; the finite-width theory carries the "
+                         f"covariance of all n (n + 1) / 2 Gram entries and accepts n <= {MAX_INPUTS} (use a "
+                         "sub-batch)")
+    parts = _theory(net, law, log2, R, seed)
+    out = {w: _trajectory(net, parts, w) for w in widths}
+    return out if many else out[widths[0]]
+
+
+def _theory(net, law, log2, R, seed) -> dict:
+    """Mean-field Grams and, per replicate, the shift and covariance of every block in two components: the
+    coefficient of 1/W (layers of the network's width) and the part of layers with a fixed width."""
     n = law.n
-    if n > MAX_INPUTS:
-        raise ValueError(f"{_OWNER}: the batch has n={n} inputs; the finite-width theory carries the covariance "
-                         f"of all n (n + 1) / 2 Gram entries and accepts n <= {MAX_INPUTS} (use a sub-batch)")
     p = n * (n + 1) // 2
     ctx = Propagation(np.random.default_rng(0), 2**10, False, None)
     L = net.depth
@@ -124,11 +138,11 @@ def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replica
         ends[b] = i  # index of the last layer of block b
     mf = np.empty((L + 1, n, n))
     means = np.empty((L + 1, n))
-    shift = np.zeros((R, L + 1, p))
-    cov = np.zeros((R, L + 1, p, p))
+    shift = np.zeros((R, 2, L + 1, p))
+    cov = np.zeros((R, 2, L + 1, p, p))
     mf[0], means[0] = law.K, law.m
     streams = np.random.SeedSequence(seed).spawn(R)
-
+    groups = []
     i = 0
     while i < len(seq) and not seq[i][0].random:  # deterministic prefix: exact, no fluctuation
         layer, b = seq[i]
@@ -137,31 +151,35 @@ def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replica
         if ends[b] == i:
             mf[b], means[b] = law.K, law.m
         i += 1
-    d_in = np.zeros((R, p))
-    s_in = np.zeros((R, p, p))
+    d_in = np.zeros((R, 2, p))
+    s_in = np.zeros((R, 2, p, p))
     while i < len(seq):
         j = i + 1
         while j < len(seq) and not seq[j][0].random:
             j += 1
-        plan = _plan(seq, i, j, ends, W, last=(j == len(seq)))
-        laws = _run(plan, law, ctx, seq[i][1], seq)
-        K_in = law.K
-        inh = _inherited(plan, K_in, laws, ctx, d_in, s_in)
+        plan = _plan(seq, i, j, ends, last=(j == len(seq)))
+        if plan.groups > 1 and plan.width is None:
+            groups.append((plan.groups, seq[i][1]))
+        laws = _run(plan, law, ctx, seq[i][1])
+        inh = _inherited(plan, law.K, laws, ctx, d_in.reshape(2 * R, p), s_in.reshape(2 * R, p, p))
         seeds = [np.random.default_rng(s.spawn(1)[0]) for s in streams]
         fresh = segment_fresh(plan, laws, log2, seeds)
-        res = []  # per point: (R, p) shift, (R, p, p) covariance
+        comp, scale = (0, 1.0) if plan.width is None else (1, 1.0 / plan.width)
+        res = []
         for k, pos in enumerate(plan.points):
-            d = np.stack([inh[r][k][0] + fresh[r][k][1] / plan.width for r in range(R)])
-            s = np.stack([inh[r][k][1] + fresh[r][k][0] / plan.width for r in range(R)])
+            d = inh[0][k].reshape(R, 2, p)
+            s = inh[1][k].reshape(R, 2, p, p)
+            d[:, comp] += scale * np.stack([fresh[r][k][1] for r in range(R)])
+            s[:, comp] += scale * np.stack([fresh[r][k][0] for r in range(R)])
             res.append((d, s))
             for b in plan.records.get(pos, ()):
                 mf[b], means[b] = laws[pos].K, laws[pos].m
-                shift[:, b], cov[:, b] = d, s
+                shift[:, :, b], cov[:, :, b] = d, s
         law = laws[-1]
         if plan.points and plan.points[-1] == len(plan.layers):
             d_in, s_in = res[-1]
         i = j
-    return _trajectory(net, mf, means, shift, cov, W, R, log2)
+    return {"mf": mf, "means": means, "shift": shift, "cov": cov, "groups": groups, "R": R, "log2": log2}
 
 
 def _log2_nodes(nodes) -> int:
@@ -178,7 +196,7 @@ def _check_exact(law, layer, b):
                          "field is Monte Carlo), so the 1/width theory has no exact map to expand; " + _SUPPORTED)
 
 
-def _plan(seq, i, j, ends, W, last) -> _Plan:
+def _plan(seq, i, j, ends, last) -> _Plan:
     random, b0 = seq[i]
     if random.fluctuation_kind != "random":
         raise ValueError(f"{_OWNER}: block {b0} layer {random!r} has no finite-width rule; " + _SUPPORTED)
@@ -206,10 +224,10 @@ def _plan(seq, i, j, ends, W, last) -> _Plan:
     if grouped and nsample > 1:
         raise ValueError(f"{_OWNER}: {grouped[0]!r} must be the only per-sample norm of its segment (from one "
                          "Dense layer to the next) in the finite-width theory")
-    width = W if random.width is None else random.width
+    width = random.width
     groups = grouped[0].fluctuation_groups if grouped else 1
-    if width % groups:
-        raise ValueError(f"{_OWNER}: width={width} is not a multiple of {grouped[0]!r}'s groups")
+    if width is not None and width % groups:
+        raise ValueError(f"{_OWNER}: the width {width} of {random!r} is not a multiple of {grouped[0]!r}'s groups")
     records: dict = {}
     for k in range(i, j):
         b = seq[k][1]
@@ -219,7 +237,7 @@ def _plan(seq, i, j, ends, W, last) -> _Plan:
     return _Plan(random, layers, points, records, act_pos, groups, width)
 
 
-def _run(plan, law, ctx, b, seq):
+def _run(plan, law, ctx, b):
     """Mean-field laws after the random layer and after each layer of the segment."""
     law = plan.random.infinite(law, ctx)
     laws = [law]
@@ -231,50 +249,46 @@ def _run(plan, law, ctx, b, seq):
 
 
 def _inherited(plan, K, laws, ctx, d_in, s_in):
-    """F'(K)[delta] + F''(K)[Sigma]/2 and F'(K) Sigma F'(K)^T at every point of the segment, per replicate."""
-    R, p = d_in.shape
+    """F'(K)[delta] + F''(K)[Sigma]/2 and F'(K) Sigma F'(K)^T at every point of the segment, for each case
+    (rows of d_in (c, p) and s_in (c, p, p)): lists over points of (c, p) and (c, p, p) arrays."""
+    c, p = d_in.shape
     n = K.shape[0]
-    zero = [[(np.zeros(p), np.zeros((p, p))) for _ in plan.points] for _ in range(R)]
+    npts = len(plan.points)
     if not (np.any(s_in) or np.any(d_in)):
-        return zero
-    S = s_in.mean(axis=0)
+        return [np.zeros((c, p)) for _ in range(npts)], [np.zeros((c, p, p)) for _ in range(npts)]
+    # directions: the joint range of the covariances (each case scaled to a unit trace), then what of the
+    # shifts lies outside it
+    S = sum(x / np.trace(x) for x in s_in if np.trace(x) > 0) if np.any(s_in) else np.zeros((p, p))
     lam, V = np.linalg.eigh(0.5 * (S + S.T))
     top = max(float(lam.max()), 0.0)
     keep = lam > 1e-12 * top if top > 0 else np.zeros(p, bool)
     dirs = V[:, keep].T
-    dm = d_in.mean(axis=0)
-    res = dm - dirs.T @ (dirs @ dm)
-    if np.linalg.norm(res) > 1e-9 * max(np.linalg.norm(dm), 1e-300):
-        dirs = np.concatenate([dirs, (res / np.linalg.norm(res))[None]])
+    nk = dirs.shape[0]
+    for dm in d_in:
+        res = dm - dirs.T @ (dirs @ dm)
+        if np.linalg.norm(res) > 1e-9 * max(np.linalg.norm(dm), 1e-300):
+            dirs = np.concatenate([dirs, (res / np.linalg.norm(res))[None]])
     f0 = np.concatenate([upper(laws[pos].K) for pos in plan.points])
+    last = plan.points[-1]
 
     def F(Ks):
         out = []
         for Kp in Ks:
-            law = Unknown(Kp, np.zeros(n), "")
-            law = plan.random.infinite(law, ctx)
-            vals = [law] + [None] * len(plan.layers)
-            for k, layer in enumerate(plan.layers, start=1):
-                if k > plan.points[-1]:
-                    break
+            law = plan.random.infinite(Unknown(Kp, np.zeros(n), ""), ctx)
+            vals = [law]
+            for layer in plan.layers[:last]:
                 law = layer.infinite(law, ctx)
-                vals[k] = law
+                vals.append(law)
             out.append(np.concatenate([upper(vals[pos].K) for pos in plan.points]))
         return np.stack(out)
 
     Dsym = to_sym(dirs, n)
-    h = safe_step(K, Dsym)
-    d1, d2 = stencil(lambda V: F(V), K, Dsym, h, f0)
-    nk = int(keep.sum())
-    out = []
-    for r in range(R):
-        c = dirs @ s_in[r] @ dirs.T
-        dd = dirs @ d_in[r]
-        mean_r = d1.T @ dd + 0.5 * (np.diag(c)[:nk] @ d2[:nk])
-        cov_r = d1.T @ c @ d1
-        out.append([(mean_r[k * p:(k + 1) * p], cov_r[k * p:(k + 1) * p, k * p:(k + 1) * p])
-                    for k in range(len(plan.points))])
-    return out
+    d1, d2 = stencil(F, K, Dsym, safe_step(K, Dsym), f0)
+    C = dirs @ s_in @ dirs.T                                      # (c, k, k)
+    mean = (d_in @ dirs.T) @ d1 + 0.5 * np.diagonal(C, axis1=1, axis2=2)[:, :nk] @ d2[:nk]
+    cov = np.einsum("ki,ckl,lj->cij", d1, C, d1)
+    return ([mean[:, k * p:(k + 1) * p] for k in range(npts)],
+            [cov[:, k * p:(k + 1) * p, k * p:(k + 1) * p] for k in range(npts)])
 
 
 def _full(cov_upper: np.ndarray, n: int) -> np.ndarray:
@@ -286,16 +300,21 @@ def _full(cov_upper: np.ndarray, n: int) -> np.ndarray:
     return cov_upper[..., idx[:, :, None, None], idx[None, None, :, :]]
 
 
-def _trajectory(net, mf, means, shift, cov, W, R, log2) -> Trajectory:
+def _trajectory(net, parts, W) -> Trajectory:
+    for g, b in parts["groups"]:
+        if W % g:
+            raise ValueError(f"{_OWNER}: width={W} must be a multiple of the {g} groups of the GroupLayerNorm in "
+                             f"block {b}")
+    mf, R = parts["mf"], parts["R"]
     n = mf.shape[-1]
+    shift = parts["shift"][:, 0] / W + parts["shift"][:, 1]
+    cov = parts["cov"][:, 0] / W + parts["cov"][:, 1]
     d = shift.mean(axis=0)
     c = cov.mean(axis=0)
     d_se = shift.std(axis=0, ddof=1) / np.sqrt(R)
     c_se = cov.std(axis=0, ddof=1) / np.sqrt(R)
-    gram = mf + to_sym(d, n)
     info = {"width": W, "meanfield_gram": mf, "shift": to_sym(d, n), "shift_stderr": to_sym(d_se, n),
-            "gram_cov_stderr": _full(c_se, n), "nodes": 2**log2, "replicates": R,
+            "gram_cov_stderr": _full(c_se, n), "nodes": 2 ** parts["log2"], "replicates": R,
             "method": "first order in 1/width; node averages by scrambled Sobol quasi-Monte Carlo"}
-    return Trajectory(gram=gram, engine="meanfield", network=net, means=means, mc_error=np.zeros(mf.shape[0]),
-                      info=info, gram_cov=_full(c, n))
-
+    return Trajectory(gram=mf + to_sym(d, n), engine="meanfield", network=net, means=parts["means"],
+                      mc_error=np.zeros(mf.shape[0]), info=info, gram_cov=_full(c, n))
