@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meanfield.core.backends import blas_single_thread
 from meanfield.core.law import Unknown
 from meanfield.core.validate import check_int
 from meanfield.fluctuation_rules import safe_step, segment_fresh, stencil, to_sym, upper
@@ -120,7 +121,8 @@ def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replica
         raise ValueError(f"{_OWNER}: the batch has n={law.n} inputs; the finite-width theory carries the "
                          f"covariance of all n (n + 1) / 2 Gram entries and accepts n <= {MAX_INPUTS} (use a "
                          "sub-batch)")
-    parts = _theory(net, law, log2, R, seed)
+    with blas_single_thread():  # small products: threaded BLAS only loses on shared cores
+        parts = _theory(net, law, log2, R, seed)
     out = {w: _trajectory(net, parts, w) for w in widths}
     return out if many else out[widths[0]]
 
@@ -146,6 +148,8 @@ def _theory(net, law, log2, R, seed) -> dict:
     i = 0
     while i < len(seq) and not seq[i][0].random:  # deterministic prefix: exact, no fluctuation
         layer, b = seq[i]
+        if _has_random(layer):
+            raise ValueError(f"{_OWNER}: block {b} layer {layer!r} has no finite-width rule; " + _SUPPORTED)
         law = ctx.apply(layer, law)
         _check_exact(law, layer, b)
         if ends[b] == i:
@@ -180,6 +184,10 @@ def _theory(net, law, log2, R, seed) -> dict:
             d_in, s_in = res[-1]
         i = j
     return {"mf": mf, "means": means, "shift": shift, "cov": cov, "groups": groups, "R": R, "log2": log2}
+
+
+def _has_random(layer) -> bool:
+    return bool(layer.random) or any(_has_random(sub) for sub in layer.sublayers())
 
 
 def _log2_nodes(nodes) -> int:
@@ -286,7 +294,7 @@ def _inherited(plan, K, laws, ctx, d_in, s_in):
     d1, d2 = stencil(F, K, Dsym, safe_step(K, Dsym), f0)
     C = dirs @ s_in @ dirs.T                                      # (c, k, k)
     mean = (d_in @ dirs.T) @ d1 + 0.5 * np.diagonal(C, axis1=1, axis2=2)[:, :nk] @ d2[:nk]
-    cov = np.einsum("ki,ckl,lj->cij", d1, C, d1)
+    cov = d1.T[None] @ C @ d1[None]
     return ([mean[:, k * p:(k + 1) * p] for k in range(npts)],
             [cov[:, k * p:(k + 1) * p, k * p:(k + 1) * p] for k in range(npts)])
 

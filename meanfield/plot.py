@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["paper_style", "depth_curve", "theory_vs_simulation", "theory_vs_simulation_scatter",
-           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles"]
+           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles", "theory_band"]
 
 _MEASURES = ("isometry_gap", "isometry", "potential", "mean_correlation", "gamma", "grad_norms")
 
@@ -92,9 +92,21 @@ def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None 
     A mean-field trajectory is drawn as a line; a simulated one as the median across seeds with a
     quantile band (``band``, default the 10-90% range). Seeds with an infinite value (a singular Gram's
     isometry gap) count as +inf in the median and the band (`seed_quantiles`); matplotlib leaves
-    non-finite points out of the drawing.
+    non-finite points out of the drawing. A finite-width theory (``propagate(..., width=W)``) is drawn as its
+    predicted mean with the predicted band as dotted lines (`theory_band`).
     """
     ax = _axes(ax)
+    if getattr(traj, "gram_cov", None) is not None:  # finite-width theory: its own mean and band
+        mean, lo, hi = theory_band(traj, measure, band)
+        depth = np.arange(mean.shape[-1])
+        (line,) = ax.plot(depth, mean, label=label, color=color, **line_kw)
+        ax.plot(depth, lo, color=line.get_color(), linestyle=":", linewidth=0.9)
+        ax.plot(depth, hi, color=line.get_color(), linestyle=":", linewidth=0.9)
+        ax.set_xlabel("depth (blocks)")
+        ax.set_ylabel(measure.replace("_", " "))
+        if logy:
+            ax.set_yscale("log")
+        return ax
     vals = measure_values(traj, measure)
     depth = np.arange(vals.shape[-1])
     if vals.ndim == 1:
@@ -110,16 +122,43 @@ def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None 
     return ax
 
 
+def theory_band(traj, measure: str = "isometry_gap", band=(0.1, 0.9)):
+    """(mean, lo, hi) per block of a measure from a finite-width theory: the predicted mean
+    (`Trajectory.expected`) and the quantiles ``band`` of a normal law with the predicted spread
+    (`Trajectory.std`); measures that cannot be negative (gap, potential) are clipped at 0."""
+    import scipy.special as sc
+
+    if measure == "grad_norms":
+        raise ValueError("measure='grad_norms' has no finite-width theory; use a simulation with gradients=True")
+    mean, std = traj.expected(measure), traj.std(measure)
+    lo, hi = mean + sc.ndtri(band[0]) * std, mean + sc.ndtri(band[1]) * std
+    if measure in ("isometry_gap", "potential"):
+        lo = np.maximum(lo, 0.0)
+    return mean, lo, hi
+
+
 def theory_vs_simulation(meanfield_traj, simulations: dict, measure: str = "isometry_gap", ax=None,
-                         logy: bool = False, title: str | None = None):
+                         logy: bool = False, title: str | None = None, theory=None):
     """Mean-field line plus one median/quantile band per simulated width.
 
-    ``simulations`` maps a label (e.g. the width) to a simulated Trajectory.
+    ``simulations`` maps a label (e.g. the width) to a simulated Trajectory. ``theory`` adds the finite-width
+    theory in each width's colour (predicted mean dashed, predicted 10-90% band dotted): a dict with the same
+    keys mapping to ``propagate(net, K0, width=W)`` trajectories, or True to compute them for the integer keys
+    from the mean-field trajectory's network and input Gram (networks that start with a Dense layer).
     """
     ax = _axes(ax)
     depth_curve(meanfield_traj, measure, ax=ax, label="mean field", color="k", linestyle="--", zorder=3)
+    if theory is True:
+        from meanfield.fluctuations import propagate_finite
+
+        widths = [k for k in simulations if isinstance(k, (int, np.integer))]
+        theory = propagate_finite(meanfield_traj.network, meanfield_traj.gram[0], width=widths) if widths else {}
     for key, sim in simulations.items():
         depth_curve(sim, measure, ax=ax, label=f"width {key}" if not isinstance(key, str) else key)
+        if theory and key in theory:
+            color = ax.get_lines()[-1].get_color()
+            depth_curve(theory[key], measure, ax=ax, color=color, linestyle="--", linewidth=1.0,
+                        label=f"theory {key}")
     if logy:
         ax.set_yscale("log")
     if title:
