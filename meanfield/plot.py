@@ -92,12 +92,12 @@ def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None 
     A mean-field trajectory is drawn as a line; a simulated one as the median across seeds with a
     quantile band (``band``, default the 10-90% range). Seeds with an infinite value (a singular Gram's
     isometry gap) count as +inf in the median and the band (`seed_quantiles`); matplotlib leaves
-    non-finite points out of the drawing. A finite-width theory (``propagate(..., width=W)``) is drawn as its
-    predicted mean with the predicted band as dotted lines (`theory_band`).
+    non-finite points out of the drawing. A finite-width theory (``propagate(..., width=W)``) is drawn as the
+    median of its predicted law with the predicted band as dotted lines (`theory_band`).
     """
     ax = _axes(ax)
     if getattr(traj, "gram_cov", None) is not None:  # finite-width theory: its own mean and band
-        mean, lo, hi = theory_band(traj, measure, band)
+        mean, lo, hi = theory_band(traj, measure, band)  # the predicted median and band
         depth = np.arange(mean.shape[-1])
         (line,) = ax.plot(depth, mean, label=label, color=color, **line_kw)
         ax.plot(depth, lo, color=line.get_color(), linestyle=":", linewidth=0.9)
@@ -123,18 +123,24 @@ def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None 
 
 
 def theory_band(traj, measure: str = "isometry_gap", band=(0.1, 0.9)):
-    """(mean, lo, hi) per block of a measure from a finite-width theory: the predicted mean
-    (`Trajectory.expected`) and the quantiles ``band`` of a normal law with the predicted spread
-    (`Trajectory.std`); measures that cannot be negative (gap, potential) are clipped at 0."""
+    """(median, lo, hi) per block of a measure from a finite-width theory: the quantiles 0.5 and ``band`` of the
+    law with the predicted mean (`Trajectory.expected`) and spread (`Trajectory.std`): a normal law, or for the
+    non-negative isometry gap and potential a gamma law (at the finite-width floor the gap is a quadratic form
+    of Gaussian fluctuations, skewed like a chi-square; far above it the gamma law is nearly normal)."""
     import scipy.special as sc
 
     if measure == "grad_norms":
         raise ValueError("measure='grad_norms' has no finite-width theory; use a simulation with gradients=True")
-    mean, std = traj.expected(measure), traj.std(measure)
-    lo, hi = mean + sc.ndtri(band[0]) * std, mean + sc.ndtri(band[1]) * std
+    mean, std = np.asarray(traj.expected(measure), float), np.asarray(traj.std(measure), float)
+    qs = (0.5, band[0], band[1])
     if measure in ("isometry_gap", "potential"):
-        lo = np.maximum(lo, 0.0)
-    return mean, lo, hi
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.where(std > 0, (mean / std) ** 2, np.inf)
+            theta = np.where(mean > 0, std**2 / mean, 0.0)
+            out = [np.where(np.isfinite(k) & (k > 0), sc.gammaincinv(np.where(np.isfinite(k) & (k > 0), k, 1.0), q)
+                            * theta, mean) for q in qs]
+        return tuple(out)
+    return tuple(mean + sc.ndtri(q) * std for q in qs)
 
 
 def theory_vs_simulation(meanfield_traj, simulations: dict, measure: str = "isometry_gap", ax=None,
@@ -142,8 +148,9 @@ def theory_vs_simulation(meanfield_traj, simulations: dict, measure: str = "isom
     """Mean-field line plus one median/quantile band per simulated width.
 
     ``simulations`` maps a label (e.g. the width) to a simulated Trajectory. ``theory`` adds the finite-width
-    theory in each width's colour (predicted mean dashed, predicted 10-90% band dotted): a dict with the same
-    keys mapping to ``propagate(net, K0, width=W)`` trajectories, or True to compute them for the integer keys
+    theory in each width's colour: a dict with the same
+    keys mapping to ``propagate(net, K0, width=W)`` trajectories (drawn by `theory_band`: predicted median dashed,
+    10-90% band dotted), or True to compute them for the integer keys
     from the mean-field trajectory's network and input Gram (networks that start with a Dense layer).
     """
     ax = _axes(ax)

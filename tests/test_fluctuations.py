@@ -307,11 +307,16 @@ def test_theory_bands_in_plots():
     assert labels == ["mean field", "width 64", "theory 64", "width 256", "theory 256"]
     th = meanfield.propagate(net, X=X, width=64)
     (mean_line,) = [ln for ln in ax.get_lines() if ln.get_label() == "theory 64"]
-    np.testing.assert_allclose(mean_line.get_ydata(), th.expected("isometry_gap"), rtol=1e-10)
+    # a gamma law with the predicted mean and spread: median line, 10% and 90% dotted
+    mean, std = th.expected("isometry_gap"), th.std("isometry_gap")
+    with np.errstate(divide="ignore"):                       # block 0 has no spread
+        k, theta = (mean / std) ** 2, std**2 / mean
+    np.testing.assert_allclose(mean_line.get_ydata()[1:], sc.gammaincinv(k[1:], 0.5) * theta[1:], rtol=1e-10)
     i = ax.get_lines().index(mean_line)
     hi = ax.get_lines()[i + 2].get_ydata()
-    np.testing.assert_allclose(hi, th.expected("isometry_gap") + sc.ndtri(0.9) * th.std("isometry_gap"),
-                               rtol=1e-10)
+    np.testing.assert_allclose(hi[1:], sc.gammaincinv(k[1:], 0.9) * theta[1:], rtol=1e-10)
+    mean_c, lo_c, hi_c = plot.theory_band(th, "mean_correlation")
+    np.testing.assert_allclose(hi_c, th.expected("mean_correlation") + sc.ndtri(0.9) * th.std("mean_correlation"))
     assert ax.get_lines()[i + 1].get_color() == mean_line.get_color() == ax.get_lines()[i - 1].get_color()
     with pytest.raises(ValueError, match="grad_norms"):
         plot.theory_band(th, "grad_norms")
