@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("maps", "bias", "rates", "checks", "layernorm", "weightnorm", "fisher", "transformations",
-               "sweep", "plot", "cli", "measures", "infinite", "finite")
+               "sweep", "plot", "cli", "measures", "infinite", "finite", "fluctuations", "spread")
 
 
 def __getattr__(name):

@@ -83,12 +83,14 @@ def to_sym(v: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------
 # per-sample layers on moments
-def sample_chain(layers, S: np.ndarray, m: np.ndarray):
+def sample_chain(layers, S: np.ndarray, m: np.ndarray, chain: dict | None = None):
     """Second moments and means (S (..., n, n), m (..., n)) after a chain of "sample" layers:
     y_a = alpha_a x_a + beta_a gives E y_a y_b = alpha_a alpha_b S_ab + alpha_a beta_b m_a + beta_a alpha_b m_b +
-    beta_a beta_b."""
+    beta_a beta_b. ``chain``: the preceding activation ``act`` and its input's mean square ``q`` (..., n), for
+    Center/Scale with mode "meanfield"."""
+    ch = None if chain is None else dict(chain, centered=False)
     for layer in layers:
-        a, b = layer.sample_affine(np.diagonal(S, axis1=-2, axis2=-1), m)
+        a, b = layer.sample_affine(np.diagonal(S, axis1=-2, axis2=-1), m, ch)
         am = a * m
         S = (a[..., :, None] * a[..., None, :] * S + am[..., :, None] * b[..., None, :]
              + b[..., :, None] * am[..., None, :] + b[..., :, None] * b[..., None, :])
@@ -179,20 +181,23 @@ def _cov(F: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------
 # the segment
-def _post(layers, S0: np.ndarray, m0: np.ndarray, Gamma: np.ndarray, bias: np.ndarray | None):
-    """Push a statistic A = (upper S, m) with per-unit covariance Gamma and shift ``bias`` through the
+def _post(layers, S0: np.ndarray, m0: np.ndarray, Gamma: np.ndarray, bias: np.ndarray | None, act=None,
+          q0: np.ndarray | None = None):
+    """Push a statistic A = (upper S, m[, q]) with per-unit covariance Gamma and shift ``bias`` through the
     per-sample chain N: covariance N' Gamma N'^T, shift N' bias + N''[Gamma] / 2 (per unit, upper coordinates
-    of the output Gram). Derivatives by `stencil` along the eigenvectors of Gamma."""
+    of the output Gram). Derivatives by `stencil` along the eigenvectors of Gamma. With ``act``, A also holds
+    the mean square q of the activation's input (mean value q0), which Center/Scale(mode="meanfield") read."""
     n = S0.shape[0]
     p = n * (n + 1) // 2
     if not layers:
         return Gamma[:p, :p].copy(), (np.zeros(p) if bias is None else bias[:p].copy())
 
     def N(V):
-        S, m = sample_chain(layers, to_sym(V[:, :p], n), V[:, p:])
+        chain = None if act is None else {"act": act, "q": V[:, p + n:]}
+        S, m = sample_chain(layers, to_sym(V[:, :p], n), V[:, p:p + n], chain)
         return upper(S)
 
-    x0 = np.concatenate([upper(S0), m0])
+    x0 = np.concatenate([upper(S0), m0] + ([] if act is None else [q0]))
     f0 = N(x0[None])[0]
     g, U = np.linalg.eigh(0.5 * (Gamma + Gamma.T))
     keep = g > 1e-13 * max(float(g.max()), 0.0)
@@ -243,7 +248,12 @@ def segment_fresh(plan, laws, log2_nodes: int, seeds) -> list:
                 q = max([0] + [i for i in range(1, j + 1) if layers[i - 1].fluctuation_kind == "unit"])
                 IF, bias = _moments(xs[q]), None
             post = [layers[i - 1] for i in range(q + 1, j + 1)]
-            cov, shift = _post(post, laws[q].K, laws[q].m, _cov(IF), bias)
+            act = q0 = None
+            if any(layer.fluctuation_chain for layer in post):  # Center/Scale(meanfield): q of the act's input
+                act = layers[q - 1].act
+                IF = np.concatenate([IF, xs[q - 1] ** 2], axis=1)
+                q0 = np.diag(laws[q - 1].K).copy()
+            cov, shift = _post(post, laws[q].K, laws[q].m, _cov(IF), bias, act, q0)
             gr = plan.groups if any(getattr(lay, "fluctuation_groups", 1) > 1 for lay in layers[:j]) else 1
             res.append((cov, gr * shift))
         out.append(res)

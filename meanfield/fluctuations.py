@@ -52,7 +52,7 @@ __all__ = ["propagate_finite", "MAX_INPUTS"]
 MAX_INPUTS = 16
 _OWNER = "propagate(width=...)"
 _SUPPORTED = ("supported: Dense, then per-unit layers (Activation, BatchNorm(mode='exact'), MeanOnlyBatchNorm) "
-              "and per-sample norms (LayerNorm, RMSNorm, Center/Scale(mode='layer'), GroupLayerNorm(groups=g)); "
+              "and per-sample norms (LayerNorm, RMSNorm, Center/Scale, GroupLayerNorm(groups=g)); "
               "or Dense, per-sample norms, one Activation, per-sample norms")
 
 
@@ -227,6 +227,13 @@ def _plan(seq, i, j, ends, last) -> _Plan:
             raise ValueError(f"{_OWNER}: block {where[1]} layer {where[0]!r}: this order of layers has no "
                              "finite-width rule; " + _SUPPORTED)
         act_pos = units[0] + 1
+    for k, layer in enumerate(layers):
+        if layer.fluctuation_chain and (act_pos is not None or "unit" not in kinds[:k]
+                                        or not hasattr(layers[max(u for u in range(k) if kinds[u] == "unit")],
+                                                       "act")):
+            raise ValueError(f"{_OWNER}: block {seq[i + 1 + k][1]} layer {layer!r} needs an Activation before it "
+                             "in its segment, with only per-sample layers in between, and no norm before the "
+                             "activation")
     grouped = [layer for layer, kind in zip(layers, kinds) if kind == "sample" and layer.fluctuation_groups > 1]
     nsample = kinds.count("sample")
     if grouped and nsample > 1:

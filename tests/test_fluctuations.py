@@ -127,6 +127,8 @@ NETS = {
                                   Activation("tanh")]),
     "gln-pre": lambda: meanfield.mlp(2, "relu", norm="gln", groups=2, placement="pre"),
     "readout": lambda: meanfield.mlp(2, "tanh", norm="ln", readout=128),
+    "center-scale-meanfield": lambda: Network([Block((Dense(1.1, 0.2), Activation("relu"), Center("meanfield"),
+                                                      Scale("meanfield"))) for _ in range(3)]),
 }
 
 
@@ -256,7 +258,8 @@ def test_trajectory_spread_on_every_engine():
     (meanfield.mlp(2, "relu", norm="bn"), "Monte Carlo"),                # ReLU -> BN: no exact mean field
     (meanfield.mlp(2, "relu", norm="bn", bn_mode="large_batch"), "large_batch"),
     (meanfield.mlp(2, "relu", norm="gln", group_size=4), "group_size=4"),
-    (Network([Dense(), Activation("relu"), Center("meanfield")]), "meanfield"),
+    (Network([Dense(), LayerNorm(), Activation("relu"), Center("meanfield")]), "needs an Activation before it"),
+    (Network([Dense(), Center("meanfield")]), "needs an Activation before it"),
     (Network([Dense(), LayerNorm(), Activation("relu"), meanfield.BatchNorm()]), "this order of layers"),
     (Network([Dense(), meanfield.MaxPool(2)]), "MaxPool"),
 ])

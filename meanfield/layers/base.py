@@ -118,14 +118,18 @@ class Layer:
     fluctuation_kind: ClassVar[str | None] = None
     #: "sample" layers: groups of units with statistics of their own (GroupLayerNorm(groups=g))
     fluctuation_groups: ClassVar[int] = 1
+    #: "sample" layers whose map reads the preceding activation's input (Center/Scale with mode "meanfield")
+    fluctuation_chain: ClassVar[bool] = False
 
     def unit_map(self, X):
         """A "unit" layer on unit n-vectors, the rows of X (M, n)."""
         raise NotImplementedError(f"{type(self).__name__} is not a per-unit layer")
 
-    def sample_affine(self, sq, m):
+    def sample_affine(self, sq, m, chain=None):
         """A "sample" layer: (alpha, beta), y_a = alpha_a x_a + beta_a, from each sample's mean square sq_a and
-        mean m_a over units (arrays (..., n))."""
+        mean m_a over units (arrays (..., n)). ``chain`` (layers with ``fluctuation_chain``): a dict with the
+        preceding activation ``act``, the mean square ``q`` (..., n) of its input over units, and ``centered``
+        (a Center came after the activation; a Center sets it)."""
         raise NotImplementedError(f"{type(self).__name__} is not a per-sample layer")
 
     # ---------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class LayerNorm(Layer):
     # 1/width theory: x_a -> (x_a - m_a) / sqrt(sq_a - m_a^2), m and sq the sample's moments over units
     fluctuation_kind = "sample"
 
-    def sample_affine(self, sq, m):
+    def sample_affine(self, sq, m, chain=None):
         return standardize_affine(sq, m, center=True, scale=True)
 
 
@@ -97,7 +97,7 @@ class RMSNorm(Layer):
     # 1/width theory: x_a -> x_a / sqrt(sq_a)
     fluctuation_kind = "sample"
 
-    def sample_affine(self, sq, m):
+    def sample_affine(self, sq, m, chain=None):
         return standardize_affine(sq, m, center=False, scale=True)
 
 
@@ -189,7 +189,7 @@ class GroupLayerNorm(Layer):
     def fluctuation_groups(self):
         return self.groups or 1
 
-    def sample_affine(self, sq, m):
+    def sample_affine(self, sq, m, chain=None):
         return standardize_affine(sq, m, center=True, scale=True)
 
 
@@ -242,13 +242,21 @@ class Center(Layer):
     def invalid_parameters(cls):
         return [{"mode": "batch"}]
 
-    # 1/width theory: mode "layer" is x_a -> x_a - m_a (mode "meanfield": no rule)
-    @property
-    def fluctuation_kind(self):
-        return "sample" if self.mode == "layer" else None
+    # 1/width theory: x_a -> x_a - m_a (mode "meanfield": x_a - c_0(q_a), q_a the activation input's mean square)
+    fluctuation_kind = "sample"
 
-    def sample_affine(self, sq, m):
-        return standardize_affine(sq, m, center=True, scale=False)
+    @property
+    def fluctuation_chain(self):
+        return self.mode == "meanfield"
+
+    def sample_affine(self, sq, m, chain=None):
+        if chain is not None:
+            chain["centered"] = True
+        if self.mode == "layer":
+            return standardize_affine(sq, m, center=True, scale=False)
+        q = np.asarray(chain["q"], dtype=np.float64)
+        c0 = chain["act"].mean_at(q.reshape(-1), 0).reshape(q.shape)
+        return np.ones_like(q), -c0
 
 
 @dataclass(frozen=True, repr=False)
@@ -287,13 +295,22 @@ class Scale(Layer):
     def invalid_parameters(cls):
         return [{"mode": "batch"}]
 
-    # 1/width theory: mode "layer" is x_a -> x_a / sqrt(sq_a) (mode "meanfield": no rule)
-    @property
-    def fluctuation_kind(self):
-        return "sample" if self.mode == "layer" else None
+    # 1/width theory: x_a -> x_a / sqrt(sq_a) (mode "meanfield": x_a / sqrt(E f^2 [- c_0^2]) at the activation
+    # input's mean square q_a)
+    fluctuation_kind = "sample"
 
-    def sample_affine(self, sq, m):
-        return standardize_affine(sq, m, center=False, scale=True)
+    @property
+    def fluctuation_chain(self):
+        return self.mode == "meanfield"
+
+    def sample_affine(self, sq, m, chain=None):
+        if self.mode == "layer":
+            return standardize_affine(sq, m, center=False, scale=True)
+        act, q = chain["act"], np.asarray(chain["q"], dtype=np.float64)
+        var = act.second_moment_at(q.reshape(-1)).reshape(q.shape)
+        if chain["centered"]:
+            var = var - act.mean_at(q.reshape(-1), 0).reshape(q.shape) ** 2
+        return np.where(var > 0, 1.0 / np.sqrt(np.where(var > 0, var, 1.0)), 0.0), np.zeros_like(q)
 
 
 def _chain(layer, compiler) -> dict | None:
