@@ -83,6 +83,7 @@ def compare(net, X, widths, seeds, seed=1):
         rows.append(dict(width=W, var_pred=float(pv[-1, off]), var_sim=float(v[-1, off]), var_se=float(se[-1, off]),
                          ratio=float(ratio[-1, off]), worst_ratio=float(ratio[k]),
                          worst_z=float((pv[k] - v[k]) / se[k]), worst_block=int(k[0]) + 1,
+                         worst_se=float(se[k] / v[k]),
                          rel_residual=float(rel.mean()), rel_residual_se=float(rel_se),
                          gap_pred=float(th.expected("isometry_gap")[-1]), gap_sim=float(np.mean(gap_sim)),
                          gap_sim_se=float(np.std(gap_sim) / math.sqrt(seeds)),

@@ -324,3 +324,24 @@ def test_theory_bands_in_plots():
     with pytest.raises(ValueError, match="grad_norms"):
         plot.theory_band(th, "grad_norms")
     plt.close("all")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the validation sweep (benchmarks/validate_fluctuations.py) at reduced size
+@pytest.mark.slow
+def test_validation_sweep_reduced():
+    """Three networks, 10 blocks, widths 256 and 1024, 1500 seeds: every entry of every block within 10% plus
+    3 standard errors, and the predicted mean gap within 15% at width 1024."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "validate_fluctuations", Path(__file__).resolve().parent.parent / "benchmarks" / "validate_fluctuations.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    X = bench.inputs()
+    for name in ("tanh", "relu+LN pre", "gelu+LN post"):
+        rows = bench.compare(meanfield.mlp(10, **bench.NETS[name]), X, [256, 1024], 1500)
+        for r in rows:  # worst_se: the relative standard error of the simulated variance of that entry
+            assert abs(r["worst_ratio"] - 1) <= 0.10 + 3 * r["worst_se"], (name, r)
+        assert abs(rows[-1]["gap_pred"] / rows[-1]["gap_sim"] - 1) <= 0.15, (name, rows[-1])
