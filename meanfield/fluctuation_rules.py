@@ -229,6 +229,7 @@ def segment_fresh(plan, laws, log2_nodes: int, seeds) -> list:
     """
     layers, points, act_pos = plan.layers, plan.points, plan.act_pos
     C = laws[0].K
+    fixed = _pattern2_setup(plan, laws) if act_pos is not None and any(j >= act_pos for j in points) else None
     out = []
     for seed in seeds:
         z = gaussian_nodes(C, log2_nodes, seed)
@@ -238,7 +239,7 @@ def segment_fresh(plan, laws, log2_nodes: int, seeds) -> list:
             if layer.fluctuation_kind == "unit" and (act_pos is None or pos < act_pos):
                 x = layer.unit_map(x)
             xs.append(x)
-        p2 = _pattern2(plan, laws, z) if act_pos is not None and any(j >= act_pos for j in points) else None
+        p2 = _pattern2_nodes(fixed, z) if fixed is not None else None
         res = []
         for j in points:
             if act_pos is not None and j >= act_pos:
@@ -260,13 +261,14 @@ def segment_fresh(plan, laws, log2_nodes: int, seeds) -> list:
     return out
 
 
-def _pattern2(plan, laws, z: np.ndarray):
-    """Pattern P2 (per-sample norm, then the activation): node values of IF_A and the shift b_A, per unit."""
+def _pattern2_setup(plan, laws) -> dict:
+    """Pattern P2 (per-sample norm, then the activation), the parts without nodes: theta = h(t) with t = (mean
+    square, mean) of z over units and t* = (diag C, 0); h' and E Delta theta = h''[Cov tau]/2 by differences;
+    Cov Delta theta = h' Cov tau h'^T; the second-order term A''[Cov Delta theta]/2 from the exact map."""
     layers, a_pos = plan.layers, plan.act_pos
     pre, act_layer = layers[: a_pos - 1], layers[a_pos - 1]
     C = laws[0].K
     n = C.shape[0]
-    # theta = h(t), t = (mean square, mean) of z over units; t* = (diag C, 0)
     t0 = np.concatenate([np.diag(C), np.zeros(n)])
 
     def h(T):
@@ -274,43 +276,48 @@ def _pattern2(plan, laws, z: np.ndarray):
         return np.concatenate([a, b], axis=1)
 
     theta0 = h(t0[None])[0]
-    alpha = theta0[:n]
     cov_tau = np.zeros((2 * n, 2 * n))
-    cov_tau[:n, :n] = 2.0 * C * C
-    cov_tau[n:, n:] = C
-    eye = np.eye(2 * n)
-    step = 1e-3 * np.concatenate([np.maximum(np.diag(C), 1e-300), np.full(n, max(np.sqrt(np.mean(np.diag(C))),
-                                                                                   1e-300))])
-    Jh, _ = stencil(h, t0, eye, step, theta0)           # rows: d theta / d t_k
-    Jh = Jh.T                                            # (2n, 2n): theta x t
+    cov_tau[:n, :n] = 2.0 * C * C                       # Cov(z_a^2, z_b^2) = 2 C_ab^2
+    cov_tau[n:, n:] = C                                  # Cov(z_a, z_b) = C_ab; Cov(z_a^2, z_b) = 0
+    d = np.diag(C)
+    scale = max(float(np.sqrt(np.mean(d))), 1e-300)
+    step = 1e-3 * np.concatenate([np.maximum(d, 1e-300), np.full(n, scale)])
+    Jh, _ = stencil(h, t0, np.eye(2 * n), step, theta0)
+    Jh = Jh.T                                            # (2n, 2n): d theta_i / d t_k
     g, U = np.linalg.eigh(cov_tau)
     keep = g > 1e-13 * g.max()
-    hs = 1e-3 * np.sqrt(np.mean(np.diag(C))) * np.ones(int(keep.sum()))
-    hs = np.minimum(hs, 1e-3 * np.min(np.diag(C)[np.diag(C) > 0]))
+    hs = np.full(int(keep.sum()), min(1e-3 * scale, 1e-3 * float(np.min(d[d > 0], initial=scale))))
     _, d2 = stencil(h, t0, U[:, keep].T, hs, theta0)
-    e_theta = 0.5 * (g[keep] @ d2)                       # E Delta theta (per unit)
-    cov_theta = Jh @ cov_tau @ Jh.T
-    xi = (np.concatenate([z * z, z], axis=1) - t0) @ Jh.T
+    e_theta = 0.5 * (g[keep] @ d2)                       # E Delta theta, per unit
+    cov_theta = Jh @ cov_tau @ Jh.T                      # Cov Delta theta, per unit (alpha-beta block 0: parity)
+    second = _second_order(act_layer, C, theta0[:n], cov_theta[:n, :n], cov_theta[n:, n:])
+    return {"act": act_layer, "t0": t0, "theta0": theta0, "Jh": Jh, "e_alpha": e_theta[:n], "second": second}
+
+
+def _pattern2_nodes(fx: dict, z: np.ndarray):
+    """Pattern P2 on one node set: IF_A(z) = a(f(y)) + A'(theta*) xi(z) (minus its mean) and the shift
+    b_A = A'_alpha E Delta alpha + Cov(d_theta Psi, xi) + A''[Cov Delta theta]/2, per unit, with y = alpha* z +
+    beta*, xi = h' (tau(z) - t*) and the derivative moments P = E[f'(y_c) u_b], Q = E[f'(y_c) z_c u_b]."""
+    n = z.shape[1]
+    alpha, beta = fx["theta0"][:n], fx["theta0"][n:]
+    xi = (np.concatenate([z * z, z], axis=1) - fx["t0"]) @ fx["Jh"].T
     xi -= xi.mean(axis=0)
     xa, xb = xi[:, :n], xi[:, n:]
-    y = alpha * z + theta0[n:]
-    u = act_layer.unit_map(y)
-    D = act_layer.unit_derivative(y)
+    y = alpha * z + beta
+    u = fx["act"].unit_map(y)
+    D = fx["act"].unit_derivative(y)
     M = z.shape[0]
     iu, ju = upper_index(n)
     P = D.T @ u / M                                      # E[f'(y_c) u_b]
     Q = (D * z).T @ u / M                                # E[f'(y_c) z_c u_b]
     ED, EDz = D.mean(axis=0), (D * z).mean(axis=0)
-    a = _moments(u)
     lin = np.concatenate([P[iu, ju] * xb[:, iu] + P[ju, iu] * xb[:, ju] + Q[iu, ju] * xa[:, iu]
                           + Q[ju, iu] * xa[:, ju], ED * xb + EDz * xa], axis=1)
-    IF = a + lin
-    B = xb * D + xa * D * z
+    B = xb * D + xa * D * z                              # sum_theta d_theta u_c xi_theta, per node and sample
     cross = np.concatenate([(B[:, iu] * u[:, ju] + B[:, ju] * u[:, iu]).mean(axis=0), B.mean(axis=0)])
-    ea = e_theta[:n]
+    ea = fx["e_alpha"]
     first = np.concatenate([Q[iu, ju] * ea[iu] + Q[ju, iu] * ea[ju], EDz * ea])
-    second = _second_order(act_layer, C, alpha, cov_theta[:n, :n], cov_theta[n:, n:])
-    return IF, first + cross + second
+    return _moments(u) + lin, first + cross + fx["second"]
 
 
 def _gmap(act_layer, Gam: np.ndarray) -> np.ndarray:
