@@ -80,7 +80,7 @@ def _input_law(K0, X) -> Law:
 
 
 def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, detail: bool = False,
-              mc_samples: int = 2**17, seed: int = 0, width: int | None = None) -> Trajectory:
+              mc_samples: int = 2**17, seed: int = 0, width=None) -> Trajectory:
     """Carry the batch Gram matrix through every block of ``net`` at infinite width.
 
     Parameters
@@ -105,9 +105,10 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         activation, exact BatchNorm after an activation, fixed-size group norm after an activation and
         MaxPool; their standard error is in ``traj.mc_error`` (0 for exact blocks).
 
-    width : int, optional
+    width : int or sequence of ints, optional
         Finite width W: ``gram`` becomes the mean of the empirical Gram to first order in 1/W and ``gram_cov``
-        the covariance of its entries (`meanfield.fluctuations.propagate_finite`, which takes further options).
+        the covariance of its entries (`meanfield.fluctuations.propagate_finite`, which takes further options;
+        a sequence of widths gives a dict {width: Trajectory} from one computation).
 
     Returns
     -------
