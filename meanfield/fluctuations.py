@@ -20,9 +20,10 @@ exact mean-field map along the eigenvectors of Sigma (and delta), so every layer
 rule works through its own rule; Sigma_f and b need the layer's finite-width rule (`Layer.fluctuation_kind`).
 
 Which networks: a prefix of deterministic layers on the data (exact, no fluctuation), then segments of the
-form Dense, per-unit layers (activation, BatchNorm(mode="exact"), MeanOnlyBatchNorm), per-sample norms
-(LayerNorm, RMSNorm, Center/Scale(mode="layer"), GroupLayerNorm(groups=g)); or Dense, per-sample norms, one
-activation, per-sample norms (a norm before the activation). Every rule on the way must be exact (no Monte
+form Dense (or WeightNormDense(init="fixed") after a wide layer), per-unit layers (activation,
+BatchNorm(mode="exact"), MeanOnlyBatchNorm), per-sample norms (LayerNorm, RMSNorm, Center, Scale,
+GroupLayerNorm(groups=g)); or Dense, per-sample norms, one activation, per-sample norms (a norm before the
+activation). Every rule on the way must be exact (no Monte
 Carlo). Anything else raises a ValueError that names the block and the layer: never a silently wrong band.
 
 Size: the state is the mean (p) and covariance (p x p) of the p = n (n + 1) / 2 Gram entries; practical for
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meanfield.core.backends import blas_single_thread
-from meanfield.core.law import Unknown
+from meanfield.core.law import Features, Gaussian, Unknown
 from meanfield.core.validate import check_int
 from meanfield.fluctuation_rules import safe_step, segment_fresh, stencil, to_sym, upper
 from meanfield.infinite import Propagation, _input_law
@@ -51,9 +52,10 @@ __all__ = ["propagate_finite", "MAX_INPUTS"]
 #: the largest batch the theory accepts (the covariance has (n (n + 1) / 2)^2 entries per block)
 MAX_INPUTS = 16
 _OWNER = "propagate(width=...)"
-_SUPPORTED = ("supported: Dense, then per-unit layers (Activation, BatchNorm(mode='exact'), MeanOnlyBatchNorm) "
-              "and per-sample norms (LayerNorm, RMSNorm, Center/Scale, GroupLayerNorm(groups=g)); "
-              "or Dense, per-sample norms, one Activation, per-sample norms")
+_SUPPORTED = ("supported: Dense (or WeightNormDense(init='fixed')), then per-unit layers (Activation, "
+              "BatchNorm(mode='exact'), MeanOnlyBatchNorm) and per-sample norms (LayerNorm, RMSNorm, "
+              "Center/Scale, GroupLayerNorm(groups=g)); or Dense, per-sample norms, one Activation, per-sample "
+              "norms")
 
 
 @dataclass
@@ -157,6 +159,8 @@ def _theory(net, law, log2, R, seed) -> dict:
         i += 1
     d_in = np.zeros((R, 2, p))
     s_in = np.zeros((R, 2, p, p))
+    # fan-in of the first random layer: the data's dimension (a fixed width); a given K0 counts as infinitely wide
+    fan_in = (1, 1.0 / law.F.shape[1]) if isinstance(law, Features) else (None, 0.0)
     while i < len(seq):
         j = i + 1
         while j < len(seq) and not seq[j][0].random:
@@ -166,6 +170,8 @@ def _theory(net, law, log2, R, seed) -> dict:
             groups.append((plan.groups, seq[i][1]))
         laws = _run(plan, law, ctx, seq[i][1])
         inh = _inherited(plan, law.K, laws, ctx, d_in.reshape(2 * R, p), s_in.reshape(2 * R, p, p))
+        fan = _fan_in_shift(plan, law.K, laws, ctx) if plan.random.fluctuation_fan_in else None
+        fan_comp, fan_scale = fan_in
         seeds = [np.random.default_rng(s.spawn(1)[0]) for s in streams]
         fresh = segment_fresh(plan, laws, log2, seeds)
         comp, scale = (0, 1.0) if plan.width is None else (1, 1.0 / plan.width)
@@ -175,6 +181,8 @@ def _theory(net, law, log2, R, seed) -> dict:
             s = inh[1][k].reshape(R, 2, p, p)
             d[:, comp] += scale * np.stack([fresh[r][k][1] for r in range(R)])
             s[:, comp] += scale * np.stack([fresh[r][k][0] for r in range(R)])
+            if fan is not None and fan_comp is not None:
+                d[:, fan_comp] += fan_scale * fan[k]
             res.append((d, s))
             for b in plan.records.get(pos, ()):
                 mf[b], means[b] = laws[pos].K, laws[pos].m
@@ -182,6 +190,7 @@ def _theory(net, law, log2, R, seed) -> dict:
         law = laws[-1]
         if plan.points and plan.points[-1] == len(plan.layers):
             d_in, s_in = res[-1]
+        fan_in = (comp, scale)  # the next random layer's fan-in is this segment's width
         i = j
     return {"mf": mf, "means": means, "shift": shift, "cov": cov, "groups": groups, "R": R, "log2": log2}
 
@@ -255,6 +264,10 @@ def _plan(seq, i, j, ends, last) -> _Plan:
 def _run(plan, law, ctx, b):
     """Mean-field laws after the random layer and after each layer of the segment."""
     law = plan.random.infinite(law, ctx)
+    if not isinstance(law, Gaussian):
+        raise ValueError(f"{_OWNER}: block {b} layer {plan.random!r}: its units are not Gaussian here (weight "
+                         "normalization on the data itself is a spherical law); the theory needs Gaussian units, "
+                         "e.g. a Dense layer first")
     laws = [law]
     for layer in plan.layers:
         law = layer.infinite(law, ctx)
@@ -284,6 +297,17 @@ def _inherited(plan, K, laws, ctx, d_in, s_in):
         if np.linalg.norm(res) > 1e-9 * max(np.linalg.norm(dm), 1e-300):
             dirs = np.concatenate([dirs, (res / np.linalg.norm(res))[None]])
     f0 = np.concatenate([upper(laws[pos].K) for pos in plan.points])
+    Dsym = to_sym(dirs, n)
+    d1, d2 = stencil(_segment_map(plan, ctx, n), K, Dsym, safe_step(K, Dsym), f0)
+    C = dirs @ s_in @ dirs.T                                      # (c, k, k)
+    mean = (d_in @ dirs.T) @ d1 + 0.5 * np.diagonal(C, axis1=1, axis2=2)[:, :nk] @ d2[:nk]
+    cov = d1.T[None] @ C @ d1[None]
+    return ([mean[:, k * p:(k + 1) * p] for k in range(npts)],
+            [cov[:, k * p:(k + 1) * p, k * p:(k + 1) * p] for k in range(npts)])
+
+
+def _segment_map(plan, ctx, n):
+    """The exact mean-field map of a segment, input Gram -> Grams at its points: stacks (k, n, n) -> (k, q)."""
     last = plan.points[-1]
 
     def F(Ks):
@@ -297,13 +321,25 @@ def _inherited(plan, K, laws, ctx, d_in, s_in):
             out.append(np.concatenate([upper(vals[pos].K) for pos in plan.points]))
         return np.stack(out)
 
-    Dsym = to_sym(dirs, n)
-    d1, d2 = stencil(F, K, Dsym, safe_step(K, Dsym), f0)
-    C = dirs @ s_in @ dirs.T                                      # (c, k, k)
-    mean = (d_in @ dirs.T) @ d1 + 0.5 * np.diagonal(C, axis1=1, axis2=2)[:, :nk] @ d2[:nk]
-    cov = d1.T[None] @ C @ d1[None]
-    return ([mean[:, k * p:(k + 1) * p] for k in range(npts)],
-            [cov[:, k * p:(k + 1) * p, k * p:(k + 1) * p] for k in range(npts)])
+    return F
+
+
+def _fan_in_shift(plan, K, laws, ctx):
+    """Weight normalization, w = g v / |v|: on the span of the n inputs, a unit's pre-activations are
+    s g R z_hat with R R^T = K_hat, z_hat ~ N(0, I_n) and s^2 = fan_in / (|z_hat|^2 + chi^2_{fan_in - n})
+    (independent across units). With s^2 = 1 + delta: E[delta | z_hat] = (2 - (|z_hat|^2 - n)) / fan_in,
+    E delta^2 = 2 / fan_in, and Gaussian integration by parts, E[h (|z_hat|^2 - n)] = 2 d/dt E h(sqrt(1+t) z_hat),
+    turn the mean of the segment's Grams into F(K) - D_K^2 F / fan_in: the second derivative of the exact map
+    along K itself (the direction that scales the weight part of C = g^2 K + sigma_b^2). Per 1/fan_in.
+    (Check: the pre-activation Gram g^2 K_hat itself, linear along K, is unbiased, as it is exactly.)"""
+    n = K.shape[0]
+    f0 = np.concatenate([upper(laws[pos].K) for pos in plan.points])
+    D = K[None] / np.linalg.norm(K, 2)
+    _, d2 = stencil(_segment_map(plan, ctx, n), K, D, safe_step(K, D), f0)
+    t = np.linalg.norm(K, 2)
+    total = -t * t * d2[0]
+    p = n * (n + 1) // 2
+    return [total[k * p:(k + 1) * p] for k in range(len(plan.points))]
 
 
 def _full(cov_upper: np.ndarray, n: int) -> np.ndarray:

@@ -120,6 +120,8 @@ class Layer:
     fluctuation_groups: ClassVar[int] = 1
     #: "sample" layers whose map reads the preceding activation's input (Center/Scale with mode "meanfield")
     fluctuation_chain: ClassVar[bool] = False
+    #: "random" layers whose units carry a scale s, s^2 = fan_in / chi^2_fan_in (normalized weight vectors)
+    fluctuation_fan_in: ClassVar[bool] = False
 
     def unit_map(self, X):
         """A "unit" layer on unit n-vectors, the rows of X (M, n)."""

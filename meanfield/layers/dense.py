@@ -145,6 +145,14 @@ class WeightNormDense(Layer):
     def for_mlp(cls, sigma_w=1.0, sigma_b=0.0, wn_init="fixed", **_):
         return cls(g=sigma_w, init=wn_init, sigma_b=sigma_b)
 
+    # 1/width theory: init "fixed" is Dense(g) with a per-unit scale s, s^2 = fan_in / chi^2_fan_in (init "data":
+    # no rule)
+    fluctuation_fan_in = True
+
+    @property
+    def fluctuation_kind(self):
+        return "random" if self.init == "fixed" else None
+
 
 def _weightnorm_on_data(F: np.ndarray, g: float, sigma_b: float) -> Sampled:
     """WeightNormDense(fixed) on explicit features F (n, d) of finite fan-in d: h = g (F u) + b with u
