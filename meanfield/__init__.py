@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _SUBMODULES = ("maps", "qc_maps", "criticality", "bias", "class_fractions", "rates", "bn_gradients", "orthogonality",
                "joudaki", "checks", "layernorm", "separability", "ln_net", "group_size", "weightnorm", "fisher",
                "transformations", "shortcuts", "sweep", "plot", "cli", "measures", "infinite", "finite", "torch",
-               "training", "data")
+               "training", "data", "fluctuations", "spread")
 
 
 def __getattr__(name):

@@ -81,7 +81,8 @@ def _input_law(K0, X) -> Law:
 
 
 def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, detail: bool = False,
-              mc_samples: int = 2**17, seed: int = 0, progress: bool | None = None) -> Trajectory:
+              mc_samples: int = 2**17, seed: int = 0, progress: bool | None = None,
+              width=None) -> Trajectory:
     """Carry the batch Gram matrix through every block of ``net`` at infinite width.
 
     Parameters
@@ -110,6 +111,11 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         large (`meanfield.core.progress`) and stderr is a terminal or this runs in a notebook; exact runs
         never show one.
 
+    width : int or sequence of ints, optional
+        Finite width W: ``gram`` becomes the mean of the empirical Gram to first order in 1/W and ``gram_cov``
+        the covariance of its entries (`meanfield.fluctuations.propagate_finite`, which takes further options;
+        a sequence of widths gives a dict {width: Trajectory} from one computation).
+
     Returns
     -------
     Trajectory with gram (L+1, n, n) and means (L+1, n).
@@ -122,6 +128,13 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     >>> np.round(t.gram[1], 6).tolist()    # arc-cosine kernel: 2 * 1/(2 pi) off the diagonal
     [[1.0, 0.31831], [0.31831, 1.0]]
     """
+    if width is not None:
+        if exchangeable or detail:
+            raise ValueError("propagate: width= (the finite-width theory) takes neither exchangeable=True nor "
+                             "detail=True")
+        from meanfield.fluctuations import propagate_finite
+
+        return propagate_finite(net, K0, X=X, width=width, seed=seed)
     if isinstance(net, (list, tuple, Layer)):  # a bare layer or list of layers, as simulate accepts
         net = Network(net)
     if not isinstance(net, Network):

@@ -14,7 +14,8 @@ import numpy as np
 from meanfield.core.validate import check_choice, check_real
 
 __all__ = ["paper_style", "depth_curve", "theory_vs_simulation", "theory_vs_simulation_scatter",
-           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles", "sweep_curves"]
+           "hermite_spectrum", "kernel_map", "phase_diagram", "measure_values", "seed_quantiles", "sweep_curves",
+           "theory_band"]
 
 _MEASURES = ("isometry_gap", "isometry", "potential", "mean_correlation", "gamma", "grad_norms")
 
@@ -92,9 +93,21 @@ def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None 
     A mean-field trajectory is drawn as a line; a simulated one as the median across seeds with a
     quantile band (``band``, default the 10-90% range). Seeds with an infinite value (a singular Gram's
     isometry gap) count as +inf in the median and the band (`seed_quantiles`); matplotlib leaves
-    non-finite points out of the drawing.
+    non-finite points out of the drawing. A finite-width theory (``propagate(..., width=W)``) is drawn as the
+    median of its predicted law with the predicted band as dotted lines (`theory_band`).
     """
     ax = _axes(ax)
+    if getattr(traj, "gram_cov", None) is not None:  # finite-width theory: its own mean and band
+        mean, lo, hi = theory_band(traj, measure, band)  # the predicted median and band
+        depth = np.arange(mean.shape[-1])
+        (line,) = ax.plot(depth, mean, label=label, color=color, **line_kw)
+        ax.plot(depth, lo, color=line.get_color(), linestyle=":", linewidth=0.9)
+        ax.plot(depth, hi, color=line.get_color(), linestyle=":", linewidth=0.9)
+        ax.set_xlabel("depth (blocks)")
+        ax.set_ylabel(measure.replace("_", " "))
+        if logy:
+            ax.set_yscale("log")
+        return ax
     vals = measure_values(traj, measure)
     depth = np.arange(vals.shape[-1])
     if vals.ndim == 1:
@@ -110,16 +123,50 @@ def depth_curve(traj, measure: str = "isometry_gap", ax=None, label: str | None 
     return ax
 
 
+def theory_band(traj, measure: str = "isometry_gap", band=(0.1, 0.9)):
+    """(median, lo, hi) per block of a measure from a finite-width theory: the quantiles 0.5 and ``band`` of the
+    law with the predicted mean (`Trajectory.expected`) and spread (`Trajectory.std`): a normal law, or for the
+    non-negative isometry gap and potential a gamma law (at the finite-width floor the gap is a quadratic form
+    of Gaussian fluctuations, skewed like a chi-square; far above it the gamma law is nearly normal)."""
+    import scipy.special as sc
+
+    if measure == "grad_norms":
+        raise ValueError("measure='grad_norms' has no finite-width theory; use a simulation with gradients=True")
+    mean, std = np.asarray(traj.expected(measure), float), np.asarray(traj.std(measure), float)
+    qs = (0.5, band[0], band[1])
+    if measure in ("isometry_gap", "potential"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.where(std > 0, (mean / std) ** 2, np.inf)
+            theta = np.where(mean > 0, std**2 / mean, 0.0)
+            out = [np.where(np.isfinite(k) & (k > 0), sc.gammaincinv(np.where(np.isfinite(k) & (k > 0), k, 1.0), q)
+                            * theta, mean) for q in qs]
+        return tuple(out)
+    return tuple(mean + sc.ndtri(q) * std for q in qs)
+
+
 def theory_vs_simulation(meanfield_traj, simulations: dict, measure: str = "isometry_gap", ax=None,
-                         logy: bool = False, title: str | None = None):
+                         logy: bool = False, title: str | None = None, theory=None):
     """Mean-field line plus one median/quantile band per simulated width.
 
-    ``simulations`` maps a label (e.g. the width) to a simulated Trajectory.
+    ``simulations`` maps a label (e.g. the width) to a simulated Trajectory. ``theory`` adds the finite-width
+    theory in each width's colour: a dict with the same
+    keys mapping to ``propagate(net, K0, width=W)`` trajectories (drawn by `theory_band`: predicted median dashed,
+    10-90% band dotted), or True to compute them for the integer keys
+    from the mean-field trajectory's network and input Gram (networks that start with a Dense layer).
     """
     ax = _axes(ax)
     depth_curve(meanfield_traj, measure, ax=ax, label="mean field", color="k", linestyle="--", zorder=3)
+    if theory is True:
+        from meanfield.fluctuations import propagate_finite
+
+        widths = [k for k in simulations if isinstance(k, (int, np.integer))]
+        theory = propagate_finite(meanfield_traj.network, meanfield_traj.gram[0], width=widths) if widths else {}
     for key, sim in simulations.items():
         depth_curve(sim, measure, ax=ax, label=f"width {key}" if not isinstance(key, str) else key)
+        if theory and key in theory:
+            color = ax.get_lines()[-1].get_color()
+            depth_curve(theory[key], measure, ax=ax, color=color, linestyle="--", linewidth=1.0,
+                        label=f"theory {key}")
     if logy:
         ax.set_yscale("log")
     if title:

@@ -45,6 +45,9 @@ class Trajectory:
         batch-coupled expectation, 0 where the map is exact.
     layers : list or None
         Per-layer Grams when asked for (``detail=True``).
+    gram_cov : ndarray (L+1, n, n, n, n) or None
+        Finite-width theory (``propagate(net, K0, width=W)``): Cov(K_ab, K_cd) of the empirical Gram's entries
+        per block, to first order in 1/W (``gram`` is then the mean of the empirical Gram to the same order).
     """
 
     gram: np.ndarray
@@ -56,6 +59,7 @@ class Trajectory:
     mc_error: np.ndarray | None = None
     layers: list | None = None
     info: dict = field(default_factory=dict)
+    gram_cov: np.ndarray | None = None
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -114,6 +118,40 @@ class Trajectory:
     def diagonal(self) -> np.ndarray:
         """Per-sample second moments K_aa per block (and seed)."""
         return np.diagonal(self.gram, axis1=-2, axis2=-1)
+
+    # -------------------------------------------------------------------------------------------
+    # the spread over random networks: the same call on a simulation, a finite-width theory, the mean field
+    def _spread(self, measure: str):
+        from meanfield.spread import SPREAD_MEASURES, measure_moments
+
+        if measure not in SPREAD_MEASURES:
+            raise ValueError(f"measure={measure!r} must be one of {SPREAD_MEASURES}")
+        if self.gram_cov is not None:
+            return measure_moments(measure, self.gram, self.gram_cov)
+        if self.seeded:
+            vals = self.gram if measure == "gram" else np.asarray(getattr(self, measure)(), dtype=np.float64)
+            if self.seeds < 2:
+                raise ValueError(f"std({measure!r}) needs at least 2 seeds")
+            with np.errstate(invalid="ignore"):
+                return vals.mean(axis=0), vals.std(axis=0, ddof=1)
+        mean = self.gram.copy() if measure == "gram" else np.asarray(getattr(self, measure)(), dtype=np.float64)
+        return mean, np.zeros_like(mean)
+
+    def expected(self, measure: str = "isometry_gap") -> np.ndarray:
+        """Mean of a measure over random networks, per block.
+
+        Finite-width theory (``gram_cov`` set): the 1/width-corrected mean by the delta method
+        (`meanfield.spread`), which includes the finite-width floor of the isometry gap; simulation: the seed
+        mean; mean field: the measure itself. ``measure``: "isometry_gap", "isometry", "potential",
+        "mean_correlation", "correlations", "gamma", "gram" or "diagonal".
+        """
+        return self._spread(measure)[0]
+
+    def std(self, measure: str = "isometry_gap") -> np.ndarray:
+        """Standard deviation of a measure over random networks, per block: predicted to first order in
+        1/width (plus the Gaussian quadratic term where the gradient vanishes) for a finite-width theory,
+        across seeds (ddof=1) for a simulation, 0 at infinite width. Measures as in `expected`."""
+        return self._spread(measure)[1]
 
     # -------------------------------------------------------------------------------------------
     def _need_seeds(self, what):

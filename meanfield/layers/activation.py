@@ -119,6 +119,18 @@ class Activation(Layer):
     def invalid_parameters(cls):
         return [{"act": "no_such_activation"}, {"act": 3.0}]
 
+    # 1/width theory: f on each unit's n-vector (one scalar function: per-unit parameters have no rule)
+    @property
+    def fluctuation_kind(self):
+        return None if self.act.per_unit else "unit"
+
+    def unit_map(self, X):
+        return self.act.fn(X)
+
+    def unit_derivative(self, X):
+        """f'(X) between the kinks (the theory of a norm before the activation needs it)."""
+        return self.act.derivative(X)
+
 
 def gaussian_moments(act: hermite.Activation, G: np.ndarray):
     """E[f(u) f(u)^T] and E f(u) for u ~ N(0, G): the dual kernel entry by entry, exactly.

@@ -119,6 +119,31 @@ class Layer:
         return cls()
 
     # ---------------------------------------------------------------------------------------------------
+    # finite width to first order in 1/width (`meanfield.fluctuations`)
+    #: how the 1/width theory reads the layer: "random" (fresh Gaussian weights: given the previous Gram, its
+    #: units are i.i.d. Gaussian), "unit" (acts on each unit's n-vector alone: `unit_map`), "sample" (a
+    #: per-sample affine map set by the sample's empirical mean and mean square over units: `sample_affine`),
+    #: or None: no rule, and the theory raises a ValueError naming the layer
+    fluctuation_kind: ClassVar[str | None] = None
+    #: "sample" layers: groups of units with statistics of their own (GroupLayerNorm(groups=g))
+    fluctuation_groups: ClassVar[int] = 1
+    #: "sample" layers whose map reads the preceding activation's input (Center/Scale with mode "per_sample")
+    fluctuation_chain: ClassVar[bool] = False
+    #: "random" layers whose units carry a scale s, s^2 = fan_in / chi^2_fan_in (normalized weight vectors)
+    fluctuation_fan_in: ClassVar[bool] = False
+
+    def unit_map(self, X):
+        """A "unit" layer on unit n-vectors, the rows of X (M, n)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a per-unit layer")
+
+    def sample_affine(self, sq, m, chain=None):
+        """A "sample" layer: (alpha, beta), y_a = alpha_a x_a + beta_a, from each sample's mean square sq_a and
+        mean m_a over units (arrays (..., n)). ``chain`` (layers with ``fluctuation_chain``): a dict with the
+        preceding activation ``act``, the mean square ``q`` (..., n) of its input over units, and ``centered``
+        (a Center came after the activation; a Center sets it)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a per-sample layer")
+
+    # ---------------------------------------------------------------------------------------------------
     # description: serialization and printing
     def to_dict(self) -> dict:
         """Plain, JSON-safe description; ``layer_from_dict`` inverts it."""

@@ -81,6 +81,15 @@ class BatchNorm(Layer):
     def for_mlp(cls, bn_mode="exact", **_):
         return cls(mode=bn_mode)
 
+    # 1/width theory: each unit's n-vector x -> sqrt(n) P x / |P x| (mode "large_batch" approximates the
+    # batch statistics and has no rule)
+    @property
+    def fluctuation_kind(self):
+        return "unit" if self.mode == "exact" else None
+
+    def unit_map(self, X):
+        return batchnorm_sampler(lambda rng, M: X, X.shape[-1])(None, X.shape[0])
+
 
 def batchnorm_exact(law, ctx):
     """The exact batch-coupled law of batch standardization: `BatchNormOfGaussian` on a Gaussian input, Monte

@@ -118,6 +118,13 @@ class MeanFieldCenter(Layer):
     def invalid_parameters(cls):
         return [{"act": "no_such_activation"}, {"act": 3.0}]
 
+    # 1/width theory: x_a -> x_a - c_0, a fixed per-sample affine map
+    fluctuation_kind = "sample"
+
+    def sample_affine(self, sq, m, chain=None):
+        sq = np.asarray(sq, dtype=np.float64)
+        return np.ones_like(sq), np.full_like(sq, -self._c0)
+
 
 @dataclass(frozen=True, repr=False)
 class MeanFieldScale(Layer):
@@ -184,6 +191,13 @@ class MeanFieldScale(Layer):
     @classmethod
     def for_mlp(cls, activation="relu", **_):
         return cls(activation)
+
+    # 1/width theory: x_a -> x_a / s, a fixed per-sample affine map
+    fluctuation_kind = "sample"
+
+    def sample_affine(self, sq, m, chain=None):
+        sq = np.asarray(sq, dtype=np.float64)
+        return np.full_like(sq, 1.0 / self._s), np.zeros_like(sq)
 
 
 class ShiftOp(Op):

@@ -89,6 +89,9 @@ class Dense(Layer):
     def invalid_parameters(cls):
         return [{"sigma_w": -1.0}, {"sigma_b": float("nan")}, {"width": 0}, {"width": 2.5}, {"sigma_w": "a"}]
 
+    # 1/width theory: given the previous empirical Gram K_hat, units are i.i.d. N(0, sigma_w^2 K_hat + sigma_b^2)
+    fluctuation_kind = "random"
+
 
 @dataclass(frozen=True, repr=False)
 class WeightNormDense(Layer):
@@ -165,6 +168,14 @@ class WeightNormDense(Layer):
     @classmethod
     def for_mlp(cls, sigma_w=1.0, sigma_b=0.0, wn_init="fixed", **_):
         return cls(g=sigma_w, init=wn_init, sigma_b=sigma_b)
+
+    # 1/width theory: init "fixed" is Dense(g) with a per-unit scale s, s^2 = fan_in / chi^2_fan_in (init "data":
+    # no rule)
+    fluctuation_fan_in = True
+
+    @property
+    def fluctuation_kind(self):
+        return "random" if self.init == "fixed" else None
 
 
 def _weightnorm_on_data(F: np.ndarray, g: float, sigma_b: float) -> Sampled:

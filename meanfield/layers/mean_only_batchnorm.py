@@ -69,6 +69,12 @@ class MeanOnlyBatchNorm(Layer):
 
         return BatchCenter(w_in), w_in
 
+    # 1/width theory: each unit's n-vector x -> P x
+    fluctuation_kind = "unit"
+
+    def unit_map(self, X):
+        return X - X.mean(axis=-1, keepdims=True)
+
 
 class BatchCenterOp(Op):
     """h - mean over the batch axis (per feature); the VJP centres the gradient the same way."""

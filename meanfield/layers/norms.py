@@ -35,7 +35,8 @@ from meanfield.core.ops import Op, Run
 from meanfield.core.validate import check_choice, check_int
 from meanfield.layers.base import Layer
 
-__all__ = ["LayerNorm", "RMSNorm", "GroupLayerNorm", "Center", "Scale", "StandardizeOp", "expected_cosine"]
+__all__ = ["LayerNorm", "RMSNorm", "GroupLayerNorm", "Center", "Scale", "StandardizeOp", "expected_cosine",
+           "standardize_affine"]
 
 
 def _center_features(F: np.ndarray, groups: int, scale: bool) -> np.ndarray:
@@ -79,6 +80,12 @@ class LayerNorm(Layer):
 
         return nn.LayerNorm(w_in, dtype=DTYPE), w_in
 
+    # 1/width theory: x_a -> (x_a - m_a) / sqrt(sq_a - m_a^2), m and sq the sample's moments over units
+    fluctuation_kind = "sample"
+
+    def sample_affine(self, sq, m, chain=None):
+        return standardize_affine(sq, m, center=True, scale=True)
+
 
 @dataclass(frozen=True, repr=False)
 class RMSNorm(Layer):
@@ -103,6 +110,12 @@ class RMSNorm(Layer):
         from meanfield.core.torch_modules import DTYPE
 
         return nn.RMSNorm(w_in, dtype=DTYPE), w_in
+
+    # 1/width theory: x_a -> x_a / sqrt(sq_a)
+    fluctuation_kind = "sample"
+
+    def sample_affine(self, sq, m, chain=None):
+        return standardize_affine(sq, m, center=False, scale=True)
 
 
 @dataclass(frozen=True, repr=False)
@@ -197,6 +210,29 @@ class GroupLayerNorm(Layer):
             groups = 1
         return cls(groups=groups, group_size=group_size)
 
+    # 1/width theory: groups=g is LayerNorm on each of g groups of width/g units (group_size=G: no rule)
+    @property
+    def fluctuation_kind(self):
+        return "sample" if self.groups is not None else None
+
+    @property
+    def fluctuation_groups(self):
+        return self.groups or 1
+
+    def sample_affine(self, sq, m, chain=None):
+        return standardize_affine(sq, m, center=True, scale=True)
+
+
+def standardize_affine(sq, m, center: bool, scale: bool):
+    """(alpha, beta) of the per-sample map x_a -> alpha_a x_a + beta_a of a centring and/or scaling from the
+    sample's mean square sq_a and mean m_a over units (arrays (..., n)); a zero variance maps to 0."""
+    sq = np.asarray(sq, dtype=np.float64)
+    m = np.asarray(m, dtype=np.float64)
+    v = sq - m * m if center else sq
+    alpha = np.where(v > 0, 1.0 / np.sqrt(np.where(v > 0, v, 1.0)), 0.0) if scale else np.ones_like(sq)
+    beta = -alpha * m if center else np.zeros_like(sq)
+    return alpha, beta
+
 
 def expected_cosine(rho: np.ndarray, k: int) -> np.ndarray:
     """E[<x, y>/(|x| |y|)] for x, y in R^k, pairs (x_i, y_i) i.i.d. standard bivariate with correlation rho."""
@@ -264,6 +300,22 @@ class Center(Layer):
     def invalid_parameters(cls):
         return [{"mode": "batch"}]
 
+    # 1/width theory: x_a -> x_a - m_a (mode "per_sample": x_a - c_0(q_a), q_a the activation input's mean square)
+    fluctuation_kind = "sample"
+
+    @property
+    def fluctuation_chain(self):
+        return self.mode == "per_sample"
+
+    def sample_affine(self, sq, m, chain=None):
+        if chain is not None:
+            chain["centered"] = True
+        if self.mode == "layer":
+            return standardize_affine(sq, m, center=True, scale=False)
+        q = np.asarray(chain["q"], dtype=np.float64)
+        c0 = chain["act"].mean_at(q.reshape(-1), 0).reshape(q.shape)
+        return np.ones_like(q), -c0
+
 
 @dataclass(frozen=True, repr=False)
 class Scale(Layer):
@@ -315,6 +367,23 @@ class Scale(Layer):
     @classmethod
     def invalid_parameters(cls):
         return [{"mode": "batch"}]
+
+    # 1/width theory: x_a -> x_a / sqrt(sq_a) (mode "per_sample": x_a / sqrt(E f^2 [- c_0^2]) at the activation
+    # input's mean square q_a)
+    fluctuation_kind = "sample"
+
+    @property
+    def fluctuation_chain(self):
+        return self.mode == "per_sample"
+
+    def sample_affine(self, sq, m, chain=None):
+        if self.mode == "layer":
+            return standardize_affine(sq, m, center=False, scale=True)
+        act, q = chain["act"], np.asarray(chain["q"], dtype=np.float64)
+        var = act.second_moment_at(q.reshape(-1)).reshape(q.shape)
+        if chain["centered"]:
+            var = var - act.mean_at(q.reshape(-1), 0).reshape(q.shape) ** 2
+        return np.where(var > 0, 1.0 / np.sqrt(np.where(var > 0, var, 1.0)), 0.0), np.zeros_like(q)
 
 
 def _chain(layer, compiler) -> dict | None:
