@@ -13,10 +13,13 @@ reported in ``traj.mc_error``: never a silently wrong number.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from meanfield.core.law import Features, Law, Unknown
 from meanfield.core.progress import check_progress, tracking
+from meanfield.core.scale import materialize, renormalize, true_scale_problem, with_log_scale
 from meanfield.core.validate import check_data, check_gram, check_int, check_seed
 from meanfield.layers.base import Layer
 from meanfield.network import Network
@@ -42,18 +45,29 @@ class Propagation:
         self.M = M
         self.exchangeable = exchangeable
         self.detail = detail
+        self.where = "the input"  # the block being run, for error messages
 
     def apply(self, layer: Layer, law: Law) -> Law:
-        """One layer: exactly on explicit features when the layer is deterministic, else its rule."""
+        """One layer: exactly on explicit features when the layer is deterministic, else its rule, at the
+        law's scale (`meanfield.core.scale`: a scale-equivariant rule on the normalized law, a layer's limit at
+        an extreme scale, else the rule on the true law)."""
         out = None
         if isinstance(law, Features) and not self.exchangeable:
             F = layer.on_features(law.F)
             if F is not None:
                 out = Features(F, _FIXED_PREFIX, law.mc_error)
         if out is None:
-            out = layer.population(law, self) if self.exchangeable else layer.infinite(law, self)
+            L = law.log_scale
+            degree = layer.scale_degree if L != 0.0 else None
+            if L != 0.0 and degree is None:
+                out = layer.scaled_rule(law, self)
+                if out is None:
+                    law = materialize(law, f"{self.where}, layer {layer!r}")
+            if out is None:
+                out = layer.population(law, self) if self.exchangeable else layer.infinite(law, self)
+                out = with_log_scale(out, degree * L if degree is not None else 0.0)
         if self.detail is not None:
-            self.detail.append((repr(layer), out.K.copy()))
+            self.detail.append((repr(layer), out.K.copy(), out.log_scale))
         return out
 
     def run(self, layers, law: Law) -> Law:
@@ -82,7 +96,7 @@ def _input_law(K0, X) -> Law:
 
 def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, detail: bool = False,
               mc_samples: int = 2**17, seed: int = 0, progress: bool | None = None,
-              width=None) -> Trajectory:
+              width=None, scale_free: bool = False) -> Trajectory:
     """Carry the batch Gram matrix through every block of ``net`` at infinite width.
 
     Parameters
@@ -111,6 +125,12 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         large (`meanfield.core.progress`) and stderr is a terminal or this runs in a notebook; exact runs
         never show one.
 
+    scale_free : bool
+        Return the Grams divided by their scale: ``gram[l]`` is K_l / exp(L_l) with the natural log L_l of the
+        scale in ``traj.info["log_scale"]`` (L_l = 0 unless the mean variance left [1e-64, 1e64]). The engine
+        always carries the scale this way (`meanfield.core.scale`), so correlations and every scale-invariant
+        measure are exact at any depth; without ``scale_free`` a block whose true variance is not a normal
+        float64 number raises a ValueError naming the block.
     width : int or sequence of ints, optional
         Finite width W: ``gram`` becomes the mean of the empirical Gram to first order in 1/W and ``gram_cov``
         the covariance of its entries (`meanfield.fluctuations.propagate_finite`, which takes further options;
@@ -129,9 +149,9 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     [[1.0, 0.31831], [0.31831, 1.0]]
     """
     if width is not None:
-        if exchangeable or detail:
-            raise ValueError("propagate: width= (the finite-width theory) takes neither exchangeable=True nor "
-                             "detail=True")
+        if exchangeable or detail or scale_free:
+            raise ValueError("propagate: width= (the finite-width theory) takes neither exchangeable=True, "
+                             "detail=True nor scale_free=True")
         from meanfield.fluctuations import propagate_finite
 
         return propagate_finite(net, K0, X=X, width=width, seed=seed)
@@ -151,13 +171,40 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     means = np.empty((L + 1, n))
     errs = np.zeros(L + 1)
     grams[0], means[0] = law.K, law.m
+    log_scale = np.zeros(L + 1)
     with tracking(progress, L) as bar:
         for i, block in enumerate(net.blocks, start=1):
-            law = ctx.run(block.layers, law)
-            grams[i], means[i], errs[i] = law.K, law.m, law.mc_error
+            ctx.where = f"block {i}"
+            law = renormalize(ctx.run(block.layers, law))
+            grams[i], means[i], errs[i], log_scale[i] = law.K, law.m, law.mc_error, law.log_scale
             bar.block_done()
     info = {"exchangeable": exchangeable}
     if isinstance(law, Features):  # a fully deterministic network: its output features are known exactly
         info["features"] = law.F
+    layers = None if ctx.detail is None else [(rep, K) for rep, K, _ in ctx.detail]
+    if scale_free:
+        info["log_scale"] = log_scale
+        if ctx.detail is not None:
+            info["layer_log_scale"] = np.array([ls for _, _, ls in ctx.detail])
+    elif np.any(log_scale != 0.0):
+        _to_true_scale(grams, means, errs, log_scale)
+        for k, (rep, K, ls) in enumerate(ctx.detail or ()):
+            layers[k] = (rep, K * math.exp(ls) if ls != 0.0 else K)
     return Trajectory(gram=grams, engine="meanfield", network=net, means=means, mc_error=errs,
-                      layers=ctx.detail, info=info)
+                      layers=layers, info=info)
+
+
+def _to_true_scale(grams, means, errs, log_scale) -> None:
+    """exp(L) K per block in place, or a ValueError naming the first block whose true variance is not a
+    normal float64 number."""
+    for i, ls in enumerate(log_scale):
+        if ls == 0.0:
+            continue
+        problem = true_scale_problem(grams[i], ls)
+        if problem is not None:
+            raise ValueError(f"propagate: at block {i} {problem}; the correlations are still exact: pass "
+                             "scale_free=True for the Grams divided by their scale, with the natural log of the "
+                             "scale in traj.info['log_scale']")
+        grams[i] *= math.exp(ls)
+        means[i] *= math.exp(0.5 * ls)
+        errs[i] *= math.exp(ls)

@@ -360,3 +360,13 @@ def test_default_threshold_is_documented_and_relative():
     assert math.isfinite(M.isometry_gap(np.diag(lam)))
     assert M.potential(np.array([[1.0, 1 - 1e-15], [1 - 1e-15, 1.0]])) == math.inf
     assert M.potential(np.array([[1.0, 1 - 1e-15], [1 - 1e-15, 1.0]]), rcond=0.0) > 1e14
+
+
+def test_divergent_second_moment_raises_in_the_engine():
+    """E (1/u)^2 is infinite: the engine raises instead of returning the finite-looking 1351 of a quadrature."""
+    with pytest.raises(ValueError, match=r"'1/x' is infinite at input variance"):
+        meanfield.propagate(meanfield.mlp(1, "1/x"), np.eye(2))
+    with pytest.raises(ValueError, match=r"exp\(x\*\*2\)' is infinite"):
+        meanfield.propagate(meanfield.mlp(1, "exp(x**2)", sigma_w=1.0), np.eye(2))
+    t = meanfield.propagate(meanfield.mlp(1, "exp(x**2)", sigma_w=0.3), np.eye(2))  # E exp(2 u^2) < inf for q < 1/4
+    assert np.all(np.isfinite(t.gram))

@@ -43,6 +43,9 @@ class Law:
     K: np.ndarray
     m: np.ndarray
     mc_error: float
+    #: natural log of the scale: the true second moments are exp(log_scale) K and the true means
+    #: exp(log_scale / 2) m (`meanfield.core.scale`; 0 unless a deep recursion left float64's comfortable range)
+    log_scale: float = 0.0
 
     def __init__(self, K: np.ndarray, m: np.ndarray, mc_error: float = 0.0):
         self.K = K

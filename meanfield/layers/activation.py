@@ -14,18 +14,23 @@ for numpy-only callables); its derivative for the backward pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 import hermite
+from hermite.integrability import divergence
 from meanfield.core.backends import Backend, host_apply, same_kind
 from meanfield.core.law import BatchNormOfGaussian, Gaussian, Sampled, monte_carlo
 from meanfield.core.ops import ChainState, Op, Run
 from meanfield.layers.base import Layer
 
 __all__ = ["Activation", "gaussian_moments"]
+
+#: log of the largest standard deviation at which `Activation.scaled_rule` takes f as linear
+_LINEAR_BELOW = math.log(1e-24)
 
 
 def _coerce_activation(act):
@@ -64,6 +69,29 @@ class Activation(Layer):
     def __repr__(self):
         return f"Activation({self.act.name!r})"
 
+    @property
+    def scale_degree(self):
+        """k for a positively homogeneous f of degree k (f(s x) = s^k f(x), s > 0), else None."""
+        return None if self.act.per_unit else self.act.homogeneous_degree
+
+    def scaled_rule(self, law, ctx):
+        """At a tiny true variance (standard deviation below 1e-24: `meanfield.core.scale`) an f
+        with f(0) = 0, smooth at 0 with f'(0) != 0, is linear to rounding: f(x) = f'(0) x (1 + O(x)), so the
+        law is scaled by f'(0) and keeps its log-scale (relative error O(standard deviation) < 1e-24)."""
+        act = self.act
+        if law.log_scale >= 0 or act.per_unit or not act.has_derivative or 0.0 in act.kinks:
+            return None
+        d = np.diag(law.K)
+        if d.size == 0 or d.max() <= 0 or 0.5 * (math.log(float(d.max())) + law.log_scale) > _LINEAR_BELOW:
+            return None
+        f0 = float(act.fn(np.zeros(1))[0])
+        g = float(act.derivative(np.zeros(1))[0])
+        if f0 != 0.0 or g == 0.0 or not math.isfinite(g):
+            return None
+        out = law.affine(None, np.full(law.n, g))
+        out.log_scale = law.log_scale
+        return out
+
     def infinite(self, law, ctx):
         act = self.act
         if act.per_unit:
@@ -71,6 +99,7 @@ class Activation(Layer):
                              "per unit), which have no single Hermite expansion and so no infinite-width rule; it "
                              "acts only on explicit features (propagate(net, X=X) through fixed layers) and in "
                              "simulate")
+        _check_finite_second_moments(act, law)
         src = law.sampler()
         fn = act.fn
 
@@ -132,6 +161,22 @@ class Activation(Layer):
         return self.act.derivative(X)
 
 
+def _check_finite_second_moments(act: hermite.Activation, law) -> None:
+    """ValueError where E f(u_a)^2 is infinite at an input variance of ``law`` (`hermite.integrability`,
+    decided from the integrand's growth): the next Gram would be +inf, never a finite-looking number. Only a
+    Gaussian input is decided (other laws are bounded or sampled)."""
+    if not isinstance(law, Gaussian):
+        return
+    d = np.diag(law.K)
+    d = d[d > 0]
+    if d.size == 0:
+        return
+    bad, why = divergence(act, d)
+    if np.any(bad):
+        raise ValueError(f"propagate: E f(u)^2 of activation {act.name!r} is infinite at input variance "
+                         f"q = {float(d[bad].min()):g} ({why}): the Gram after it does not exist")
+
+
 def gaussian_moments(act: hermite.Activation, G: np.ndarray):
     """E[f(u) f(u)^T] and E f(u) for u ~ N(0, G): the dual kernel entry by entry, exactly.
 
@@ -162,7 +207,7 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
     both = live[iu] & live[ju]
     if np.any(both):
         a, b = iu[both], ju[both]
-        r = np.clip(G[a, b] / np.sqrt(d[a] * d[b]), -1.0, 1.0)
+        r = np.clip(G[a, b] / (np.sqrt(d[a]) * np.sqrt(d[b])), -1.0, 1.0)
         # the diagonal and duplicated inputs (rho = 1, equal variances) are second moments, exactly: one
         # value per distinct variance (a batched quadrature may round rows differently)
         diag = (a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))

@@ -84,6 +84,21 @@ class Layer:
         """A deterministic layer's action on explicit features F (n, d); None for a random layer."""
         return None
 
+    # scale-free recursions (`meanfield.core.scale`)
+    @property
+    def scale_degree(self) -> float | None:
+        """d such that the rule commutes with scaling: rule(s K) = s^d rule(K) for every s > 0 (second moments
+        and the law; d = 1 for a bias-free Dense layer, 0 for a normalization), or None (the default: the
+        rule needs the true scale, and the engine hands it the true law)."""
+        return None
+
+    def scaled_rule(self, law, ctx):
+        """The rule on a law whose true second moments are exp(law.log_scale) law.K with a log-scale beyond
+        float64's comfortable range, where the layer has a limit at that scale exact to rounding: the law after
+        the layer, carrying its own log_scale. None (the default): no such limit, and the engine hands the
+        rule the true law (`meanfield.core.scale.materialize`)."""
+        return None
+
     def compile(self, w_in: int, compiler):
         """The finite-width operation and its output width: ``(op, w_out)``."""
         raise compiler.error(f"layer type {type(self).__name__} has no finite-width operation (define "
@@ -177,6 +192,17 @@ def _plain(v):
     if hasattr(v, "tolist"):
         return v.tolist()
     return v
+
+
+def sequence_degree(layers) -> float | None:
+    """The scale degree of layers applied in turn: the product of theirs (None if one is None)."""
+    d = 1
+    for layer in layers:
+        e = layer.scale_degree
+        if e is None:
+            return None
+        d *= e
+    return d
 
 
 def layer_types() -> tuple:

@@ -47,6 +47,9 @@ class BatchNorm(Layer):
     def __post_init__(self):
         check_choice("BatchNorm", "mode", self.mode, ("exact", "large_batch"))
 
+    #: standardizing over the batch is scale invariant
+    scale_degree = 0
+
     def infinite(self, law, ctx):
         if self.mode == "large_batch":
             return batchnorm_large_batch(law)

@@ -30,7 +30,7 @@ import numpy as np
 from meanfield.core.law import Sampled
 from meanfield.core.ops import Op, Run, backward_seq, forward_seq
 from meanfield.core.validate import check_real
-from meanfield.layers.base import Layer, coerce_layers
+from meanfield.layers.base import Layer, coerce_layers, sequence_degree
 
 __all__ = ["Concat"]
 
@@ -65,6 +65,11 @@ class Concat(Layer):
 
     def sublayers(self) -> tuple:
         return self.branch
+
+    @property
+    def scale_degree(self):
+        """1 when the branch is (the identity half is linear), else None."""
+        return 1 if sequence_degree(self.branch) == 1 else None
 
     def infinite(self, law, ctx):
         if self.share is None:

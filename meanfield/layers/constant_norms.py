@@ -95,6 +95,11 @@ class MeanFieldCenter(Layer):
     def __repr__(self):
         return f"MeanFieldCenter({self.act.name!r})"
 
+    @property
+    def scale_degree(self):
+        """Subtracting the constant c_0 commutes with scaling only when c_0 = 0."""
+        return 1 if self._c0 == 0.0 else None
+
     def infinite(self, law, ctx):
         return law.affine(np.full(law.n, self._c0), None)
 
@@ -164,6 +169,9 @@ class MeanFieldScale(Layer):
 
     def __repr__(self):
         return f"MeanFieldScale({self.act.name!r})"
+
+    #: dividing by a constant is linear
+    scale_degree = 1
 
     def infinite(self, law, ctx):
         return law.affine(None, np.full(law.n, 1.0 / self._s))

@@ -41,6 +41,19 @@ def _check_width(owner: str, width):
     return check_int(owner, "width", width, lo=1)
 
 
+def _bias_below_rounding(gain: float, sigma_b: float, law):
+    """gain^2 K + sigma_b^2 at a true scale exp(L) so large that sigma_b^2 is below 1e-40 of every variance:
+    the bias-free rule, exact to rounding, keeping the log-scale (None when the bias still counts)."""
+    d = np.diag(law.K)
+    if law.log_scale <= 0 or d.size == 0 or d.min() <= 0:
+        return None
+    if math.log(sigma_b**2 * 1e40) >= math.log(gain**2 * float(d.min())) + law.log_scale:
+        return None
+    out = Gaussian(gain**2 * law.K, law.mc_error)
+    out.log_scale = law.log_scale
+    return out
+
+
 @dataclass(frozen=True, repr=False)
 class Dense(Layer):
     """Fully connected layer: W_ij ~ N(0, sigma_w^2 / fan_in), b_i ~ N(0, sigma_b^2).
@@ -60,6 +73,15 @@ class Dense(Layer):
         object.__setattr__(self, "sigma_w", check_real("Dense", "sigma_w", self.sigma_w, lo=0.0))
         object.__setattr__(self, "sigma_b", check_real("Dense", "sigma_b", self.sigma_b, lo=0.0))
         object.__setattr__(self, "width", _check_width("Dense", self.width))
+
+    @property
+    def scale_degree(self):
+        """1 without bias; with a bias the rule needs the true scale (or `scaled_rule`)."""
+        return 1 if self.sigma_b == 0 else None
+
+    def scaled_rule(self, law, ctx):
+        """At a variance so large that sigma_b^2 is below its rounding (1e-40 of it), the bias-free rule."""
+        return _bias_below_rounding(self.sigma_w, self.sigma_b, law)
 
     def infinite(self, law, ctx):
         return Gaussian(self.sigma_w**2 * law.K + self.sigma_b**2)
@@ -126,6 +148,17 @@ class WeightNormDense(Layer):
     @property
     def batch_coupled(self) -> bool:  # the data init standardizes each feature over the batch
         return self.init == "data"
+
+    @property
+    def scale_degree(self):
+        """0 for the data-dependent init (a batch standardization), 1 for init="fixed" without bias."""
+        if self.init == "data":
+            return 0
+        return 1 if self.sigma_b == 0 else None
+
+    def scaled_rule(self, law, ctx):
+        """init="fixed" at a variance so large that sigma_b^2 is below its rounding: the bias-free rule."""
+        return _bias_below_rounding(self.g, self.sigma_b, law) if self.init == "fixed" else None
 
     def infinite(self, law, ctx):
         if self.init == "fixed" and isinstance(law, Features):

@@ -32,6 +32,9 @@ class MeanOnlyBatchNorm(Layer):
     batch_coupled = True
     norm_key = "mobn"
 
+    #: subtracting the batch mean is linear
+    scale_degree = 1
+
     def infinite(self, law, ctx):
         n = law.n
         P = np.eye(n) - 1.0 / n

@@ -63,6 +63,9 @@ class LayerNorm(Layer):
 
     norm_key = "ln"
 
+    #: scale invariant
+    scale_degree = 0
+
     def infinite(self, law, ctx):
         return law.centered().scaled()
 
@@ -93,6 +96,9 @@ class RMSNorm(Layer):
     Mean field: K_ab -> K_ab / sqrt(K_aa K_bb)."""
 
     norm_key = "rms"
+
+    #: scale invariant
+    scale_degree = 0
 
     def infinite(self, law, ctx):
         return law.scaled()
@@ -137,6 +143,9 @@ class GroupLayerNorm(Layer):
             object.__setattr__(self, "groups", check_int("GroupLayerNorm", "groups", self.groups, lo=1))
         if self.group_size is not None:
             object.__setattr__(self, "group_size", check_int("GroupLayerNorm", "group_size", self.group_size, lo=2))
+
+    #: scale invariant
+    scale_degree = 0
 
     def infinite(self, law, ctx):
         if self.groups is not None:
@@ -274,6 +283,9 @@ class Center(Layer):
     def __post_init__(self):
         object.__setattr__(self, "mode", _mode("Center", self.mode))
 
+    #: K -> K - m m^T is linear (both modes)
+    scale_degree = 1
+
     def infinite(self, law, ctx):
         return law.centered()
 
@@ -337,6 +349,9 @@ class Scale(Layer):
 
     def __post_init__(self):
         object.__setattr__(self, "mode", _mode("Scale", self.mode))
+
+    #: K -> D^-1/2 K D^-1/2 is scale invariant (both modes)
+    scale_degree = 0
 
     def infinite(self, law, ctx):
         return law.scaled()

@@ -181,6 +181,9 @@ class MaxPool(Layer):
     def __post_init__(self):
         object.__setattr__(self, "k", check_int("MaxPool", "k", self.k, lo=1))
 
+    #: max(s x) = s max(x) for s > 0
+    scale_degree = 1
+
     def infinite(self, law, ctx):
         k = self.k
         if k == 1:

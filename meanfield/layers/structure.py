@@ -15,7 +15,7 @@ import numpy as np
 from meanfield.core.law import Gaussian, Sampled
 from meanfield.core.ops import Op, Run, backward_seq, forward_seq
 from meanfield.core.validate import check_real
-from meanfield.layers.base import Layer, coerce_layers
+from meanfield.layers.base import Layer, coerce_layers, sequence_degree
 
 __all__ = ["Residual", "Block"]
 
@@ -52,6 +52,12 @@ class Residual(Layer):
 
     def sublayers(self) -> tuple:
         return self.branch + (self.shortcut or ())
+
+    @property
+    def scale_degree(self):
+        """1 when the branch and the shortcut are both of degree 1 (their sum is then linear in scale)."""
+        sc = 1 if self.shortcut is None else sequence_degree(self.shortcut)
+        return 1 if sequence_degree(self.branch) == 1 and sc == 1 else None
 
     def infinite(self, law, ctx):
         if not (_starts_random(self.branch) or (self.shortcut is not None and _starts_random(self.shortcut))):
@@ -171,6 +177,11 @@ class Block(Layer):
 
     def sublayers(self) -> tuple:
         return self.layers
+
+    @property
+    def scale_degree(self):
+        """The product of the layers' degrees (None if one is None)."""
+        return sequence_degree(self.layers)
 
     def infinite(self, law, ctx):
         return ctx.run(self.layers, law)
