@@ -124,6 +124,32 @@ def test_propagate_matches_the_seed_mean_of_simulate(cls):
         assert np.all(excess <= 0), f"block {l}: worst excess {excess.max():.3g}"
 
 
+SCALED = [c.example() for c in TYPES if c.example().scale_degree is not None] + [
+    Activation("relu"), Activation("step"), Activation("abs"), Dense(1.5, 0.0), meanfield.WeightNormDense(g=1.3),
+    meanfield.WeightNormDense(init="data"), meanfield.Residual([Dense(1.0, 0.0), Activation("relu")]),
+    Block([Dense(1.0, 0.0), meanfield.LayerNorm()]), meanfield.Concat([Dense(1.0, 0.0), Activation("relu")], share=0.5),
+    meanfield.MeanFieldCenter("tanh"), meanfield.MaxPool(k=3)]
+
+
+@pytest.mark.parametrize("layer", SCALED, ids=repr)
+def test_declared_scale_degree_holds(layer):
+    """rule(s K) = s^d rule(K) (means s^(d/2)) for the declared degree d: what the scale-free recursion relies on."""
+    from meanfield.infinite import Propagation
+
+    d = layer.scale_degree
+    assert d is not None
+    K = Dense(1.2, 0.0).infinite(Gaussian(X @ X.T / X.shape[1]), None).K
+    for s in (1e-6, 1e5):
+        runs = []
+        for scale in (1.0, s):
+            ctx = Propagation(np.random.default_rng(0), 2**12, False, None)
+            runs.append(ctx.apply(layer, Gaussian(scale * K)))
+        base, scaled = runs
+        np.testing.assert_allclose(scaled.K, s**d * base.K, rtol=1e-10, atol=1e-13 * s**d * np.abs(base.K).max())
+        np.testing.assert_allclose(scaled.m, s ** (d / 2) * base.m, rtol=1e-10,
+                                   atol=1e-13 * s ** (d / 2) * max(np.abs(base.m).max(), 1.0))
+
+
 @pytest.mark.parametrize("cls", TYPES, ids=IDS)
 def test_vjp_matches_central_finite_differences(cls):
     net = contract_network(cls)
