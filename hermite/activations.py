@@ -286,20 +286,23 @@ class Activation:
         return self.gamma * (self.gain * c[:, 1] / np.sqrt(Q) + self.alpha)  # E phi'(u) = c_1 / sqrt(Q)
 
     def kernel_at(self, r, q1, q2, derivative: int = 0) -> np.ndarray:
-        """E[f(u) f(v)] (derivative=1: E[f'(u) f'(v)]) on flat arrays r, q1, q2 of one size."""
+        """E[f(u) f(v)] (derivative=1: E[f'(u) f'(v)]) on a flat array r, with q1, q2 flat arrays of its size or
+        floats shared by every entry (a Gram whose variances are all equal: no per-entry variance arrays)."""
         self.check_single("kernel")
         g = self.gain
+        if self.is_plain:
+            return self.core.kernel(r, g * g * q1 if g != 1.0 else q1, g * g * q2 if g != 1.0 else q2, derivative)
+        q1 = np.broadcast_to(np.asarray(q1, dtype=np.float64), np.shape(r))
+        q2 = np.broadcast_to(np.asarray(q2, dtype=np.float64), np.shape(r))
         Q1, Q2 = g * g * q1, g * g * q2
         kc = self.core.kernel(r, Q1, Q2, derivative)
-        if self.is_plain:
-            return kc
         a, b, gm = self.alpha, self.beta, self.gamma
         uq, inv = np.unique(np.concatenate([Q1, Q2]), return_inverse=True)
         c = self.core.coefficients(1, uq)[inv]
         c1, c2 = c[: r.size], c[r.size:]
         if derivative == 0:
-            out = (kc + a * r * (np.sqrt(q2) * c1[:, 1] + np.sqrt(q1) * c2[:, 1]) + a * a * r * np.sqrt(q1 * q2)
-                   + b * (c1[:, 0] + c2[:, 0]) + b * b)
+            out = (kc + a * r * (np.sqrt(q2) * c1[:, 1] + np.sqrt(q1) * c2[:, 1])
+                   + a * a * r * np.sqrt(q1) * np.sqrt(q2) + b * (c1[:, 0] + c2[:, 0]) + b * b)
         else:
             out = g * g * kc + a * g * (c1[:, 1] / np.sqrt(Q1) + c2[:, 1] / np.sqrt(Q2)) + a * a
         return gm * gm * out

@@ -185,10 +185,15 @@ class Core:
         return quadrature.hermite_coefficients(self.squared(self.derivative), 0, Q)[:, 0]
 
     def kernel(self, r, Q1, Q2, derivative: int = 0) -> np.ndarray:
-        """E[phi(u) phi(v)] (derivative=1: E[phi'(u) phi'(v)]) on flat arrays: closed form, else numerical."""
+        """E[phi(u) phi(v)] (derivative=1: E[phi'(u) phi'(v)]) on a flat array r, with Q1, Q2 flat arrays of its
+        size or scalars shared by every entry: closed form, else numerical."""
         with np.errstate(divide="ignore"):
             out = self.closed_kernel(r, Q1, Q2, derivative)
-        return self.numerical_kernel(r, Q1, Q2, derivative) if out is None else out
+        if out is not None:
+            return np.broadcast_to(out, np.shape(r)) if np.shape(out) != np.shape(r) else out
+        Q1 = np.broadcast_to(np.asarray(Q1, dtype=np.float64), np.shape(r))
+        Q2 = np.broadcast_to(np.asarray(Q2, dtype=np.float64), np.shape(r))
+        return self.numerical_kernel(r, Q1, Q2, derivative)
 
     def function(self, derivative: int):
         """phi (derivative=0) or phi' (1) for quadrature; ValueError where phi' has delta masses or is unknown."""
@@ -306,11 +311,6 @@ class PiecewisePolynomialCore(Core):
         return degrees.pop() if len(degrees) == 1 and degrees <= {0, 1} else None
 
 
-def _j1(r):
-    """(sqrt(1 - r^2) + (pi - arccos r) r) / (2 pi): E relu(u) relu(v) for unit variances."""
-    return (np.sqrt(np.maximum(1.0 - r * r, 0.0)) + (np.pi - np.arccos(r)) * r) / (2 * np.pi)
-
-
 def _j0(r):
     """(pi - arccos r) / (2 pi) = P(u > 0, v > 0) for unit variances."""
     return (np.pi - np.arccos(r)) / (2 * np.pi)
@@ -323,7 +323,43 @@ def _step_kernel(a, b, r, Q1, Q2, derivative):
     w = (a - b) ** 2
     if w == 0:
         return np.zeros_like(r)
-    return w / (2 * np.pi * np.sqrt(Q1 * Q2 * np.maximum(1 - r * r, 0.0)))
+    return w / (2 * np.pi * np.sqrt(Q1) * np.sqrt(Q2) * np.sqrt(np.maximum(1 - r * r, 0.0)))
+
+
+def _half_line_coefficients(K: int, degree: int) -> np.ndarray:
+    """Orthonormal Hermite coefficients of 1{z>0} (degree 0) or relu(z) (degree 1) at unit variance, k = 0..K.
+
+    With int_0^inf He_m phi = He_(m-1)(0) phi(0) (m >= 1), z He_k = He_(k+1) + k He_(k-1) and
+    He_k(0) = (-1)^(k/2) (k-1)!! (k even, else 0): 1{z>0} has c_0 = 1/2 and, for odd k,
+    c_k = (-1)^((k-1)/2) (k-2)!! phi(0) / sqrt(k!); relu has c_0 = phi(0), c_1 = 1/2 and, for even k >= 2,
+    c_k = (-1)^(k/2+1) (k-3)!! phi(0) / sqrt(k!) (double factorials through log-gamma).
+    """
+    k = np.arange(K + 1)
+    c = np.zeros(K + 1)
+    log_phi0 = -0.5 * math.log(2 * math.pi)
+    lg = np.vectorize(math.lgamma)
+    if degree == 0:
+        c[0] = 0.5
+        odd = k[1::2]
+        if odd.size:
+            log_df = lg(odd.astype(float)) - 0.5 * (odd - 1) * math.log(2) - lg((odd + 1) / 2.0)
+            sign = np.where(((odd - 1) // 2) % 2 == 0, 1.0, -1.0)
+            c[1::2] = sign * np.exp(log_df + log_phi0 - 0.5 * lg(odd + 1.0))
+        return c
+    c[0] = math.exp(log_phi0)
+    if K >= 1:
+        c[1] = 0.5
+    even = k[2::2]
+    if even.size:
+        log_df = lg(even - 1.0) - 0.5 * (even - 2) * math.log(2) - lg(even / 2.0)
+        sign = np.where((even // 2 + 1) % 2 == 0, 1.0, -1.0)
+        c[2::2] = sign * np.exp(log_df + log_phi0 - 0.5 * lg(even + 1.0))
+    return c
+
+
+def _two_sided(a: float, b: float, K: int, degree: int) -> np.ndarray:
+    """Coefficients of a h(z) + b h(-z) with h = 1{z>0} or relu: c_k (a + (-1)^k b)."""
+    return _half_line_coefficients(K, degree) * (a + b * (-1.0) ** np.arange(K + 1))
 
 
 # numpy forms of the named members (bitwise what they have always been): (a, b) -> fn, f', array fn
@@ -334,31 +370,30 @@ _ARC_FORMS = {
     (1.0, -1.0): (lambda x: np.array(x, dtype=np.float64, copy=True), lambda x: np.ones_like(x),
                   lambda x, xp: x + 0.0),
 }
-_NUMBA_ARC: list = []
+def _arc_cosine(r: np.ndarray, s12, w1: float, w2: float) -> np.ndarray:
+    """s12 (w1 J1(r) + w2 J1(-r)) with J1(r) = (sqrt(1 - r^2) + (pi - arccos r) r) / (2 pi), in place.
 
-
-def _numba_arc_cosine():
-    """Compiled arc-cosine kernel s12 (w1 J1(r) + w2 J1(-r)) for large arrays (numba, cached), or None."""
-    if not _NUMBA_ARC:
-        try:
-            import numba
-
-            @numba.njit(parallel=True, cache=True, fastmath=False)
-            def arc(r, s12, w1, w2, out):  # pragma: no cover - compiled
-                inv2pi = 1.0 / (2.0 * np.pi)
-                for e in numba.prange(r.size):
-                    x = r[e]
-                    sq = np.sqrt(max(1.0 - x * x, 0.0))
-                    t = np.arccos(x)
-                    v = w1 * (sq + (np.pi - t) * x)
-                    if w2 != 0.0:
-                        v += w2 * (sq - t * x)  # J1(-r): arccos(-x) = pi - arccos(x)
-                    out[e] = s12[e] * v * inv2pi
-
-            _NUMBA_ARC.append(arc)
-        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy fallback
-            _NUMBA_ARC.append(None)
-    return _NUMBA_ARC[0]
+    J1(-r) = (sqrt(1 - r^2) - arccos(r) r) / (2 pi), so the sum is ((w1 + w2)(sqrt(1 - r^2) - arccos(r) r)
+    + w1 pi r) / (2 pi): five numpy passes with ``out=`` and one temporary, faster than a parallel compiled
+    loop at every size measured (benchmarks/bench_hermite.py), and never slower under load.
+    """
+    shape = np.broadcast_shapes(np.shape(r), np.shape(s12))
+    r = np.broadcast_to(np.asarray(r, dtype=np.float64), shape).reshape(-1)
+    s12 = np.broadcast_to(s12, shape).reshape(-1) if np.ndim(s12) else s12
+    out = np.arccos(r)
+    out *= r
+    tmp = np.multiply(r, r)
+    np.subtract(1.0, tmp, out=tmp)
+    np.maximum(tmp, 0.0, out=tmp)
+    np.sqrt(tmp, out=tmp)
+    np.subtract(tmp, out, out=out)
+    if w1 + w2 != 1.0:
+        out *= w1 + w2
+    np.multiply(r, w1 * np.pi, out=tmp)
+    out += tmp
+    out *= s12
+    out /= 2 * np.pi
+    return out.reshape(shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -390,6 +425,10 @@ class ArcCosineCore(PiecewisePolynomialCore):
         return super().build(name, params, fn=fn, kinks=kinks, parity=parity, derivative=d1,
                              second_derivative=np.zeros_like, array_fn=xfn, pieces=pieces, a=a, b=b)
 
+    def closed_coefficients(self, K, Q):
+        """c_k(Q) = sqrt(Q) (a + (-1)^k b) c_k(relu) (`_half_line_coefficients`)."""
+        return np.sqrt(Q)[:, None] * _two_sided(self.a, self.b, K, 1)[None, :]
+
     def closed_second_moment(self, Q):
         return 0.5 * (self.a * self.a + self.b * self.b) * Q
 
@@ -397,16 +436,8 @@ class ArcCosineCore(PiecewisePolynomialCore):
         a, b = self.a, self.b
         if derivative == 1:
             return _step_kernel(a, -b, r, Q1, Q2, 0)  # phi' = a 1{x>0} - b 1{x<0}
-        s12 = np.sqrt(Q1 * Q2)
-        fused = _numba_arc_cosine() if r.size >= 4096 else None
-        if fused is not None:
-            out = np.empty(r.size)
-            fused(np.ascontiguousarray(r, dtype=np.float64).ravel(),
-                  np.ascontiguousarray(np.broadcast_to(s12, r.shape), dtype=np.float64).ravel(),
-                  float(a * a + b * b), float(2 * a * b), out)
-            return out.reshape(r.shape)
-        k1 = (a * a + b * b) * _j1(r)
-        return s12 * (k1 + 2 * a * b * _j1(-r)) if a * b != 0 else s12 * k1
+        s12 = np.sqrt(Q1) * np.sqrt(Q2)  # never the product: it underflows for tiny variances
+        return _arc_cosine(r, s12, a * a + b * b, 2 * a * b)
 
 
 @dataclass(frozen=True, eq=False)
@@ -437,6 +468,10 @@ class StepCore(PiecewisePolynomialCore):
         return super().build(name, params, fn=fn, kinks=(0.0,), jumps=(0.0,), parity=parity,
                              derivative=np.zeros_like, second_derivative=np.zeros_like, array_fn=xfn,
                              pieces=pieces, a=a, b=b)
+
+    def closed_coefficients(self, K, Q):
+        """c_k = (a + (-1)^k b) c_k(1{z>0}), the same at every variance (`_half_line_coefficients`)."""
+        return np.broadcast_to(_two_sided(self.a, self.b, K, 0), (np.size(Q), K + 1)).copy()
 
     def closed_second_moment(self, Q):
         return 0.5 * (self.a * self.a + self.b * self.b) * np.ones_like(Q)
@@ -477,7 +512,7 @@ class ErfCore(Core):
         return 2 / math.pi * np.arcsin(2 * Q / (1 + 2 * Q))
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        s12 = np.sqrt(Q1 * Q2)
+        s12 = np.sqrt(Q1) * np.sqrt(Q2)
         if derivative == 0:
             return 2 / np.pi * np.arcsin(np.clip(2 * r * s12 / np.sqrt((1 + 2 * Q1) * (1 + 2 * Q2)), -1, 1))
         return 4 / np.pi / np.sqrt((1 + 2 * Q1) * (1 + 2 * Q2) - 4 * r * r * Q1 * Q2)
@@ -510,7 +545,7 @@ class ExpCore(Core):
         return np.exp(2 * Q)
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        return np.exp(0.5 * (Q1 + Q2) + r * np.sqrt(Q1 * Q2))
+        return np.exp(0.5 * (Q1 + Q2) + r * np.sqrt(Q1) * np.sqrt(Q2))
 
     def exact_coefficients(self, K, q):
         return _generating(K, lambda sp, k, rk: sp.exp(q / 2) * q ** sp.Rational(k, 2) / rk)
@@ -540,7 +575,7 @@ class SinCore(Core):
     def closed_kernel(self, r, Q1, Q2, derivative):
         # exp(-(q1+q2)/2) sinh/cosh(c), written without overflow for large variances
         odd = self.odd == (derivative == 0)
-        c = r * np.sqrt(Q1 * Q2)
+        c = r * np.sqrt(Q1) * np.sqrt(Q2)
         a = np.exp(-0.5 * (Q1 + Q2) + c)
         b = np.exp(-0.5 * (Q1 + Q2) - c)
         return 0.5 * (a - b) if odd else 0.5 * (a + b)
@@ -595,7 +630,7 @@ class GaussianCore(Core):
         return 1.0 / np.sqrt(1 + 2 * Q)
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        c = r * np.sqrt(Q1 * Q2)
+        c = r * np.sqrt(Q1) * np.sqrt(Q2)
         D = (1 + Q1) * (1 + Q2) - c * c
         return 1 / np.sqrt(D) if derivative == 0 else c / D**1.5
 

@@ -73,13 +73,14 @@ class Law:
         K, m = self.K, self.m
         if shift is not None:
             if shift is m or np.array_equal(shift, m):  # centering: K - m m^T, exactly symmetric
-                K = K - np.outer(m, m)
+                K = K - m[0] * m[0] if m.size and np.all(m == m[0]) else K - np.outer(m, m)
             else:
                 C = np.outer(shift, m)
                 K = K - C - C.T + np.outer(shift, shift)
             m = m - shift
         if scale is not None:
-            K = K * np.outer(scale, scale)
+            # one shared scale (a norm after equal variances): one pass, the same numbers as the outer product
+            K = K * (scale[0] * scale[0]) if scale.size and np.all(scale == scale[0]) else K * np.outer(scale, scale)
             m = m * scale
         if isinstance(self, Gaussian) and (shift is None or not np.any(shift)):
             return Gaussian(K, self.mc_error)
@@ -106,8 +107,11 @@ class Law:
         d = np.diag(self.K).copy()
         out = self.affine(None, inv_sqrt(d))
         if unit_diag:
-            dup = (self.K == d[:, None]) & (d[:, None] == d[None, :]) & (d[:, None] > 0)
-            out.K[dup] = 1.0
+            if d.size and d[0] > 0 and np.all(d == d[0]):  # one shared variance: the same mask in one pass
+                dup = self.K == d[0]
+            else:
+                dup = (self.K == d[:, None]) & (d[:, None] == d[None, :]) & (d[:, None] > 0)
+            np.putmask(out.K, dup, 1.0)
             np.clip(out.K, -1.0, 1.0, out=out.K)
         return out
 

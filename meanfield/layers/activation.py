@@ -186,20 +186,20 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
     n = G.shape[0]
     d = np.diag(G).copy()
     if d[0] > 0 and np.all(d == d[0]):
-        # equal variances (e.g. after a norm): one vectorized pass over the whole matrix
-        g = G.ravel()
+        # equal variances (after a norm; after a Dense layer on equal-norm inputs): one kernel call on the
+        # whole matrix with the variance shared, in place; K is exactly symmetric because G is and the map
+        # is elementwise
+        q = float(d[0])
+        R = np.divide(G, q)
+        np.clip(R, -1.0, 1.0, out=R)
+        K = act.kernel_at(R.reshape(-1), q, q, 0).reshape(n, n)
+        if not K.flags.writeable or K.base is R:
+            K = np.array(K)
         # rho = 1 (the diagonal, duplicated inputs) is the second moment exactly: the two routes to it
         # differ in the last bit, and where rho = 1 is unstable the map would amplify that difference
-        one = g == d[0]
-        K = np.empty(n * n)
-        K[one] = act.second_moment_at(d[:1])[0]
-        rest = ~one
-        if np.any(rest):
-            q = np.full(int(rest.sum()), d[0])
-            K[rest] = act.kernel_at(np.clip(g[rest] / d[0], -1.0, 1.0), q, q, 0)
-        K = K.reshape(n, n)
+        np.putmask(K, G == q, act.second_moment_at(d[:1])[0])
         m = np.full(n, act.mean_at(d[:1], 0)[0])
-        return 0.5 * (K + K.T), m
+        return K, m
     live = d > 0
     K = np.zeros((n, n))
     m = np.zeros(n)
