@@ -21,6 +21,7 @@ from hermite.cores import (
     CosCore,
     ErfCore,
     ExpCore,
+    ExpLinearCore,
     GaussianCore,
     GeluCore,
     PiecewisePolynomialCore,
@@ -162,7 +163,7 @@ def _elu(name, p):
     check_no_params(name, p)
     return params, dict(
         fn=lambda x: s * np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0))),
-        expr=f"{s!r}*(max(x, 0) + {a!r}*(exp(min(x, 0)) - 1))", kinks=(0.0,), features=(0.0,),
+        expr=f"{s!r}*(max(x, 0) + {a!r}*(exp(min(x, 0)) - 1))", kinks=(0.0,), features=(0.0,), alpha=a, scale=s,
         derivative=lambda x: s * np.where(x > 0, 1.0, a * np.exp(np.minimum(x, 0.0))),
         second_derivative=lambda x: s * np.where(x > 0, 0.0, a * np.exp(np.minimum(x, 0.0))),
         array_fn=lambda x, xp: s * xp.where(x > 0, x, a * xp.expm1(xp.minimum(x, 0.0))))
@@ -236,8 +237,8 @@ TABLE = {
         fn=lambda x: x * np.tanh(_np_softplus(x)), expr="x*tanh(log(1 + exp(x)))", features=(0.0,),
         derivative=lambda x: np.tanh(_np_softplus(x)) + x * sc.expit(x) / np.cosh(_np_softplus(x)) ** 2,
         second_derivative=_mish_d2, array_fn=lambda x, xp: x * xp.tanh(_softplus_xp(x, xp)))),
-    "elu": (Core, _elu),
-    "selu": (Core, _elu),
+    "elu": (ExpLinearCore, _elu),
+    "selu": (ExpLinearCore, _elu),
     "softplus": (Core, _softplus),
     "sin": (SinCore, _none()),
     "cos": (CosCore, _none()),

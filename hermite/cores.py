@@ -27,12 +27,13 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.special as sc
 
-from hermite import quadrature
+from hermite import quadrature, tables
 from hermite.basis import hermite_polynomials, mehler_sum, piecewise_coefficients
+from hermite.smoothing import exp_linear_smoothing, piecewise_smoothing
 
 __all__ = ["Core", "NoClosedForm", "PiecewisePolynomialCore", "ArcCosineCore", "StepCore", "ErfCore",
            "ExpCore", "SinCore", "CosCore", "GaussianCore", "GeluCore", "ExpressionCore", "CallableCore",
-           "SubtractedCore", "pair_kernel"]
+           "SubtractedCore", "ExpLinearCore", "pair_kernel"]
 
 TOL = 2e-14  # target relative accuracy of each kernel method (the guarantee is 1e-12)
 SERIES_K = (32, 256)
@@ -112,6 +113,14 @@ class Core:
         """E[phi(u) phi(v)] (derivative=1: of phi') on flat arrays, or None."""
         return None
 
+    def closed_smoothing(self, mu: np.ndarray, sigma: float, derivative: int) -> np.ndarray | None:
+        """E[phi(mu + sigma Z)] (derivative=1: of phi') for an array mu and a scalar sigma > 0, or None.
+
+        The Gaussian smoothing that removes the inner integral of the two-dimensional kernel quadrature
+        (`hermite.smoothing`); kinked families without a closed kernel provide it.
+        """
+        return None
+
     def exact_coefficients(self, K: int, q) -> list:
         """Exact sympy expressions of c_0..c_K at the (sympy) variance q (NoClosedForm if not known)."""
         raise NoClosedForm(self.name)
@@ -141,8 +150,9 @@ class Core:
         return quadrature.hermite_coefficients(self.squared(), 0, Q)[:, 0]
 
     def numerical_kernel(self, r, Q1, Q2, derivative: int = 0) -> np.ndarray:
-        """The kernel by the proven Mehler series, else two-dimensional quadrature."""
-        return pair_kernel(self, self, r, Q1, Q2, derivative)
+        """The kernel from a verified table where many entries share a variance pair (`hermite.tables`),
+        else entry by entry by the proven Mehler series or two-dimensional quadrature (`pair_kernel`)."""
+        return tables.tabulated_kernel(self, r, Q1, Q2, derivative)
 
     def squared(self, fn=None) -> Core:
         """A core whose function is fn(x)^2 (default: phi's own), same kinks and features (for moments)."""
@@ -261,7 +271,10 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
         pending = pending[~ok]
     if pending.size:
         f, g = fa.function(derivative), fb.function(derivative)
-        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending])
+        def smoothing(mu, sigma):
+            return fb.closed_smoothing(mu, sigma, derivative)
+
+        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending], smoothing)
     return out
 
 
@@ -294,6 +307,11 @@ class PiecewisePolynomialCore(Core):
     def exact_coefficients(self, K, q):
         return piecewise_coefficients(self.pieces, K, q)
 
+    def closed_smoothing(self, mu, sigma, derivative):
+        if derivative and self.jumps:
+            return None
+        return piecewise_smoothing(self.pieces, mu, sigma, derivative)
+
     def pieces_expr(self):
         sp = _sp()
         x = sp.Symbol("x", real=True)
@@ -310,6 +328,21 @@ class PiecewisePolynomialCore(Core):
         degrees = {i for *_, p in self.pieces for i, c in enumerate(p) if c != 0}
         return degrees.pop() if len(degrees) == 1 and degrees <= {0, 1} else None
 
+
+
+@dataclass(frozen=True, eq=False)
+class ExpLinearCore(Core):
+    """phi = scale (x 1{x > 0} + alpha (e^x - 1) 1{x <= 0}): elu (scale 1) and selu (Klambauer et al. 2017).
+
+    No closed kernel is known; the family knows its Gaussian smoothing E[phi(mu + sigma Z)] in closed form
+    (`hermite.smoothing.exp_linear_smoothing`), so its two-dimensional kernel quadrature is one-dimensional.
+    """
+
+    alpha: float = 1.0
+    scale: float = 1.0
+
+    def closed_smoothing(self, mu, sigma, derivative):
+        return exp_linear_smoothing(self.alpha, self.scale, mu, sigma, derivative)
 
 def _j0(r):
     """(pi - arccos r) / (2 pi) = P(u > 0, v > 0) for unit variances."""
@@ -660,6 +693,19 @@ class GeluCore(Core):
             name, params, fn=lambda x: x * sc.ndtr(x), expr="x*(1 + erf(x/sqrt(2)))/2", features=(0.0,),
             derivative=lambda x: sc.ndtr(x) + x * np.exp(-x * x / 2) / s2pi,
             second_derivative=lambda x: (2.0 - x * x) * np.exp(-x * x / 2) / s2pi, array_fn=array_fn)
+
+    def closed_coefficients(self, K, Q):
+        """c_0 = E[u Phi(u)] = q E phi(u) = q / sqrt(2 pi (1 + q)) (Stein), c_1 = E[u^2 Phi(u)] / sqrt(q) =
+        sqrt(q) / 2 (u^2 (Phi(u) - 1/2) is odd); higher orders by quadrature (None)."""
+        if K > 1:
+            return None
+        Q = np.asarray(Q, dtype=np.float64)
+        c = np.stack([Q / np.sqrt(2 * np.pi * (1 + Q)), 0.5 * np.sqrt(Q)], axis=1)
+        return np.ascontiguousarray(c[:, : K + 1])
+
+    def closed_second_moment(self, Q):
+        Q = np.asarray(Q, dtype=np.float64)
+        return self.closed_kernel(np.ones(Q.shape), Q, Q, 0)
 
     def closed_kernel(self, r, Q1, Q2, derivative):
         if derivative:

@@ -4,8 +4,8 @@ For Var u = q1, Var v = q2, corr(u, v) = rho, Mehler's formula gives
 
     E[f(u) f(v)] = sum_k c_k(q1) c_k(q2) rho^k,      E[f'(u) f'(v)] = sum_k d_k(q1) d_k(q2) rho^k,
 
-with d_k(q) = sqrt((k+1)/q) c_{k+1}(q) the coefficients of f' (Stein's lemma). Three methods, chosen per
-entry so that every value is within 1e-12 sqrt(E f(u)^2 E f(v)^2) of the truth:
+with d_k(q) = sqrt((k+1)/q) c_{k+1}(q) the coefficients of f' (Stein's lemma). Four methods, chosen per
+entry (method 4: per group of entries) so that every value is within 1e-12 sqrt(E f(u)^2 E f(v)^2) of the truth:
 
 1. Closed forms (exact): the arc-cosine family (Cho and Saul 2009) for a relu(x) + b relu(-x) (relu,
    leaky_relu, abs, identity) and a 1{x>0} + b 1{x<0} (step, sign); erf (Williams 1997); exp; sin; cos;
@@ -17,7 +17,12 @@ entry so that every value is within 1e-12 sqrt(E f(u)^2 E f(v)^2) of the truth:
    variances): E[f(u) g(v)] = int phi(z1) f(sqrt(q1) z1) G(z1) dz1 with
    G(z1) = E[g(sqrt(q2) (rho z1 + sqrt(1 - rho^2) z2))], each a composite Gauss-Legendre rule split at
    the kinks; the outer panels are graded geometrically towards the points where G varies on the scale
-   sqrt(1 - rho^2) (the shadows of g's kinks), so rho = 1 - 1e-12 is as accurate as rho = 0.
+   sqrt(1 - rho^2) (the shadows of g's kinks), so rho = 1 - 1e-12 is as accurate as rho = 0. Where G is
+   known in closed form (`hermite.smoothing`: hardtanh, relu6, elu, selu) it replaces the inner rule.
+4. Kernel tables for many entries at one variance pair (every entry of a Gram after a LayerNorm): the
+   values of methods 2 and 3 at a few hundred angles, as a verified piecewise Chebyshev interpolant in
+   theta = arccos(rho) (`hermite.tables`), used for every group of at least `hermite.tables.TABLE_MIN`
+   entries that share (q1, q2); checked to 1e-13 sqrt(E f(u)^2 E f(v)^2) against methods 2 and 3.
 
 The closed forms are the families of `hermite.cores` (each class overrides ``closed_kernel``), methods 2
 and 3 the generic `Core` path. An Activation f = gamma (phi(g x) + alpha x + beta) reduces exactly to its

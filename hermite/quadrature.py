@@ -320,10 +320,12 @@ def _phi(z):
     return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
-def pair_expectation(f, g, fa, fb, r, Q1, Q2) -> np.ndarray:
+def pair_expectation(f, g, fa, fb, r, Q1, Q2, smoothing=None) -> np.ndarray:
     """E[f(u) g(v)] on flat arrays: Var u = Q1, Var v = Q2, corr(u, v) = r, one entry at a time.
 
-    f, g are numpy functions; fa, fb describe their kinks and features (see the module docstring).
+    f, g are numpy functions; fa, fb describe their kinks and features (see the module docstring);
+    ``smoothing(mu, sigma)``, when given and not None for these arguments, is G in closed form
+    (`hermite.smoothing`), which replaces the inner rule.
     E[f(u) g(v)] = int phi(z1) f(sqrt(Q1) z1) G(z1) dz1 with G(z1) = E[g(sqrt(Q2) (r z1 + sqrt(1 - r^2) z2))];
     the outer rule on |z1| <= 11 is split at f's kinks and graded towards f's features and towards the
     shadows of g's kinks and features, t / (sqrt(Q2) r), where G varies on the scale sqrt(1 - r^2) / |r|,
@@ -331,11 +333,11 @@ def pair_expectation(f, g, fa, fb, r, Q1, Q2) -> np.ndarray:
     """
     out = np.empty(r.size)
     for i in range(r.size):
-        out[i] = _pair_one(f, g, fa, fb, float(r[i]), float(Q1[i]), float(Q2[i]))
+        out[i] = _pair_one(f, g, fa, fb, float(r[i]), float(Q1[i]), float(Q2[i]), smoothing)
     return out
 
 
-def _pair_one(f, g, fa, fb, r, Q1, Q2):
+def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None):
     a, b = math.sqrt(Q1), math.sqrt(Q2)
     s = math.sqrt(max(1.0 - r * r, 0.0))
     wmax = 0.5
@@ -354,14 +356,17 @@ def _pair_one(f, g, fa, fb, r, Q1, Q2):
     z1, w1 = panel_rule(_outer_breaks(pts, wmax), _M_OUTER)
     keep = w1 * _phi(z1) > 1e-40
     z1, w1 = z1[keep], w1[keep]
-    G = _inner(g, fb, b * r * z1, b * s)
+    G = None if smoothing is None else smoothing(b * r * z1, b * s)
+    if G is None:
+        G = _inner(g, fb, b * r * z1, b * s)
     return float(np.sum(w1 * _phi(z1) * f(a * z1) * G))
 
 
 def _outer_breaks(points, wmax):
-    """Break points on [-11, 11]: every given z is a split, graded from its width h (>= 1e-300) to wmax."""
+    """Break points on [-11, 11]: every given z is a split, graded from its width h to wmax where h > 0
+    (h = 0: a kink of a piecewise-smooth integrand, where a split alone keeps the rule exact)."""
     near = [(z0, h) for z0, h in points if -_L2 - wmax < z0 < _L2 + wmax]
-    return graded_breaks(_L2, wmax, [z0 for z0, _ in near], [(z0, max(h, 1e-300)) for z0, h in near])
+    return graded_breaks(_L2, wmax, [z0 for z0, _ in near], [(z0, max(h, 1e-300)) for z0, h in near if h > 0])
 
 
 def _inner(g, core, mu: np.ndarray, sigma: float) -> np.ndarray:

@@ -59,9 +59,15 @@ def test_closed_forms_agree_with_the_generic_numerical_path(name, params):
     if _overrides(cls, "closed_second_moment"):
         assert np.all(np.abs(core.closed_second_moment(Q) - M) <= TOL * M)
     if _overrides(cls, "closed_coefficients"):
-        c = core.closed_coefficients(30, Q)
-        ref = core.numerical_coefficients(30, Q)
-        assert np.all(np.abs(c - ref) <= TOL * np.sqrt(M)[:, None])
+        known = 0
+        for K in (30, 1):  # a family may know its low orders only (gelu: c_0, c_1), returning None above
+            c = core.closed_coefficients(K, Q)
+            if c is None:
+                continue
+            known += 1
+            ref = core.numerical_coefficients(K, Q)
+            assert np.all(np.abs(c - ref) <= TOL * np.sqrt(M)[:, None])
+        assert known
     if _overrides(cls, "closed_kernel"):
         r = RHOS
         q1, q2 = np.full(r.size, Q1), np.full(r.size, Q2)

@@ -1,0 +1,234 @@
+"""Kernel tables: rho -> E[phi(u) phi(v)] at one variance pair, as a verified piecewise Chebyshev interpolant.
+
+After a LayerNorm, RMSNorm or BatchNorm every entry of a Gram shares one variance pair (q, q), and in
+general a batch has one pair per pair of distinct variances. For such a pair the dual kernel is a function
+of rho alone, k(rho) = E[phi(u) phi(v)] with Var u = Q1, Var v = Q2, corr(u, v) = rho (or the kernel of
+phi' for derivative=1). A `KernelTable` evaluates it at numpy speed from a few hundred values of the
+accurate path (`hermite.cores.pair_kernel`: proven Mehler series, else kink-split two-dimensional
+quadrature), so whole Grams of an activation without a closed form cost a few passes over the matrix.
+
+The variable. Kinks and jumps of phi make k non-analytic at rho = +-1 only, through half-integer powers of
+1 - rho^2 (the arc-cosine kernel: sqrt(1 - rho^2) + (pi - arccos rho) rho); in theta = arccos(rho),
+rho = cos(theta), every such term (1 - rho)^(m + 1/2) ~ sin(theta/2)^(2m + 1) is analytic, so a polynomial in
+theta resolves them. Smooth phi whose Mehler series converges slowly at rho = 1 (tanh: c_k^2 ~ exp(-c sqrt k))
+are smooth in theta as well.
+
+The interpolant. [0, pi] is split into panels, each carrying the degree-16 Chebyshev interpolant through
+the 17 Chebyshev points of its own theta-interval (the panel ends included, so rho = +-1 are nodes and are
+reproduced to rounding). A panel is accepted when (i) at its 16 check points, the angle midpoints between
+the nodes where the interpolation error of a polynomial interpolant peaks, the interpolant is within
+`TABLE_TOL` sqrt(E phi(u)^2 E phi(v)^2) of the accurate path, and (ii) its last two Chebyshev coefficients are
+below that bound (the coefficients have decayed); otherwise it is bisected. A table that does not converge
+in `MAX_DEPTH` bisections or needs more than `MAX_PANELS` panels is not built (`build_table` returns None)
+and its entries take the accurate path. Near theta = 0 and pi one ulp of rho = cos(theta) moves theta by
+ulp / sin(theta), so the value computed at the rounded cos(theta) belongs to the angle arccos(cos(theta));
+each panel is fitted at those true angles (a 17 x 17 Chebyshev-Vandermonde solve, the DCT where they are
+exact), which is what lets panels near rho = +-1 meet the bound.
+
+Build cost: a few hundred accurate values, 1-100 ms for every built-in at variances of order one (the kinked
+ones use the closed Gaussian smoothing of `hermite.smoothing`); smooth activations at large variances
+(q ~ 25) take 0.5-3 s, where the series needs order 1024 and the quadrature its numerical inner rule.
+`KernelTable.error` is the largest checked error, relative to sqrt(E phi(u)^2 E phi(v)^2).
+
+This is the toolkit's own method (a table in theta with bisection is standard piecewise Chebyshev
+interpolation; the choice of theta is ours); its contract is the kernels' one, 1e-12 relative, with
+`TABLE_TOL` = 1e-13 leaving a decade of margin between check points.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["KernelTable", "build_table", "table_for", "tabulated_kernel", "TABLE_TOL", "TABLE_MIN"]
+
+TABLE_TOL = 1e-13  # accepted checked error relative to sqrt(M1 M2); the kernels' contract is 1e-12
+TABLE_MIN = 512  # a variance pair with fewer entries than this takes the accurate path directly
+DEGREE = 16
+MAX_DEPTH = 24
+MAX_PANELS = 256  # a table that needs more panels is not built (its entries take the accurate path)
+_TABLES: OrderedDict = OrderedDict()
+_TABLES_MAX = 128
+_LOCK = threading.Lock()
+
+_J = np.arange(DEGREE + 1)
+_NODES = np.cos(np.pi * _J / DEGREE)  # Chebyshev points of the second kind on [-1, 1], descending
+_CHECK = np.cos(np.pi * (np.arange(DEGREE) + 0.5) / DEGREE)  # the angle midpoints between the nodes
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """k(rho) at one variance pair, piecewise Chebyshev in theta = arccos(rho) (see the module docstring).
+
+    breaks : panel edges in theta, ascending from 0 to pi; coef : (DEGREE + 1, panels) Chebyshev coefficients
+    of each panel in its local variable t = (2 theta - a - b) / (b - a); scale : sqrt(M1 M2), the second
+    moments (of phi' for derivative=1); error : the largest checked error relative to scale.
+    """
+
+    breaks: np.ndarray
+    coef: np.ndarray
+    scale: float
+    error: float
+    evaluations: int
+
+    def __call__(self, rho: np.ndarray) -> np.ndarray:
+        """k(rho) for a flat array of rho in [-1, 1] (Clenshaw's recurrence per entry, its panel's coefficients)."""
+        theta = np.arccos(np.clip(rho, -1.0, 1.0))
+        P = self.breaks.size - 1
+        idx = np.searchsorted(self.breaks, theta, side="right") - 1
+        np.clip(idx, 0, P - 1, out=idx)
+        a, b = self.breaks[:-1], self.breaks[1:]
+        t = theta
+        t -= (0.5 * (a + b))[idx]
+        t *= (2.0 / (b - a))[idx]
+        np.clip(t, -1.0, 1.0, out=t)
+        C = np.take(self.coef, idx, axis=1)  # (DEGREE + 1, M): each row contiguous
+        t2 = 2.0 * t
+        b1 = C[DEGREE].copy()
+        b2 = np.zeros_like(t)
+        tmp = np.empty_like(t)
+        for k in range(DEGREE - 1, 0, -1):
+            np.multiply(t2, b1, out=tmp)
+            tmp -= b2
+            tmp += C[k]
+            b2, b1, tmp = b1, tmp, b2
+        np.multiply(t, b1, out=tmp)
+        tmp -= b2
+        tmp += C[0]
+        return tmp
+
+
+def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable | None:
+    """The verified table of rho -> E[phi(u) phi(v)] (phi' for derivative=1) of ``core`` at (Q1, Q2).
+
+    Returns None where bisection does not converge within MAX_DEPTH levels (the caller then evaluates
+    every entry on the accurate path). Values come from `hermite.cores.pair_kernel`.
+    """
+    from hermite.cores import pair_kernel
+
+    Q = np.array([Q1, Q2], dtype=np.float64)
+    if derivative == 0:
+        M = core.second_moment(Q)
+    else:
+        M = core.derivative_moment(Q)
+    scale = float(np.sqrt(M[0]) * np.sqrt(M[1]))
+    if not np.isfinite(scale):
+        return None
+    bound = TABLE_TOL * scale
+
+    def exact(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The accurate path at rho = cos(theta) rounded to float64, and the angle that rho really has.
+
+        Near theta = 0 and pi one ulp of rho moves theta by ulp / sin(theta), so a value computed at
+        cos(theta) belongs to arccos(cos(theta)), not to theta: the interpolation uses the true angles."""
+        r = np.cos(theta)
+        r[theta == 0.0] = 1.0
+        r[theta == math.pi] = -1.0
+        q1 = np.full(r.size, float(Q1))
+        q2 = np.full(r.size, float(Q2))
+        return pair_kernel(core, core, r, q1, q2, derivative), np.arccos(r)
+
+    panels = [(math.pi * i / 8, math.pi * (i + 1) / 8, 0) for i in range(8)]
+    done: list[tuple[float, float, np.ndarray]] = []
+    worst = 0.0
+    evaluations = 0
+    while panels:
+        if len(done) + len(panels) > MAX_PANELS:
+            return None
+        a = np.array([p[0] for p in panels])
+        b = np.array([p[1] for p in panels])
+        mid, half = 0.5 * (a + b), 0.5 * (b - a)
+        th_nodes = np.clip(mid[:, None] + half[:, None] * _NODES[None, :], 0.0, math.pi)
+        th_nodes[:, 0], th_nodes[:, -1] = b, a  # the panel ends exactly (nodes descend in t)
+        th_check = mid[:, None] + half[:, None] * _CHECK[None, :]
+        vals, th_true = exact(np.concatenate([th_nodes.ravel(), th_check.ravel()]))
+        evaluations += vals.size
+        n_nodes = th_nodes.size
+        P = len(panels)
+        V = vals[:n_nodes].reshape(P, DEGREE + 1)
+        W = vals[n_nodes:].reshape(P, DEGREE)
+        # local variables of the true angles; Chebyshev-Vandermonde solve (the DCT where they are exact)
+        t_nodes = np.clip((th_true[:n_nodes].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
+        t_check = np.clip((th_true[n_nodes:].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
+        A = np.cos(np.arccos(t_nodes)[:, :, None] * _J[None, None, :])  # (P, nodes, k)
+        coef = np.linalg.solve(A, V[:, :, None])[:, :, 0]  # (P, DEGREE + 1)
+        B = np.cos(np.arccos(t_check)[:, :, None] * _J[None, None, :])
+        err = np.max(np.abs(np.einsum("pck,pk->pc", B, coef) - W), axis=1)
+        tail = np.abs(coef[:, -1]) + np.abs(coef[:, -2])
+        nxt = []
+        for i, (pa, pb, depth) in enumerate(panels):
+            if err[i] <= bound and tail[i] <= bound:
+                done.append((pa, pb, coef[i]))
+                worst = max(worst, float(err[i]))
+            elif depth >= MAX_DEPTH:
+                return None
+            else:
+                m = 0.5 * (pa + pb)
+                nxt += [(pa, m, depth + 1), (m, pb, depth + 1)]
+        panels = nxt
+    done.sort(key=lambda p: p[0])
+    breaks = np.array([p[0] for p in done] + [math.pi])
+    coef = np.ascontiguousarray(np.stack([p[2] for p in done], axis=1))
+    return KernelTable(breaks, coef, scale, worst / scale if scale > 0 else 0.0, evaluations)
+
+
+def table_for(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable | None:
+    """The memoized table of ``core`` at (Q1, Q2) (LRU over the last 128 pairs; None: no table).
+
+    k(rho; Q1, Q2) = k(rho; Q2, Q1) (swap u and v), so both orders share one table.
+    """
+    Q1, Q2 = sorted((float(Q1), float(Q2)))
+    key = (id(core), Q1, Q2, int(derivative))
+    with _LOCK:
+        hit = _TABLES.get(key)
+        if hit is not None:
+            _TABLES.move_to_end(key)
+            return hit[1]
+    table = build_table(core, Q1, Q2, derivative)
+    with _LOCK:
+        _TABLES[key] = (core, table)  # the core is kept so its id cannot be reused
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    return table
+
+
+def _tabulable(q: float) -> bool:
+    return 0.0 < q < math.inf
+
+
+def tabulated_kernel(core, r: np.ndarray, Q1: np.ndarray, Q2: np.ndarray, derivative: int = 0) -> np.ndarray:
+    """E[phi(u) phi(v)] on flat arrays: entries whose variance pair is shared by at least `TABLE_MIN` of them
+    come from that pair's verified table, the others (and pairs without a table) from the accurate path
+    (`hermite.cores.pair_kernel`: proven Mehler series, else two-dimensional quadrature)."""
+    from hermite.cores import pair_kernel
+
+    r = np.asarray(r, dtype=np.float64)
+    M = r.size
+    if M < TABLE_MIN:
+        return pair_kernel(core, core, r, Q1, Q2, derivative)
+    if Q1[0] == Q1[-1] and Q2[0] == Q2[-1] and np.all(Q1 == Q1[0]) and np.all(Q2 == Q2[0]):
+        q1, q2 = float(Q1[0]), float(Q2[0])
+        table = table_for(core, q1, q2, derivative) if _tabulable(q1) and _tabulable(q2) else None
+        if table is None:
+            return pair_kernel(core, core, r, Q1, Q2, derivative)
+        return table(r.copy())
+    lo, hi = np.minimum(Q1, Q2), np.maximum(Q1, Q2)
+    pairs, inv, counts = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    out = np.empty(M)
+    rest = np.ones(M, dtype=bool)
+    for g in np.nonzero(counts >= TABLE_MIN)[0]:
+        q1, q2 = float(pairs[g, 0]), float(pairs[g, 1])
+        table = table_for(core, q1, q2, derivative) if _tabulable(q1) and _tabulable(q2) else None
+        if table is None:
+            continue
+        sel = inv == g
+        out[sel] = table(r[sel])
+        rest &= ~sel
+    if np.any(rest):
+        out[rest] = pair_kernel(core, core, r[rest], Q1[rest], Q2[rest], derivative)
+    return out
