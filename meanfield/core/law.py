@@ -26,7 +26,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import scipy.integrate as si
 
 from meanfield.core.progress import current as current_progress
 
@@ -292,6 +291,8 @@ class BatchNormOfGaussian(Sampled):
                 return np.concatenate([n * det * dt * kv, math.sqrt(n / math.pi) * det * 2.0 * math.sqrt(tau)
                                        / (1.0 - u) ** 2 * mv])
 
+            import scipy.integrate as si  # lazy: 0.15 s of import time, needed by BatchNorm laws only
+
             res, _ = si.quad_vec(integrand, 0.0, 1.0, epsabs=0.0, epsrel=1e-13, limit=400)
             vals, m = res[: iu.size], res[iu.size:]
         K = np.empty((n, n))
@@ -323,6 +324,8 @@ def _bn_gaussian_moments(G: np.ndarray) -> np.ndarray:
         li = lam[i]
         # substitution t = s / (1 - s) maps [0, inf) to [0, 1)
         f = lambda s, li=li: integrand(s / (1 - s), li) / (1 - s) ** 2 if s < 1 else 0.0
+        import scipy.integrate as si  # lazy (see above)
+
         v, _ = si.quad(f, 0.0, 1.0, epsabs=0.0, epsrel=1e-13, limit=400)
         vals[i] = li * v
     K = n * (U * vals) @ U.T
