@@ -47,6 +47,7 @@ import numpy as np
 __all__ = ["KernelTable", "build_table", "table_for", "tabulated_kernel", "TABLE_TOL", "TABLE_MIN"]
 
 TABLE_TOL = 1e-13  # accepted checked error relative to sqrt(M1 M2); the kernels' contract is 1e-12
+NUMBA_MIN = 4096  # from this many entries on a table is evaluated by the compiled loop
 TABLE_MIN = 512  # a variance pair with fewer entries than this takes the accurate path directly
 DEGREE = 16
 MAX_DEPTH = 24
@@ -76,7 +77,14 @@ class KernelTable:
     evaluations: int
 
     def __call__(self, rho: np.ndarray) -> np.ndarray:
-        """k(rho) for a flat array of rho in [-1, 1] (Clenshaw's recurrence per entry, its panel's coefficients)."""
+        """k(rho) for a flat array of rho in [-1, 1] (Clenshaw's recurrence per entry, its panel's coefficients;
+        compiled serial loop from `NUMBA_MIN` entries on, numpy below or without numba)."""
+        if rho.size >= NUMBA_MIN:
+            evaluate = _numba_evaluate()
+            if evaluate is not None:
+                out = np.empty(rho.size)
+                evaluate(self.breaks, self.coef, np.ascontiguousarray(rho, dtype=np.float64), out)
+                return out
         theta = np.arccos(np.clip(rho, -1.0, 1.0))
         P = self.breaks.size - 1
         idx = np.searchsorted(self.breaks, theta, side="right") - 1
@@ -100,6 +108,44 @@ class KernelTable:
         tmp -= b2
         tmp += C[0]
         return tmp
+
+
+_NUMBA: list = []
+
+
+def _numba_evaluate():
+    """The compiled evaluation loop (serial: a parallel loop was measured slower on small problems under
+    load), or None without numba. Compiled on first use and cached on disk."""
+    if not _NUMBA:
+        try:
+            import numba
+
+            @numba.njit(cache=True)
+            def evaluate(breaks, coef, rho, out):  # pragma: no cover - compiled
+                P = breaks.size - 1
+                D = coef.shape[0] - 1
+                for e in range(rho.size):
+                    x = min(max(rho[e], -1.0), 1.0)
+                    th = math.acos(x)
+                    lo, hi = 0, P
+                    while hi - lo > 1:  # the panel: breaks[lo] <= th < breaks[lo + 1]
+                        m = (lo + hi) >> 1
+                        if breaks[m] <= th:
+                            lo = m
+                        else:
+                            hi = m
+                    a, b = breaks[lo], breaks[lo + 1]
+                    t = min(max((2.0 * th - a - b) / (b - a), -1.0), 1.0)
+                    t2 = 2.0 * t
+                    b1, b2 = coef[D, lo], 0.0
+                    for k in range(D - 1, 0, -1):
+                        b1, b2 = t2 * b1 - b2 + coef[k, lo], b1
+                    out[e] = t * b1 - b2 + coef[0, lo]
+
+            _NUMBA.append(evaluate)
+        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy
+            _NUMBA.append(None)
+    return _NUMBA[0]
 
 
 def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable | None:

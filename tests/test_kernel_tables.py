@@ -147,3 +147,15 @@ def test_a_table_that_does_not_converge_falls_back_to_the_accurate_path(monkeypa
     Q = np.full(r.size, 0.9)
     np.testing.assert_array_equal(tables.tabulated_kernel(core, r, Q, Q), pair_kernel(core, core, r, Q, Q))
 
+
+
+def test_compiled_and_numpy_evaluations_agree():
+    table = tables.table_for(hermite.activation("silu").core, 1.7, 1.7)
+    rng = np.random.default_rng(5)
+    r = np.concatenate([rng.uniform(-1, 1, tables.NUMBA_MIN), [1.0, -1.0, 0.0, 1 - 1e-15, -1 + 1e-15]])
+    big = table(r)  # compiled loop (numpy where numba is missing)
+    small = np.concatenate([table(r[i:i + 1000].copy()) for i in range(0, r.size, 1000)])  # numpy
+    np.testing.assert_allclose(big, small, rtol=0, atol=1e-15 * table.scale)
+    exact = pair_kernel(table_core := hermite.activation("silu").core, table_core, r[-5:], np.full(5, 1.7),
+                        np.full(5, 1.7))
+    assert np.max(np.abs(big[-5:] - exact)) <= CONTRACT * table.scale
