@@ -21,8 +21,9 @@ entry (method 4: per group of entries) so that every value is within 1e-12 sqrt(
    known in closed form (`hermite.smoothing`: hardtanh, relu6, elu, selu) it replaces the inner rule.
 4. Kernel tables for many entries at one variance pair (every entry of a Gram after a LayerNorm): the
    values of methods 2 and 3 at a few hundred angles, as a verified piecewise Chebyshev interpolant in
-   theta = arccos(rho) (`hermite.tables`), used for every group of at least `hermite.tables.TABLE_MIN`
-   entries that share (q1, q2); checked to 1e-13 sqrt(E f(u)^2 E f(v)^2) against methods 2 and 3.
+   y = sqrt(1 - |rho|) (mirrored for rho < 0; `hermite.tables`), used for every group of at least
+   `hermite.tables.TABLE_MIN` entries that share (q1, q2); checked to 4e-13 sqrt(E f(u)^2 E f(v)^2) against
+   methods 2 and 3.
 
 The closed forms are the families of `hermite.cores` (each class overrides ``closed_kernel``), methods 2
 and 3 the generic `Core` path. An Activation f = gamma (phi(g x) + alpha x + beta) reduces exactly to its

@@ -7,32 +7,41 @@ phi' for derivative=1). A `KernelTable` evaluates it at numpy speed from a few h
 accurate path (`hermite.cores.pair_kernel`: proven Mehler series, else kink-split two-dimensional
 quadrature), so whole Grams of an activation without a closed form cost a few passes over the matrix.
 
-The variable. Kinks and jumps of phi make k non-analytic at rho = +-1 only, through half-integer powers of
-1 - rho^2 (the arc-cosine kernel: sqrt(1 - rho^2) + (pi - arccos rho) rho); in theta = arccos(rho),
-rho = cos(theta), every such term (1 - rho)^(m + 1/2) ~ sin(theta/2)^(2m + 1) is analytic, so a polynomial in
-theta resolves them. Smooth phi whose Mehler series converges slowly at rho = 1 (tanh: c_k^2 ~ exp(-c sqrt k))
-are smooth in theta as well.
+The variable. Kinks and jumps of phi make k non-analytic at rho = +-1 only, through half-integer powers
+(the arc-cosine kernel: sqrt(1 - rho^2) + (pi - arccos rho) rho): near rho = 1, k = A(rho) + sqrt(1 - rho) B(rho)
+with A, B analytic, and likewise at rho = -1 with sqrt(1 + rho). The table's variable is
 
-The interpolant. [0, pi] is split into panels, each carrying the degree-16 Chebyshev interpolant through
-the 17 Chebyshev points of its own theta-interval (the panel ends included, so rho = +-1 are nodes and are
-reproduced to rounding). A panel is accepted when (i) at its 16 check points, the angle midpoints between
-the nodes where the interpolation error of a polynomial interpolant peaks, the interpolant is within
-`TABLE_TOL` sqrt(E phi(u)^2 E phi(v)^2) of the accurate path, and (ii) its last two Chebyshev coefficients are
-below that bound (the coefficients have decayed); otherwise it is bisected. A table that does not converge
-in `MAX_DEPTH` bisections or needs more than `MAX_PANELS` panels is not built (`build_table` returns None)
-and its entries take the accurate path. Near theta = 0 and pi one ulp of rho = cos(theta) moves theta by
-ulp / sin(theta), so the value computed at the rounded cos(theta) belongs to the angle arccos(cos(theta));
-each panel is fitted at those true angles (a 17 x 17 Chebyshev-Vandermonde solve, the DCT where they are
-exact), which is what lets panels near rho = +-1 meet the bound.
+    y = sqrt(1 - rho) for rho >= 0,      y = 2 - sqrt(1 + rho) for rho < 0      (y in [0, 2], y = 1 at rho = 0),
+
+in which every such term is analytic on each half (rho = 1 - y^2, resp. (2 - y)^2 - 1), so a polynomial in y
+resolves them; y = 1 is a panel end, so the two halves never share a panel. Smooth phi whose Mehler series
+converges slowly at rho = 1 (tanh: c_k^2 ~ exp(-c sqrt k)) are smooth in y as well. A square root, unlike
+arccos, costs next to nothing, and 1 -+ |rho| is exact near the ends (Sterbenz), so y is as accurate as rho.
+
+The interpolant. [0, 2] is split into dyadic panels, each carrying the degree-16 Chebyshev interpolant
+through the 17 Chebyshev points of its own y-interval (the panel ends included, so rho = +-1 and 0 are nodes
+and are reproduced to rounding). A panel is accepted when (i) at its 16 check points, the angle midpoints
+between the nodes where the interpolation error of a polynomial interpolant peaks, the interpolant is within
+`CHECK_TOL` sqrt(E phi(u)^2 E phi(v)^2) of the accurate path, and (ii) its last two Chebyshev coefficients are
+below `TABLE_TOL` times the same (the coefficients have decayed: the panel is resolved); otherwise it is
+bisected. The two bounds differ because the accurate path itself carries errors up to a few 1e-13 near
+rho = +-1 for activations whose derivative jumps (hardtanh' at q = 25: 2.8e-13), which no bisection removes.
+A table that does not converge in `MAX_DEPTH` bisections or needs more than `MAX_PANELS` panels is not built
+(`build_table` returns None) and its entries take the accurate path.
+
+Near y = 0 and 2 one ulp of rho = 1 - y^2 moves y by ulp / (2 y), so the value computed at the rounded rho
+belongs to y(rho), not to y; each panel is fitted at those true abscissae (a 17 x 17 Chebyshev-Vandermonde
+solve), which is what lets panels near rho = +-1 meet the bound. Evaluation finds an entry's panel through
+a lookup table over the finest dyadic cells (no search).
 
 Build cost: a few hundred accurate values, 1-100 ms for every built-in at variances of order one (the kinked
 ones use the closed Gaussian smoothing of `hermite.smoothing`); smooth activations at large variances
 (q ~ 25) take 0.5-3 s, where the series needs order 1024 and the quadrature its numerical inner rule.
 `KernelTable.error` is the largest checked error, relative to sqrt(E phi(u)^2 E phi(v)^2).
 
-This is the toolkit's own method (a table in theta with bisection is standard piecewise Chebyshev
-interpolation; the choice of theta is ours); its contract is the kernels' one, 1e-12 relative, with
-`TABLE_TOL` = 1e-13 leaving a decade of margin between check points.
+This is the toolkit's own method (bisected piecewise Chebyshev interpolation is standard; the variable y
+is ours); its contract is the kernels' one, 1e-12 relative, with
+`TABLE_TOL` = 1e-13 and `CHECK_TOL` = 4e-13 leaving a margin between check points.
 """
 
 from __future__ import annotations
@@ -44,9 +53,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KernelTable", "build_table", "table_for", "tabulated_kernel", "TABLE_TOL", "TABLE_MIN"]
+__all__ = ["KernelTable", "build_table", "table_for", "tabulated_kernel", "TABLE_TOL", "CHECK_TOL", "TABLE_MIN"]
 
-TABLE_TOL = 1e-13  # accepted checked error relative to sqrt(M1 M2); the kernels' contract is 1e-12
+TABLE_TOL = 1e-13  # accepted size of a panel's last Chebyshev coefficients, relative to sqrt(M1 M2)
+CHECK_TOL = 4e-13  # accepted error at the check points against the accurate path; the kernels' contract is 1e-12
 NUMBA_MIN = 4096  # from this many entries on a table is evaluated by the compiled loop
 TABLE_MIN = 512  # a variance pair with fewer entries than this takes the accurate path directly
 DEGREE = 16
@@ -59,15 +69,32 @@ _LOCK = threading.Lock()
 _J = np.arange(DEGREE + 1)
 _NODES = np.cos(np.pi * _J / DEGREE)  # Chebyshev points of the second kind on [-1, 1], descending
 _CHECK = np.cos(np.pi * (np.arange(DEGREE) + 0.5) / DEGREE)  # the angle midpoints between the nodes
+Y_END = 2.0
+START_PANELS = 8
+LUT_MAX = 1 << 16  # finest-cell lookup tables up to this size; deeper tables search their breaks
+
+
+def to_y(rho: np.ndarray) -> np.ndarray:
+    """y = sqrt(1 - rho) for rho >= 0, 2 - sqrt(1 + rho) for rho < 0 (rho clipped to [-1, 1])."""
+    r = np.clip(rho, -1.0, 1.0)
+    a = np.sqrt(1.0 - np.abs(r))
+    return np.where(r >= 0.0, a, Y_END - a)
+
+
+def to_rho(y: np.ndarray) -> np.ndarray:
+    """The inverse of `to_y`: 1 - y^2 for y <= 1, (2 - y)^2 - 1 above."""
+    w = Y_END - y
+    return np.where(y <= 1.0, 1.0 - y * y, w * w - 1.0)
 
 
 @dataclass(frozen=True)
 class KernelTable:
-    """k(rho) at one variance pair, piecewise Chebyshev in theta = arccos(rho) (see the module docstring).
+    """k(rho) at one variance pair, piecewise Chebyshev in y = `to_y`(rho) (see the module docstring).
 
-    breaks : panel edges in theta, ascending from 0 to pi; coef : (DEGREE + 1, panels) Chebyshev coefficients
-    of each panel in its local variable t = (2 theta - a - b) / (b - a); scale : sqrt(M1 M2), the second
-    moments (of phi' for derivative=1); error : the largest checked error relative to scale.
+    breaks : panel edges in y, ascending from 0 to 2; coef : (DEGREE + 1, panels) Chebyshev coefficients
+    of each panel in its local variable t = (2 y - a - b) / (b - a); scale : sqrt(M1 M2), the second
+    moments (of phi' for derivative=1); error : the largest checked error relative to scale; lut, inv_h :
+    the panel of each finest dyadic cell [j h, (j + 1) h), h = 1 / inv_h (empty: search the breaks).
     """
 
     breaks: np.ndarray
@@ -75,6 +102,17 @@ class KernelTable:
     scale: float
     error: float
     evaluations: int
+    lut: np.ndarray
+    inv_h: float
+
+    def panel_of(self, y: np.ndarray) -> np.ndarray:
+        """The panel index of each y (numpy)."""
+        if self.lut.size:
+            j = (y * self.inv_h).astype(np.int64)
+            np.minimum(j, self.lut.size - 1, out=j)
+            return self.lut[j]
+        idx = np.searchsorted(self.breaks, y, side="right") - 1
+        return np.clip(idx, 0, self.breaks.size - 2)
 
     def __call__(self, rho: np.ndarray) -> np.ndarray:
         """k(rho) for a flat array of rho in [-1, 1] (Clenshaw's recurrence per entry, its panel's coefficients;
@@ -83,14 +121,13 @@ class KernelTable:
             evaluate = _numba_evaluate()
             if evaluate is not None:
                 out = np.empty(rho.size)
-                evaluate(self.breaks, self.coef, np.ascontiguousarray(rho, dtype=np.float64), out)
+                evaluate(self.breaks, self.coef, self.lut, self.inv_h, np.ascontiguousarray(rho, dtype=np.float64),
+                         out)
                 return out
-        theta = np.arccos(np.clip(rho, -1.0, 1.0))
-        P = self.breaks.size - 1
-        idx = np.searchsorted(self.breaks, theta, side="right") - 1
-        np.clip(idx, 0, P - 1, out=idx)
+        y = to_y(rho)
+        idx = self.panel_of(y)
         a, b = self.breaks[:-1], self.breaks[1:]
-        t = theta
+        t = y
         t -= (0.5 * (a + b))[idx]
         t *= (2.0 / (b - a))[idx]
         np.clip(t, -1.0, 1.0, out=t)
@@ -121,21 +158,26 @@ def _numba_evaluate():
             import numba
 
             @numba.njit(cache=True)
-            def evaluate(breaks, coef, rho, out):  # pragma: no cover - compiled
+            def evaluate(breaks, coef, lut, inv_h, rho, out):  # pragma: no cover - compiled
                 P = breaks.size - 1
                 D = coef.shape[0] - 1
+                top = lut.size - 1
                 for e in range(rho.size):
                     x = min(max(rho[e], -1.0), 1.0)
-                    th = math.acos(x)
-                    lo, hi = 0, P
-                    while hi - lo > 1:  # the panel: breaks[lo] <= th < breaks[lo + 1]
-                        m = (lo + hi) >> 1
-                        if breaks[m] <= th:
-                            lo = m
-                        else:
-                            hi = m
+                    s = math.sqrt(1.0 - abs(x))
+                    y = s if x >= 0.0 else 2.0 - s
+                    if top >= 0:
+                        lo = lut[min(int(y * inv_h), top)]
+                    else:
+                        lo, hi = 0, P
+                        while hi - lo > 1:  # the panel: breaks[lo] <= y < breaks[lo + 1]
+                            m = (lo + hi) >> 1
+                            if breaks[m] <= y:
+                                lo = m
+                            else:
+                                hi = m
                     a, b = breaks[lo], breaks[lo + 1]
-                    t = min(max((2.0 * th - a - b) / (b - a), -1.0), 1.0)
+                    t = min(max((2.0 * y - a - b) / (b - a), -1.0), 1.0)
                     t2 = 2.0 * t
                     b1, b2 = coef[D, lo], 0.0
                     for k in range(D - 1, 0, -1):
@@ -164,21 +206,20 @@ def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable 
     scale = float(np.sqrt(M[0]) * np.sqrt(M[1]))
     if not np.isfinite(scale):
         return None
-    bound = TABLE_TOL * scale
+    bound, check = TABLE_TOL * scale, CHECK_TOL * scale
 
-    def exact(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The accurate path at rho = cos(theta) rounded to float64, and the angle that rho really has.
+    def exact(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The accurate path at rho = `to_rho`(y) rounded to float64, and the abscissa that rho really has.
 
-        Near theta = 0 and pi one ulp of rho moves theta by ulp / sin(theta), so a value computed at
-        cos(theta) belongs to arccos(cos(theta)), not to theta: the interpolation uses the true angles."""
-        r = np.cos(theta)
-        r[theta == 0.0] = 1.0
-        r[theta == math.pi] = -1.0
+        Near y = 0 and 2 one ulp of rho moves y by ulp / (2 y), so a value computed at the rounded rho
+        belongs to to_y(rho), not to y: the interpolation uses the true abscissae."""
+        r = to_rho(y)
         q1 = np.full(r.size, float(Q1))
         q2 = np.full(r.size, float(Q2))
-        return pair_kernel(core, core, r, q1, q2, derivative), np.arccos(r)
+        return pair_kernel(core, core, r, q1, q2, derivative), to_y(r)
 
-    panels = [(math.pi * i / 8, math.pi * (i + 1) / 8, 0) for i in range(8)]
+    w0 = Y_END / START_PANELS
+    panels = [(w0 * i, w0 * (i + 1), 0) for i in range(START_PANELS)]
     done: list[tuple[float, float, np.ndarray]] = []
     worst = 0.0
     evaluations = 0
@@ -188,18 +229,18 @@ def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable 
         a = np.array([p[0] for p in panels])
         b = np.array([p[1] for p in panels])
         mid, half = 0.5 * (a + b), 0.5 * (b - a)
-        th_nodes = np.clip(mid[:, None] + half[:, None] * _NODES[None, :], 0.0, math.pi)
-        th_nodes[:, 0], th_nodes[:, -1] = b, a  # the panel ends exactly (nodes descend in t)
-        th_check = mid[:, None] + half[:, None] * _CHECK[None, :]
-        vals, th_true = exact(np.concatenate([th_nodes.ravel(), th_check.ravel()]))
+        y_nodes = np.clip(mid[:, None] + half[:, None] * _NODES[None, :], 0.0, Y_END)
+        y_nodes[:, 0], y_nodes[:, -1] = b, a  # the panel ends exactly (nodes descend in t)
+        y_check = mid[:, None] + half[:, None] * _CHECK[None, :]
+        vals, y_true = exact(np.concatenate([y_nodes.ravel(), y_check.ravel()]))
         evaluations += vals.size
-        n_nodes = th_nodes.size
+        n_nodes = y_nodes.size
         P = len(panels)
         V = vals[:n_nodes].reshape(P, DEGREE + 1)
         W = vals[n_nodes:].reshape(P, DEGREE)
-        # local variables of the true angles; Chebyshev-Vandermonde solve (the DCT where they are exact)
-        t_nodes = np.clip((th_true[:n_nodes].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
-        t_check = np.clip((th_true[n_nodes:].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
+        # local variables of the true abscissae; Chebyshev-Vandermonde solve
+        t_nodes = np.clip((y_true[:n_nodes].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
+        t_check = np.clip((y_true[n_nodes:].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
         A = np.cos(np.arccos(t_nodes)[:, :, None] * _J[None, None, :])  # (P, nodes, k)
         coef = np.linalg.solve(A, V[:, :, None])[:, :, 0]  # (P, DEGREE + 1)
         B = np.cos(np.arccos(t_check)[:, :, None] * _J[None, None, :])
@@ -207,7 +248,7 @@ def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable 
         tail = np.abs(coef[:, -1]) + np.abs(coef[:, -2])
         nxt = []
         for i, (pa, pb, depth) in enumerate(panels):
-            if err[i] <= bound and tail[i] <= bound:
+            if err[i] <= check and tail[i] <= bound:
                 done.append((pa, pb, coef[i]))
                 worst = max(worst, float(err[i]))
             elif depth >= MAX_DEPTH:
@@ -217,9 +258,17 @@ def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable 
                 nxt += [(pa, m, depth + 1), (m, pb, depth + 1)]
         panels = nxt
     done.sort(key=lambda p: p[0])
-    breaks = np.array([p[0] for p in done] + [math.pi])
+    breaks = np.array([p[0] for p in done] + [Y_END])
     coef = np.ascontiguousarray(np.stack([p[2] for p in done], axis=1))
-    return KernelTable(breaks, coef, scale, worst / scale if scale > 0 else 0.0, evaluations)
+    h = float(np.min(np.diff(breaks)))  # dyadic: every break is a multiple of the finest width
+    cells = int(round(Y_END / h))
+    if cells <= LUT_MAX:
+        centres = (np.arange(cells) + 0.5) * h
+        lut = np.searchsorted(breaks, centres, side="right") - 1
+    else:
+        lut = np.empty(0, dtype=np.int64)
+    return KernelTable(breaks, coef, scale, worst / scale if scale > 0 else 0.0, evaluations,
+                       lut.astype(np.int64), 1.0 / h)
 
 
 def table_for(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable | None:
