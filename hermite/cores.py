@@ -130,6 +130,11 @@ class Core:
         return None
 
     @property
+    def has_closed_kernel(self) -> bool:
+        """Whether the family has a closed kernel (a few ufunc passes per entry; else tables or quadrature)."""
+        return type(self).closed_kernel is not Core.closed_kernel
+
+    @property
     def _generic(self) -> bool:
         return (type(self).closed_kernel is Core.closed_kernel
                 and type(self).closed_second_moment is Core.closed_second_moment)

@@ -190,11 +190,22 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
         # whole matrix with the variance shared, in place; K is exactly symmetric because G is and the map
         # is elementwise
         q = float(d[0])
-        R = np.divide(G, q)
-        np.clip(R, -1.0, 1.0, out=R)
-        K = act.kernel_at(R.reshape(-1), q, q, 0).reshape(n, n)
-        if not K.flags.writeable or K.base is R:
-            K = np.array(K)
+        if act.core.has_closed_kernel or n < 32:
+            R = np.divide(G, q)
+            np.clip(R, -1.0, 1.0, out=R)
+            K = act.kernel_at(R.reshape(-1), q, q, 0).reshape(n, n)
+            if not K.flags.writeable or K.base is R:
+                K = np.array(K)
+        else:
+            # a tabulated kernel costs more per entry than the gathers: the strict upper triangle only,
+            # mirrored (each entry is computed exactly as on the whole matrix)
+            iu, ju = np.triu_indices(n, 1)
+            r = np.divide(G[iu, ju], q)
+            np.clip(r, -1.0, 1.0, out=r)
+            vals = act.kernel_at(r, q, q, 0)
+            K = np.empty((n, n))
+            K[iu, ju] = vals
+            K[ju, iu] = vals  # the diagonal is set below with every rho = 1 entry
         # rho = 1 (the diagonal, duplicated inputs) is the second moment exactly: the two routes to it
         # differ in the last bit, and where rho = 1 is unstable the map would amplify that difference
         np.putmask(K, G == q, act.second_moment_at(d[:1])[0])
