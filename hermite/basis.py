@@ -139,6 +139,74 @@ def mehler_sum(ca, cb, ia, ib, r, chunk=8192):
     return out
 
 
+
+def piecewise_linear_coefficients(pieces, K: int, Q: np.ndarray) -> np.ndarray | None:
+    """c_0..c_K(q) in float64 (shape (Q.size, K+1)) of phi = p_i(x) on [a_i, b_i) when every piece is of degree
+    <= 1, or phi is one polynomial of degree <= 4 on the whole line; None otherwise (`piecewise_coefficients`
+    is exact).
+
+    On a piece, with alpha = a/sqrt(q), beta = b/sqrt(q), D_m = h_m(alpha) phi(alpha) - h_m(beta) phi(beta)
+    (h_m phi = psi_m phi^(1/2), the stable Hermite functions) and He_k phi = -(He_(k-1) phi)':
+    int h_k phi = D_(k-1) / sqrt(k) (k >= 1; Phi(beta) - Phi(alpha) for k = 0), and with x He_k = He_(k+1) +
+    k He_(k-1): int x h_k phi = D_k + sqrt(k / (k - 1)) D_(k-2) (k >= 2), D_1 + Phi(beta) - Phi(alpha) (k = 1),
+    D_0 (k = 0). A whole-line polynomial is expanded in He_k directly (c_k = sqrt(k!) times its He_k
+    coefficient of p(sqrt(q) x)).
+    """
+    Q = np.asarray(Q, dtype=np.float64)
+    if len(pieces) == 1 and math.isinf(pieces[0][0]) and math.isinf(pieces[0][1]):
+        coeffs = np.asarray(pieces[0][2], dtype=np.float64)
+        if coeffs.size > 5:  # the power basis of a high degree cancels in the conversion: quadrature instead
+            return None
+        out = np.zeros((Q.size, K + 1))
+        for i, q in enumerate(Q):
+            he = np.polynomial.hermite_e.poly2herme(coeffs * math.sqrt(q) ** np.arange(coeffs.size))
+            m = min(he.size, K + 1)
+            out[i, :m] = he[:m] * np.sqrt([float(math.factorial(k)) for k in range(m)])
+        return out
+    if any(len(c) > 2 for *_, c in pieces):
+        return None
+    from scipy.special import ndtr
+
+    sq = np.sqrt(Q)
+    out = np.zeros((Q.size, K + 1))
+    k = np.arange(K + 1, dtype=np.float64)
+    for a, b, c in pieces:
+        c0 = float(c[0]) if len(c) > 0 else 0.0
+        c1 = float(c[1]) if len(c) > 1 else 0.0
+        if c0 == 0.0 and c1 == 0.0:
+            continue
+        ends = []
+        for t in (a, b):
+            if math.isinf(t):
+                ends.append(None)
+                continue
+            z = t / sq
+            ends.append((z, hermite_functions(K, z) * sqrt_gaussian_density(z)))  # h_m phi at z: (K+1, Q.size)
+        D = np.zeros((K + 1, Q.size))
+        if ends[0] is not None:
+            D += ends[0][1]
+        if ends[1] is not None:
+            D -= ends[1][1]
+        za = -np.inf if ends[0] is None else ends[0][0]
+        zb = np.inf if ends[1] is None else ends[1][0]
+        mass = np.where(za > 0, ndtr(-za) - ndtr(-zb), ndtr(zb) - ndtr(za))
+        if c0:
+            I = np.empty((K + 1, Q.size))
+            I[0] = mass
+            if K >= 1:
+                I[1:] = D[:-1] / np.sqrt(k[1:, None])
+            out += c0 * I.T
+        if c1:
+            X = np.empty((K + 1, Q.size))
+            X[0] = D[0]
+            if K >= 1:
+                X[1] = D[1] + mass
+            if K >= 2:
+                X[2:] = D[2:] + np.sqrt(k[2:, None] / (k[2:, None] - 1.0)) * D[:-2]
+            out += c1 * (X * sq[None, :]).T
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # exact Hermite coefficients of piecewise polynomials (sympy, imported on use)
 def _sp():

@@ -28,7 +28,8 @@ import numpy as np
 import scipy.special as sc
 
 from hermite import quadrature, tables
-from hermite.basis import hermite_polynomials, mehler_sum, piecewise_coefficients
+from hermite.arc_cosine import ARC_FORMS, arc_cosine_kernel, step_kernel, two_sided
+from hermite.basis import hermite_polynomials, mehler_sum, piecewise_coefficients, piecewise_linear_coefficients
 from hermite.smoothing import exp_linear_smoothing, piecewise_smoothing
 
 __all__ = ["Core", "NoClosedForm", "PiecewisePolynomialCore", "ArcCosineCore", "StepCore", "ErfCore",
@@ -312,6 +313,12 @@ class PiecewisePolynomialCore(Core):
     def exact_coefficients(self, K, q):
         return piecewise_coefficients(self.pieces, K, q)
 
+    def closed_coefficients(self, K, Q):
+        c = piecewise_linear_coefficients(self.pieces, K, Q)
+        if c is not None and self.parity is not None:
+            c[:, (1 if self.parity == 1 else 0)::2] = 0.0  # exact zeros, as on the numerical path
+        return c
+
     def closed_smoothing(self, mu, sigma, derivative):
         if derivative and self.jumps:
             return None
@@ -349,90 +356,6 @@ class ExpLinearCore(Core):
     def closed_smoothing(self, mu, sigma, derivative):
         return exp_linear_smoothing(self.alpha, self.scale, mu, sigma, derivative)
 
-def _j0(r):
-    """(pi - arccos r) / (2 pi) = P(u > 0, v > 0) for unit variances."""
-    return (np.pi - np.arccos(r)) / (2 * np.pi)
-
-
-def _step_kernel(a, b, r, Q1, Q2, derivative):
-    """E[f(u) f(v)] for f = a 1{x>0} + b 1{x<0}; f' = (a - b) delta(x) gives (a - b)^2 phi_2(0, 0)."""
-    if derivative == 0:
-        return (a * a + b * b) * _j0(r) + 2 * a * b * _j0(-r)
-    w = (a - b) ** 2
-    if w == 0:
-        return np.zeros_like(r)
-    return w / (2 * np.pi * np.sqrt(Q1) * np.sqrt(Q2) * np.sqrt(np.maximum(1 - r * r, 0.0)))
-
-
-def _half_line_coefficients(K: int, degree: int) -> np.ndarray:
-    """Orthonormal Hermite coefficients of 1{z>0} (degree 0) or relu(z) (degree 1) at unit variance, k = 0..K.
-
-    With int_0^inf He_m phi = He_(m-1)(0) phi(0) (m >= 1), z He_k = He_(k+1) + k He_(k-1) and
-    He_k(0) = (-1)^(k/2) (k-1)!! (k even, else 0): 1{z>0} has c_0 = 1/2 and, for odd k,
-    c_k = (-1)^((k-1)/2) (k-2)!! phi(0) / sqrt(k!); relu has c_0 = phi(0), c_1 = 1/2 and, for even k >= 2,
-    c_k = (-1)^(k/2+1) (k-3)!! phi(0) / sqrt(k!) (double factorials through log-gamma).
-    """
-    k = np.arange(K + 1)
-    c = np.zeros(K + 1)
-    log_phi0 = -0.5 * math.log(2 * math.pi)
-    lg = np.vectorize(math.lgamma)
-    if degree == 0:
-        c[0] = 0.5
-        odd = k[1::2]
-        if odd.size:
-            log_df = lg(odd.astype(float)) - 0.5 * (odd - 1) * math.log(2) - lg((odd + 1) / 2.0)
-            sign = np.where(((odd - 1) // 2) % 2 == 0, 1.0, -1.0)
-            c[1::2] = sign * np.exp(log_df + log_phi0 - 0.5 * lg(odd + 1.0))
-        return c
-    c[0] = math.exp(log_phi0)
-    if K >= 1:
-        c[1] = 0.5
-    even = k[2::2]
-    if even.size:
-        log_df = lg(even - 1.0) - 0.5 * (even - 2) * math.log(2) - lg(even / 2.0)
-        sign = np.where((even // 2 + 1) % 2 == 0, 1.0, -1.0)
-        c[2::2] = sign * np.exp(log_df + log_phi0 - 0.5 * lg(even + 1.0))
-    return c
-
-
-def _two_sided(a: float, b: float, K: int, degree: int) -> np.ndarray:
-    """Coefficients of a h(z) + b h(-z) with h = 1{z>0} or relu: c_k (a + (-1)^k b)."""
-    return _half_line_coefficients(K, degree) * (a + b * (-1.0) ** np.arange(K + 1))
-
-
-# numpy forms of the named members (bitwise what they have always been): (a, b) -> fn, f', array fn
-_ARC_FORMS = {
-    (1.0, 0.0): (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(np.float64),
-                 lambda x, xp: xp.maximum(x, 0.0)),
-    (1.0, 1.0): (np.abs, np.sign, lambda x, xp: xp.abs(x)),
-    (1.0, -1.0): (lambda x: np.array(x, dtype=np.float64, copy=True), lambda x: np.ones_like(x),
-                  lambda x, xp: x + 0.0),
-}
-def _arc_cosine(r: np.ndarray, s12, w1: float, w2: float) -> np.ndarray:
-    """s12 (w1 J1(r) + w2 J1(-r)) with J1(r) = (sqrt(1 - r^2) + (pi - arccos r) r) / (2 pi), in place.
-
-    J1(-r) = (sqrt(1 - r^2) - arccos(r) r) / (2 pi), so the sum is ((w1 + w2)(sqrt(1 - r^2) - arccos(r) r)
-    + w1 pi r) / (2 pi): five numpy passes with ``out=`` and one temporary, faster than a parallel compiled
-    loop at every size measured (benchmarks/bench_hermite.py), and never slower under load.
-    """
-    shape = np.broadcast_shapes(np.shape(r), np.shape(s12))
-    r = np.broadcast_to(np.asarray(r, dtype=np.float64), shape).reshape(-1)
-    s12 = np.broadcast_to(s12, shape).reshape(-1) if np.ndim(s12) else s12
-    out = np.arccos(r)
-    out *= r
-    tmp = np.multiply(r, r)
-    np.subtract(1.0, tmp, out=tmp)
-    np.maximum(tmp, 0.0, out=tmp)
-    np.sqrt(tmp, out=tmp)
-    np.subtract(tmp, out, out=out)
-    if w1 + w2 != 1.0:
-        out *= w1 + w2
-    np.multiply(r, w1 * np.pi, out=tmp)
-    out += tmp
-    out *= s12
-    out /= 2 * np.pi
-    return out.reshape(shape)
-
 
 @dataclass(frozen=True, eq=False)
 class ArcCosineCore(PiecewisePolynomialCore):
@@ -450,7 +373,7 @@ class ArcCosineCore(PiecewisePolynomialCore):
     @classmethod
     def build(cls, name, params=None, a=1.0, b=0.0):
         a, b = float(a), float(b)
-        named = _ARC_FORMS.get((a, b)) if math.copysign(1.0, b) > 0 or b != 0 else None  # not for b = -0.0
+        named = ARC_FORMS.get((a, b)) if math.copysign(1.0, b) > 0 or b != 0 else None  # not for b = -0.0
         fn, d1, xfn = named or (lambda x: np.where(x > 0, a * x, -b * x),
                                                   lambda x: np.where(x > 0, a, -b),
                                                   lambda x, xp: xp.where(x > 0, a * x, -b * x))
@@ -464,8 +387,8 @@ class ArcCosineCore(PiecewisePolynomialCore):
                              second_derivative=np.zeros_like, array_fn=xfn, pieces=pieces, a=a, b=b)
 
     def closed_coefficients(self, K, Q):
-        """c_k(Q) = sqrt(Q) (a + (-1)^k b) c_k(relu) (`_half_line_coefficients`)."""
-        return np.sqrt(Q)[:, None] * _two_sided(self.a, self.b, K, 1)[None, :]
+        """c_k(Q) = sqrt(Q) (a + (-1)^k b) c_k(relu) (`half_line_coefficients`)."""
+        return np.sqrt(Q)[:, None] * two_sided(self.a, self.b, K, 1)[None, :]
 
     def closed_second_moment(self, Q):
         return 0.5 * (self.a * self.a + self.b * self.b) * Q
@@ -473,9 +396,9 @@ class ArcCosineCore(PiecewisePolynomialCore):
     def closed_kernel(self, r, Q1, Q2, derivative):
         a, b = self.a, self.b
         if derivative == 1:
-            return _step_kernel(a, -b, r, Q1, Q2, 0)  # phi' = a 1{x>0} - b 1{x<0}
+            return step_kernel(a, -b, r, Q1, Q2, 0)  # phi' = a 1{x>0} - b 1{x<0}
         s12 = np.sqrt(Q1) * np.sqrt(Q2)  # never the product: it underflows for tiny variances
-        return _arc_cosine(r, s12, a * a + b * b, 2 * a * b)
+        return arc_cosine_kernel(r, s12, a * a + b * b, 2 * a * b)
 
 
 @dataclass(frozen=True, eq=False)
@@ -508,14 +431,14 @@ class StepCore(PiecewisePolynomialCore):
                              pieces=pieces, a=a, b=b)
 
     def closed_coefficients(self, K, Q):
-        """c_k = (a + (-1)^k b) c_k(1{z>0}), the same at every variance (`_half_line_coefficients`)."""
-        return np.broadcast_to(_two_sided(self.a, self.b, K, 0), (np.size(Q), K + 1)).copy()
+        """c_k = (a + (-1)^k b) c_k(1{z>0}), the same at every variance (`half_line_coefficients`)."""
+        return np.broadcast_to(two_sided(self.a, self.b, K, 0), (np.size(Q), K + 1)).copy()
 
     def closed_second_moment(self, Q):
         return 0.5 * (self.a * self.a + self.b * self.b) * np.ones_like(Q)
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        return _step_kernel(self.a, self.b, r, Q1, Q2, derivative)
+        return step_kernel(self.a, self.b, r, Q1, Q2, derivative)
 
 
 def _orders(K, Q):
