@@ -89,7 +89,7 @@ def to_rho(y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class KernelTable:
-    """k(rho) at one variance pair, piecewise Chebyshev in y = `to_y`(rho) (see the module docstring).
+    """k(rho) at one variance pair, piecewise Chebyshev in y = to_y(rho) (see `to_y` and the module docstring).
 
     breaks : panel edges in y, ascending from 0 to 2; coef : (DEGREE + 1, panels) Chebyshev coefficients
     of each panel in its local variable t = (2 y - a - b) / (b - a); scale : sqrt(M1 M2), the second
@@ -209,7 +209,7 @@ def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable 
     bound, check = TABLE_TOL * scale, CHECK_TOL * scale
 
     def exact(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The accurate path at rho = `to_rho`(y) rounded to float64, and the abscissa that rho really has.
+        """The accurate path at rho = to_rho(y) rounded to float64, and the abscissa that rho really has.
 
         Near y = 0 and 2 one ulp of rho moves y by ulp / (2 y), so a value computed at the rounded rho
         belongs to to_y(rho), not to y: the interpolation uses the true abscissae."""
