@@ -140,6 +140,11 @@ def mehler_sum(ca, cb, ia, ib, r, chunk=8192):
 
 
 
+def gaussian_mass(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Phi(beta) - Phi(alpha) (alpha <= beta) without cancellation in the upper tail."""
+    return np.where(alpha > 0, sc.ndtr(-alpha) - sc.ndtr(-beta), sc.ndtr(beta) - sc.ndtr(alpha))
+
+
 def piecewise_linear_coefficients(pieces, K: int, Q: np.ndarray) -> np.ndarray | None:
     """c_0..c_K(q) in float64 (shape (Q.size, K+1)) of phi = p_i(x) on [a_i, b_i) when every piece is of degree
     <= 1, or phi is one polynomial of degree <= 4 on the whole line; None otherwise (`piecewise_coefficients`
@@ -165,8 +170,6 @@ def piecewise_linear_coefficients(pieces, K: int, Q: np.ndarray) -> np.ndarray |
         return out
     if any(len(c) > 2 for *_, c in pieces):
         return None
-    from scipy.special import ndtr
-
     sq = np.sqrt(Q)
     out = np.zeros((Q.size, K + 1))
     k = np.arange(K + 1, dtype=np.float64)
@@ -189,7 +192,7 @@ def piecewise_linear_coefficients(pieces, K: int, Q: np.ndarray) -> np.ndarray |
             D -= ends[1][1]
         za = -np.inf if ends[0] is None else ends[0][0]
         zb = np.inf if ends[1] is None else ends[1][0]
-        mass = np.where(za > 0, ndtr(-za) - ndtr(-zb), ndtr(zb) - ndtr(za))
+        mass = gaussian_mass(za, zb)
         if c0:
             I = np.empty((K + 1, Q.size))
             I[0] = mass

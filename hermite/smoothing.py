@@ -27,15 +27,11 @@ import math
 import numpy as np
 from scipy import special as sc
 
+from hermite.basis import gaussian_mass
+
 __all__ = ["piecewise_smoothing", "exp_linear_smoothing"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _gauss_mass(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Phi(beta) - Phi(alpha) without cancellation in the upper tail (alpha <= beta)."""
-    upper = alpha > 0
-    return np.where(upper, sc.ndtr(-alpha) - sc.ndtr(-beta), sc.ndtr(beta) - sc.ndtr(alpha))
 
 
 def _z_power_density(z: np.ndarray, m: int) -> np.ndarray:
@@ -62,7 +58,7 @@ def piecewise_smoothing(pieces, mu: np.ndarray, sigma: float, derivative: int = 
         deg = c.size - 1
         alpha = (a - mu) / sigma if math.isfinite(a) else np.full(mu.shape, -math.inf)
         beta = (b - mu) / sigma if math.isfinite(b) else np.full(mu.shape, math.inf)
-        J = [_gauss_mass(alpha, beta)]
+        J = [gaussian_mass(alpha, beta)]
         if deg >= 1:
             J.append(_z_power_density(alpha, 0) - _z_power_density(beta, 0))
         for j in range(2, deg + 1):

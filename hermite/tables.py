@@ -310,7 +310,7 @@ def tabulated_kernel(core, r: np.ndarray, Q1: np.ndarray, Q2: np.ndarray, deriva
         table = table_for(core, q1, q2, derivative) if _tabulable(q1) and _tabulable(q2) else None
         if table is None:
             return pair_kernel(core, core, r, Q1, Q2, derivative)
-        return table(r.copy())
+        return table(r)
     lo, hi = np.minimum(Q1, Q2), np.maximum(Q1, Q2)
     pairs, inv, counts = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
