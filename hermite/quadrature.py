@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from functools import lru_cache
 
 import numpy as np
 import scipy.special as sc
@@ -357,6 +358,8 @@ def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None):
     keep = w1 * _phi(z1) > 1e-40
     z1, w1 = z1[keep], w1[keep]
     G = None if smoothing is None else smoothing(b * r * z1, b * s)
+    if G is None and not fb.kinks and not fb.jumps and fb.frequency == 0.0:
+        G = _inner_gauss_hermite(g, b * r * z1, b * s)
     if G is None:
         G = _inner(g, fb, b * r * z1, b * s)
     return float(np.sum(w1 * _phi(z1) * f(a * z1) * G))
@@ -367,6 +370,38 @@ def _outer_breaks(points, wmax):
     (h = 0: a kink of a piecewise-smooth integrand, where a split alone keeps the rule exact)."""
     near = [(z0, h) for z0, h in points if -_L2 - wmax < z0 < _L2 + wmax]
     return graded_breaks(_L2, wmax, [z0 for z0, _ in near], [(z0, max(h, 1e-300)) for z0, h in near if h > 0])
+
+
+_GH_INNER = (24, 36)  # nodes of the two Gauss-Hermite rules of a smooth inner integral
+_GH_INNER_TOL = 1e-15  # accepted difference between them, relative to the largest |G|
+
+
+def _inner_gauss_hermite(g, mu: np.ndarray, sigma: float) -> np.ndarray | None:
+    """G(mu) = E g(mu + sigma Z) for a kink-free g by two Gauss-Hermite rules (24 and 36 nodes), or None
+    where they differ by more than 1e-15 of the largest |G| (then the panel rule `_inner` is used).
+
+    Near rho = +-1, sigma = sqrt(Q2 (1 - rho^2)) is small against the scale on which a smooth activation
+    varies, where Gauss-Hermite converges geometrically: 36 evaluations per outer node instead of ~800.
+    """
+    vals = []
+    for N in _GH_INNER:
+        z, w = _gh_nodes(N)
+        with np.errstate(over="ignore", invalid="ignore"):
+            F = g(mu[:, None] + sigma * z[None, :])
+        if not np.all(np.isfinite(F)):
+            return None
+        vals.append(F @ w)
+    scale = float(np.max(np.abs(vals[1]))) if vals[1].size else 0.0
+    if not np.max(np.abs(vals[0] - vals[1]), initial=0.0) <= _GH_INNER_TOL * max(scale, 1e-300):
+        return None
+    return vals[1]
+
+
+@lru_cache(maxsize=8)
+def _gh_nodes(N: int):
+    """Probabilists' Gauss-Hermite nodes and weights normalized to the standard Gaussian."""
+    z, w = sc.roots_hermitenorm(N)
+    return z, w / math.sqrt(2 * math.pi)
 
 
 def _inner(g, core, mu: np.ndarray, sigma: float) -> np.ndarray:

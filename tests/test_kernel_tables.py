@@ -159,3 +159,26 @@ def test_compiled_and_numpy_evaluations_agree():
     exact = pair_kernel(table_core := hermite.activation("silu").core, table_core, r[-5:], np.full(5, 1.7),
                         np.full(5, 1.7))
     assert np.max(np.abs(big[-5:] - exact)) <= CONTRACT * table.scale
+
+
+@pytest.mark.parametrize("name", ["tanh", "silu", "gelu_tanh", "softplus"])
+def test_gauss_hermite_inner_rule_matches_the_panel_rule(name, monkeypatch):
+    """Near rho = +-1 a smooth activation's inner integral takes two Gauss-Hermite rules; the panel rule
+    (forced here) is the independent method."""
+    core = hermite.activation(name).core
+    r = np.concatenate([1 - np.logspace(-14, -1, 6), -1 + np.logspace(-14, -1, 6)])
+    for q1, q2 in ((1.0, 1.0), (0.3, 4.0), (25.0, 25.0)):
+        Q1, Q2 = np.full(r.size, q1), np.full(r.size, q2)
+        for derivative in (0, 1):
+            f = core.function(derivative)
+            fast = quadrature.pair_expectation(f, f, core, core, r, Q1, Q2)
+            with monkeypatch.context() as m:
+                m.setattr(quadrature, "_inner_gauss_hermite", lambda *args: None)
+                panel = quadrature.pair_expectation(f, f, core, core, r, Q1, Q2)
+            assert np.max(np.abs(fast - panel)) <= 1e-14 * _scale(core, q1, q2, derivative)
+
+
+def test_gauss_hermite_inner_rule_declines_a_wide_gaussian():
+    mu = np.linspace(-3, 3, 7)
+    assert quadrature._inner_gauss_hermite(np.tanh, mu, 0.1) is not None
+    assert quadrature._inner_gauss_hermite(np.tanh, mu, 40.0) is None  # tanh's kink-like step at this scale
