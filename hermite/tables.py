@@ -177,7 +177,7 @@ def _numba_evaluate():
                             else:
                                 hi = m
                     a, b = breaks[lo], breaks[lo + 1]
-                    t = min(max((2.0 * y - a - b) / (b - a), -1.0), 1.0)
+                    t = min(max((y - 0.5 * (a + b)) * (2.0 / (b - a)), -1.0), 1.0)  # as numpy, bit for bit
                     t2 = 2.0 * t
                     b1, b2 = coef[D, lo], 0.0
                     for k in range(D - 1, 0, -1):
