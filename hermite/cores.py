@@ -137,8 +137,7 @@ class Core:
 
     @property
     def _generic(self) -> bool:
-        return (type(self).closed_kernel is Core.closed_kernel
-                and type(self).closed_second_moment is Core.closed_second_moment)
+        return not self.has_closed_kernel and type(self).closed_second_moment is Core.closed_second_moment
 
     # --------------------------------------------------------------------------------------------
     # the generic numerical path
@@ -339,7 +338,6 @@ class PiecewisePolynomialCore(Core):
             return None
         degrees = {i for *_, p in self.pieces for i, c in enumerate(p) if c != 0}
         return degrees.pop() if len(degrees) == 1 and degrees <= {0, 1} else None
-
 
 
 @dataclass(frozen=True, eq=False)

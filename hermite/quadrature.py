@@ -193,9 +193,7 @@ def _gh_rule(N: int, K: int):
     key = (N, K)
     hit = _GH.get(key)
     if hit is None:
-        z, w = sc.roots_hermitenorm(N)
-        keep = w > 0
-        z, w = z[keep], w[keep] / math.sqrt(2 * math.pi)
+        z, w = _gh_nodes(N)
         ws = w / sqrt_gaussian_density(z)
         hit = (z, (hermite_functions(K, z) * ws).T.copy())
         if len(_GH) > 16:
@@ -399,9 +397,11 @@ def _inner_gauss_hermite(g, mu: np.ndarray, sigma: float) -> np.ndarray | None:
 
 @lru_cache(maxsize=8)
 def _gh_nodes(N: int):
-    """Probabilists' Gauss-Hermite nodes and weights normalized to the standard Gaussian."""
+    """Probabilists' Gauss-Hermite nodes and weights normalized to the standard Gaussian (weights that
+    underflow to 0 dropped)."""
     z, w = sc.roots_hermitenorm(N)
-    return z, w / math.sqrt(2 * math.pi)
+    keep = w > 0
+    return z[keep], w[keep] / math.sqrt(2 * math.pi)
 
 
 def _inner(g, core, mu: np.ndarray, sigma: float) -> np.ndarray:
