@@ -86,7 +86,7 @@ from meanfield.core.backends import (
     resolve_backend,
     to_host,
 )
-from meanfield.core.linalg import gram
+from meanfield.core.linalg import gram, to_float64
 from meanfield.core.ops import Compiler, Run, backward_seq, forward_seq, memory_per_seed
 from meanfield.core.progress import bar as progress_bar
 from meanfield.core.progress import interactive
@@ -232,7 +232,7 @@ def _run_chunk(blocks: list, X, be: Backend, streams, n: int, grad: bool, sinks:
     for b, ops in enumerate(blocks):
         h, caches = forward_seq(ops, h, rt)
         sinks["gram"].put(b + 1, rt.gram_of(h))
-        sinks["means"].put(b + 1, xp.mean(h, axis=-1))
+        sinks["means"].put(b + 1, xp.mean(to_float64(xp, h), axis=-1))
         tapes.append(caches)
         if progress is not None:
             progress.update(1)
@@ -249,7 +249,8 @@ def _run_chunk(blocks: list, X, be: Backend, streams, n: int, grad: bool, sinks:
 
         def record(index, g):
             w = g.shape[-1]
-            sinks["grad_norms"].put(index, xp.sqrt(xp.sum(g * g, axis=(-2, -1)) / (n * w)))
+            g64 = to_float64(xp, g)
+            sinks["grad_norms"].put(index, xp.sqrt(xp.sum(g64 * g64, axis=(-2, -1)) / (n * w)))
             if gram_sink is not None:
                 gram_sink.put(index, gram(be, g))
 
@@ -289,7 +290,13 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
         CUDA when torch sees a GPU, else on the CPU ("torch:cpu", "torch:cuda[:i]" choose); the random numbers
         are drawn on the host as for numpy, so the law is numpy's for the same description.
     dtype : "float32" or "float64"
-        Compute dtype; the results are float64 either way.
+        Compute dtype of the weights and activations; the results are float64 either way. The Grams, means
+        and gradient norms are accumulated in float64 from the float32 numbers (their products are exact in
+        float64), and the shortcut's square root of a Gram is taken in float64. Accuracy of float32, measured
+        against the float64 forward of the same float32-representable weights (relu + LN, tanh, relu, gelu +
+        BN; widths 256-2048): Gram entries within ~3e-7 of sqrt(K_aa K_bb) after one block, growing with depth
+        through the network's own sensitivity to ~1e-6 (shortcut) and 1e-6-2e-5 (explicit weights) by block
+        20 (``tests/test_simulate.py``). Far below the seed-to-seed spread of any width, but not float64's 1e-15.
     seed : int or numpy.random.SeedSequence
         Network s uses ``SeedSequence(seed).spawn(seeds)[s]``: reproducible, independent of chunking.
     max_memory : bytes or None

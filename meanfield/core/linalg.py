@@ -13,16 +13,27 @@ import numpy as np
 
 from meanfield.core.backends import to_host
 
-__all__ = ["mT", "gram", "sqrt_tol", "eigh_sqrt", "chol_bad", "cholesky_parts", "sqrt_psd", "safe_inv_sqrt",
-           "nonzero_variance", "standardize", "standardize_vjp"]
+__all__ = ["mT", "to_float64", "gram", "sqrt_tol", "eigh_sqrt", "chol_bad", "cholesky_parts", "sqrt_psd",
+           "safe_inv_sqrt", "nonzero_variance", "standardize", "standardize_vjp"]
 
 
 def mT(xp, a):
     return xp.matrix_transpose(a)
 
 
+def to_float64(xp, a):
+    """``a`` in float64 (no copy when it already is)."""
+    return a if a.dtype == xp.float64 else xp.astype(a, xp.float64)
+
+
 def gram(be, h):
-    """H H^T / width on the last two axes."""
+    """H H^T / width on the last two axes, accumulated in float64 whatever the compute dtype.
+
+    A product of two float32 numbers is exact in float64, so with float32 activations the Gram carries
+    float64 rounding only (relative ~ width * 1.1e-16 at worst); what remains of float32 is the rounding of
+    the activations themselves (see ``simulate``'s dtype).
+    """
+    h = to_float64(be.xp, h)
     return be.matmul(h, mT(be.xp, h)) / h.shape[-1]
 
 

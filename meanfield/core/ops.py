@@ -153,4 +153,6 @@ def memory_per_seed(blocks: list, n: int, d0: int, itemsize: int, grad: bool) ->
     elems = 6 * n * wmax + 4 * n * n + max(op.transient(n) for op in ops)
     if grad:
         elems += sum(op.cache_elems(n) for op in ops) + 4 * n * wmax
-    return int(itemsize * elems + 64 * n * n * len(blocks) + 4096)
+    # a float32 run casts a block's features to float64 for its Gram (linalg.gram)
+    cast = 8 * n * wmax if itemsize < 8 else 0
+    return int(itemsize * elems + cast + 64 * n * n * len(blocks) + 4096)

@@ -347,19 +347,23 @@ class DenseOp(Op):
         xp, n = rt.xp, rt.n
         cache = None
         if self.shortcut:
-            k = rt.gram_of(h)
+            k = rt.gram_of(h)  # float64; its square root is taken in float64 and rounded to the compute dtype
+
+            def root(c):
+                return xp.astype(sqrt_psd(rt.be, c), rt.be.dtype)
+
             if self.kind == "dense":
-                a = sqrt_psd(rt.be, (self.sigma_w ** 2) * k + self.sigma_b ** 2)
+                a = root((self.sigma_w ** 2) * k + self.sigma_b ** 2)
                 z = rt.streams.normal((n, self.w_out), reuse=True)
                 pre = rt.be.matmul(a, z)
             elif self.kind == "wn_data":
                 z = rt.streams.normal((n, self.w_out), reuse=True)
-                pre, _ = standardize(xp, rt.be.matmul(sqrt_psd(rt.be, k), z), -2, True, rt.be.eps)
+                pre, _ = standardize(xp, rt.be.matmul(root(k), z), -2, True, rt.be.eps)
             else:  # wn_fixed, fan_in >= n
                 z = rt.streams.normal((n, self.w_out))
                 chi = rt.streams.chisquare(self.w_in - n, (1, self.w_out))
                 denom = xp.sqrt(xp.sum(z * z, axis=-2, keepdims=True) + chi)
-                pre = rt.be.matmul(sqrt_psd(rt.be, k), z) * ((self.g * math.sqrt(self.w_in)) / denom)
+                pre = rt.be.matmul(root(k), z) * ((self.g * math.sqrt(self.w_in)) / denom)
                 if self.sigma_b > 0:
                     pre = pre + self.sigma_b * rt.streams.normal((1, self.w_out))
         else:
