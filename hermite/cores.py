@@ -30,6 +30,7 @@ import scipy.special as sc
 from hermite import quadrature, tables
 from hermite.arc_cosine import ARC_FORMS, arc_cosine_kernel, step_kernel, two_sided
 from hermite.basis import hermite_polynomials, mehler_sum, piecewise_coefficients, piecewise_linear_coefficients
+from hermite.bivariate import linear_pieces, piecewise_linear_pair
 from hermite.smoothing import exp_linear_smoothing, piecewise_smoothing
 
 __all__ = ["Core", "NoClosedForm", "PiecewisePolynomialCore", "ArcCosineCore", "StepCore", "ErfCore",
@@ -120,6 +121,11 @@ class Core:
         The Gaussian smoothing that removes the inner integral of the two-dimensional kernel quadrature
         (`hermite.smoothing`); kinked families without a closed kernel provide it.
         """
+        return None
+
+    def linear_pieces(self, derivative: int) -> list | None:
+        """The pieces (a, b, p0, p1) of phi (derivative=1: of phi') when it is piecewise linear, else None: such
+        pairs have a closed bivariate kernel (`hermite.bivariate`)."""
         return None
 
     def exact_coefficients(self, K: int, q) -> list:
@@ -240,7 +246,8 @@ def _series_parts(core: Core, K: int, Q: np.ndarray, derivative: int):
 
 
 def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
-    """E[fa(u) fb(v)] (or of the derivatives) on flat arrays, by proven series or quadrature.
+    """E[fa(u) fb(v)] (or of the derivatives) on flat arrays, by proven series, the closed form of piecewise-linear
+    pairs (`hermite.bivariate`), or quadrature, in that order.
 
     One coefficient computation per distinct variance and truncation level (both functions share it
     when they are the same core); an entry is summed at the first level whose tail bound proves it.
@@ -274,6 +281,10 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
             sel = np.nonzero(ok)[0]
             out[pending[sel]] = mehler_sum(ca, cb, ia[sel], ib[sel], rp[sel])
         pending = pending[~ok]
+    lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
+    if pending.size and lf is not None and lg is not None:  # after the series: a Horner sum is cheaper still
+        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending],
+                                                   derivative, out, pending)]
     if pending.size:
         f, g = fa.function(derivative), fb.function(derivative)
         def smoothing(mu, sigma):
@@ -281,6 +292,27 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
 
         out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending], smoothing)
     return out
+
+
+def _moments(core: Core, Q: np.ndarray, derivative: int) -> np.ndarray:
+    u, inv = np.unique(Q, return_inverse=True)
+    return (core.second_moment(u) if derivative == 0 else core.derivative_moment(u))[inv]
+
+
+def _closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, derivative, out, where) -> np.ndarray:
+    """Entries with |r| < 1 by the closed form of `hermite.bivariate` (into ``out[where]``) where its rounding
+    estimate is at most 1e-12 sqrt(E fa^2 E fb^2); returns the positions left to the other methods (|r| = 1,
+    larger estimates)."""
+    idx = np.nonzero(np.abs(r) < 1.0)[0]
+    if idx.size == 0:
+        return np.arange(r.size)
+    v, err = piecewise_linear_pair(lf, lg, r[idx], Q1[idx], Q2[idx])
+    scale = np.sqrt(_moments(fa, Q1[idx], derivative) * _moments(fb, Q2[idx], derivative))
+    ok = err <= 1e-12 * scale
+    out[where[idx[ok]]] = v[ok]
+    done = np.zeros(r.size, dtype=bool)
+    done[idx[ok]] = True
+    return np.nonzero(~done)[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,6 +343,23 @@ class PiecewisePolynomialCore(Core):
 
     def exact_coefficients(self, K, q):
         return piecewise_coefficients(self.pieces, K, q)
+
+    def linear_pieces(self, derivative):
+        if derivative and self.jumps:
+            return None  # phi' has delta masses
+        return linear_pieces(self.pieces, derivative)
+
+    def closed_second_moment(self, Q):
+        """E phi(sqrt(Q) z)^2 for piecewise-linear phi: the Gaussian smoothing (`hermite.smoothing`) of the
+        squared pieces at mu = 0, sigma = sqrt(Q) (phi(0)^2 at Q = 0); None for higher degrees."""
+        lin = self.linear_pieces(0)
+        if lin is None:
+            return None
+        squares = [(a, b, (p0 * p0, 2 * p0 * p1, p1 * p1)) for a, b, p0, p1 in lin]
+        Q = np.asarray(Q, dtype=np.float64)
+        pos = Q > 0
+        m = piecewise_smoothing(squares, np.zeros(Q.shape), np.sqrt(np.where(pos, Q, 1.0)))
+        return np.where(pos, m, float(self.fn(np.zeros(1))[0]) ** 2)
 
     def closed_coefficients(self, K, Q):
         c = piecewise_linear_coefficients(self.pieces, K, Q)

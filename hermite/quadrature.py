@@ -86,10 +86,11 @@ def _domain(K: int) -> float:
 
 def _breaks(f, s: float, K: int, L: float) -> np.ndarray:
     """Panel end points in z for f(s z) h_k(z) phi(z), k <= K, on [-L, L]: split at the kinks t/s,
-    graded towards kinks and features from the unit scale 1/s of f, at most the wavelength of h_K."""
+    graded towards kinks and features from the unit scale 1/s of f (rounded down to a power of 2, so that
+    nearby variances share one layout and its Hermite functions), at most the wavelength of h_K."""
     omega = math.sqrt(4 * K + 2) + s * f.frequency
     wmax = min(0.5, 6.0 / omega)
-    h = 1.0 / s  # unit scale of f in z
+    h = 2.0 ** math.floor(math.log2(1.0 / s))  # unit scale of f in z, at most 2x finer
     graded = [(t / s, h) for t in f.features + f.kinks] if h < wmax else []
     return graded_breaks(L, wmax, [t / s for t in f.kinks], graded, reach=2 * wmax)
 
