@@ -41,6 +41,7 @@ __all__ = ["graded_breaks", "hermite_coefficients", "interpolated_in_log_q", "ga
 
 _NODES = 20  # Gauss-Legendre nodes per panel of the coefficient rules
 _RULES: OrderedDict = OrderedDict()
+_RULES_BYTES = 2**30
 _GH: dict = {}
 INTERP_MIN = 512  # from this many variances on, engines may use the Chebyshev interpolant in log q
 _L2 = 11.0  # |z| beyond which phi(z) < 1e-26 (two-dimensional rules)
@@ -88,11 +89,21 @@ def _breaks(f, s: float, K: int, L: float) -> np.ndarray:
     """Panel end points in z for f(s z) h_k(z) phi(z), k <= K, on [-L, L]: split at the kinks t/s,
     graded towards kinks and features from the unit scale 1/s of f (rounded down to a power of 2, so that
     nearby variances share one layout and its Hermite functions), at most the wavelength of h_K."""
-    omega = math.sqrt(4 * K + 2) + s * f.frequency
-    wmax = min(0.5, 6.0 / omega)
-    h = 2.0 ** math.floor(math.log2(1.0 / s))  # unit scale of f in z, at most 2x finer
+    wmax = _panel_width(f, s, K)
+    h = _unit_scale(s)
     graded = [(t / s, h) for t in f.features + f.kinks] if h < wmax else []
     return graded_breaks(L, wmax, [t / s for t in f.kinks], graded, reach=2 * wmax)
+
+
+def _panel_width(f, s: float, K: int) -> float:
+    """The widest panel: at most ~2 periods of h_K (and of f(s z)) per 20-node panel (one period agrees with it
+    to 1e-15 of sqrt(E f^2) at K = 256 and 1024)."""
+    return min(0.5, 12.0 / (math.sqrt(4 * K + 2) + s * f.frequency))
+
+
+def _unit_scale(s):
+    """The unit scale 1/s of f(s z) rounded down to a power of 2 (at most 2x finer)."""
+    return 2.0 ** np.floor(np.log2(1.0 / s))
 
 
 def _rule(f, s: float, K: int, L: float):
@@ -108,7 +119,8 @@ def _rule(f, s: float, K: int, L: float):
     psi = hermite_functions(K, z)
     hit = (z, ws, psi)
     _RULES[key] = hit
-    if len(_RULES) > 48:
+    # at most 48 layouts and _RULES_BYTES of Hermite functions (one order-1024 rule alone is ~250 MB)
+    while len(_RULES) > 1 and (len(_RULES) > 48 or sum(p.nbytes for _, _, p in _RULES.values()) > _RULES_BYTES):
         _RULES.popitem(last=False)
     return hit
 
@@ -142,11 +154,9 @@ def hermite_coefficients(f, K: int, Q: np.ndarray, fast: bool = False) -> np.nda
         Q_rest = Q[rest]
     else:
         Q_rest = Q
-    if all(t == 0.0 for t in f.kinks + f.features) and rest.size:
-        # every panel layout is the same while the unit scale 1/s is not graded (s <= 1/wmax)
-        omega = math.sqrt(4 * K + 2) + math.sqrt(Q_rest.max()) * f.frequency
-        wmax = min(0.5, 6.0 / omega)
-        simple = np.sqrt(Q_rest) * wmax <= 1.0
+    if all(t == 0.0 for t in f.kinks + f.features) and f.frequency == 0.0 and rest.size:
+        # every panel layout is the same while the unit scale is not graded (_breaks)
+        simple = _unit_scale(np.sqrt(Q_rest)) >= _panel_width(f, 0.0, K)
         if np.any(simple):
             groups["simple"] = list(rest[simple])
         rest = rest[~simple]
