@@ -11,7 +11,8 @@ cost of the first kernel call (numba compilation, if numba is used).
    int f(sqrt(q) z) He_k(z) phi(z) dz / sqrt(k!) on [-16, 16] (the integrand is below |f| exp(-z^2/4)
    there), split at the kinks, epsabs = epsrel = 1e-13. The largest difference between the two is printed
    next to the ratio of times.
-3. Kernel evaluations per second for relu, tanh and gelu: 1e5 random (rho, q1, q2), rho uniform in
+3. Kernel evaluations per second for relu, gelu, hardtanh, relu6, tanh, sigmoid, silu, elu (``--kernels``;
+   ``--only-kernels`` skips parts 1 and 2): 1e5 random (rho, q1, q2), rho uniform in
    [-1, 1], q1 and q2 log-uniform in [0.25, 4] (all distinct), and a Gram-matrix case: 64 distinct q and
    all 64 x 64 pairs, with rho the correlations of 64 random points. A kernel too slow to finish 1e5
    evaluations in the time budget is measured on a prefix and reported as such.
@@ -179,7 +180,10 @@ def _rate(name, rho, q1, q2, budget):
     return m / dt, m
 
 
-def bench_kernels(quick: bool):
+KERNELS = ("relu", "gelu", "hardtanh", "relu6", "tanh", "sigmoid", "silu", "elu")
+
+
+def bench_kernels(quick: bool, names=KERNELS):
     n = 10_000 if quick else 100_000
     budget = 10.0 if quick else 60.0
     rng = np.random.default_rng(0)
@@ -194,7 +198,7 @@ def bench_kernels(quick: bool):
     print(f"3. Kernel evaluations per second (after warm-up): {n:.0e} random (rho, q1, q2); "
           "a 64 x 64 Gram matrix (64 distinct q)")
     print(f"   {'activation':<12}{'random [eval/s]':>18}{'Gram 64x64 [eval/s]':>22}{'Gram [ms]':>11}")
-    for name in ("relu", "tanh", "gelu"):
+    for name in names:
         rate, m = _rate(name, rho, q1, q2, budget)
         hermite.kernel(name, R, qg[:, None] * 1.000001, qg[None, :] * 1.000001)  # warm with other q
         reps = 3
@@ -210,13 +214,16 @@ def bench_kernels(quick: bool):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Benchmark of hermite.coefficients and hermite.kernel")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a few seconds)")
+    ap.add_argument("--kernels", nargs="*", default=list(KERNELS), help="activations of part 3")
+    ap.add_argument("--only-kernels", action="store_true", help="run part 3 only")
     args = ap.parse_args(argv)
     print(f"hermite {hermite.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
     print()
     t0 = _now()
-    bench_first_calls()
-    bench_coefficients(args.quick)
-    bench_kernels(args.quick)
+    if not args.only_kernels:
+        bench_first_calls()
+        bench_coefficients(args.quick)
+    bench_kernels(args.quick, args.kernels)
     print(f"total {_now() - t0:.1f} s")
 
 

@@ -176,6 +176,10 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         for i, block in enumerate(net.blocks, start=1):
             ctx.where = f"block {i}"
             law = renormalize(ctx.run(block.layers, law))
+            if not math.isfinite(float(np.sum(law.K))) and not np.all(np.isfinite(law.K)):
+                q = float(np.max(np.diag(grams[i - 1]))) * math.exp(log_scale[i - 1])
+                raise ValueError(f"propagate: the Gram after block {i} overflows float64 (the largest variance "
+                                 f"entering the block was {q:g}): the network diverges at this depth")
             grams[i], means[i], errs[i], log_scale[i] = law.K, law.m, law.mc_error, law.log_scale
             bar.block_done()
     info = {"exchangeable": exchangeable}

@@ -362,6 +362,15 @@ def test_default_threshold_is_documented_and_relative():
     assert M.potential(np.array([[1.0, 1 - 1e-15], [1 - 1e-15, 1.0]]), rcond=0.0) > 1e14
 
 
+def test_a_gram_that_overflows_float64_raises_with_its_block():
+    """exp at sigma_w = 1.5 without a norm: E exp(2u) = exp(2q) overflows once q > 354; a ValueError names
+    the block, never an inf or NaN trajectory."""
+    X = np.random.default_rng(0).standard_normal((4, 8))
+    with np.errstate(over="ignore", invalid="ignore"):
+        with pytest.raises(ValueError, match=r"after block \d+ overflows float64"):
+            meanfield.propagate(meanfield.mlp(12, "exp", sigma_w=1.5, sigma_b=0.1), X=X)
+
+
 def test_divergent_second_moment_raises_in_the_engine():
     """E (1/u)^2 is infinite: the engine raises instead of returning the finite-looking 1351 of a quadrature."""
     with pytest.raises(ValueError, match=r"'1/x' is infinite at input variance"):
