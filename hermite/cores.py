@@ -256,6 +256,12 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
     M = r.size
     out = np.empty(M)
     pending = np.arange(M)
+    lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
+    closed = lf is not None and lg is not None
+    if closed and 8 * np.unique(np.concatenate([Q1, Q2])).size > M:
+        # few entries per variance (random triples): the series' per-variance coefficients cost more than
+        # the closed form of every entry
+        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, derivative, out, pending)]
     smooth = all(not f.kinks and f.frequency == 0.0 for f in (fa, fb))
     for K in SERIES_K + ((1024,) if smooth else ()):
         if pending.size == 0:
@@ -281,8 +287,7 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
             sel = np.nonzero(ok)[0]
             out[pending[sel]] = mehler_sum(ca, cb, ia[sel], ib[sel], rp[sel])
         pending = pending[~ok]
-    lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
-    if pending.size and lf is not None and lg is not None:  # after the series: a Horner sum is cheaper still
+    if pending.size and closed:  # after the series where variances are shared: a Horner sum is cheaper still
         pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending],
                                                    derivative, out, pending)]
     if pending.size:
