@@ -101,7 +101,7 @@ def orthant_moments(h, k, r):
     d = np.where(pos, k0 - h0, k0 + h0)  # one rounded difference for both arguments
     e1 = np.where(pos, d + one_m * h0, d - one_m * h0)  # k - r h
     e2 = np.where(pos, -d + one_m * k0, d - one_m * k0)  # h - r k
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t1 = e1 / s  # (k - r h)/s
         t2 = e2 / s
     ph, pk = _density(h), _density(k)  # 0 at -inf
@@ -115,6 +115,9 @@ def orthant_moments(h, k, r):
     cross = np.where(hf & kf, s * ph * _density(t1), 0.0)
     LXY = r * L + r * (hph * A1 + kpk * A2) + cross
     size = np.abs(L) + np.abs(hph) + np.abs(kpk) + ph + pk + cross
+    empty = (h == math.inf) | (k == math.inf)  # an overflowed corner: the orthant is empty
+    if np.any(empty):
+        L, LX, LY, LXY, size = (np.where(empty, 0.0, x) for x in (L, LX, LY, LXY, size))
     return L, LX, LY, LXY, size
 
 
@@ -123,13 +126,15 @@ def _orthant_probability(h, k, hf, kf, r, s, e1, e2):
     # Owen (1956): Phi2(a, b; r) = (Phi(a) + Phi(b))/2 - T(a, (b - r a)/(a s)) - T(b, (a - r b)/(b s)) - beta,
     # beta = 1/2 if a b < 0 or (a b = 0 and a + b < 0), else 0; here a = -h, b = -k, so b - r a = -(k - r h).
     a, b = -h, -k
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ta = np.where(a != 0, (-e1) / (a * s), np.copysign(np.inf, -e1))
         tb = np.where(b != 0, (-e2) / (b * s), np.copysign(np.inf, -e2))
     both_zero = (a == 0) & (b == 0)
     ta = np.where(both_zero, 0.0, ta)
     tb = np.where(both_zero, 0.0, tb)
-    beta = np.where((a * b < 0) | ((a * b == 0) & (a + b < 0)), 0.5, 0.0)
+    # from the signs, not the product a b (which underflows to 0 for tiny nonzero a, b)
+    opposite = ((a < 0) & (b > 0)) | ((a > 0) & (b < 0))
+    beta = np.where(opposite | (((a == 0) | (b == 0)) & (a + b < 0)), 0.5, 0.0)
     P = 0.5 * (sc.ndtr(a) + sc.ndtr(b)) - sc.owens_t(a, ta) - sc.owens_t(b, tb) - beta
     P = np.where(both_zero, 0.25 + np.arcsin(r) / (2.0 * math.pi), P)
     # half planes and the whole plane

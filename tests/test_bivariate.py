@@ -171,3 +171,11 @@ def test_pair_kernel_takes_the_closed_form_and_leaves_rho_one_to_the_others(monk
     # equal variances (entries() makes the first ones equal): rho = 1 is E f^2, rho = -1 is -E f^2 (f odd)
     m = core.second_moment(Q1[:2])
     np.testing.assert_allclose(got[:2], [m[0], -m[1]], rtol=1e-13)
+
+
+def test_tiny_and_overflowed_corners():
+    """A product h k that underflows must not flip Owen's branch (review finding); a +inf corner is empty."""
+    quadrant = 0.25 + math.asin(0.5) / (2 * math.pi)
+    assert abs(float(bivariate.orthant_moments(1e-162, 1e-162, 0.5)[0]) - quadrant) < 1e-15
+    assert abs(float(bivariate.orthant_moments(1e-300, -1e-300, 0.5)[0]) - quadrant) < 1e-15
+    assert all(float(x) == 0.0 for x in bivariate.orthant_moments(math.inf, 0.0, 0.5)[:4])
