@@ -54,7 +54,7 @@ from scipy.stats import qmc
 from meanfield.core.law import Gaussian
 
 __all__ = ["upper_index", "to_sym", "upper", "sample_chain", "affine_chain", "stencil", "safe_step",
-           "gaussian_nodes", "segment_fresh"]
+           "gaussian_nodes", "sobol_normals", "principal_root", "tangent_root", "segment_fresh"]
 
 _OFFSETS = np.array([-2.0, -1.0, 1.0, 2.0])
 
@@ -159,13 +159,33 @@ def gaussian_nodes(C: np.ndarray, log2_nodes: int, seed) -> np.ndarray:
     """2^log2_nodes randomized quasi-Monte Carlo draws of z ~ N(0, C), shape (M, n): an Owen-scrambled Sobol
     set mapped by the inverse normal CDF and the principal-component square root of C (largest variance
     first, the best-distributed Sobol coordinate)."""
-    n = C.shape[0]
+    return sobol_normals(C.shape[0], log2_nodes, seed) @ principal_root(C).T
+
+
+def sobol_normals(n: int, log2_nodes: int, seed) -> np.ndarray:
+    """The standard normal part of `gaussian_nodes`: ndtri of an Owen-scrambled Sobol set, shape (M, n)."""
+    return sc.ndtri(qmc.Sobol(d=n, scramble=True, seed=seed).random_base2(log2_nodes))
+
+
+def principal_root(C: np.ndarray) -> np.ndarray:
+    """R with R R^T = C: the principal-component square root, columns by decreasing variance (eigenvalues
+    below 1e-13 of the largest set to 0)."""
     lam, V = np.linalg.eigh(0.5 * (C + C.T))
     top = max(float(lam.max()), 0.0)
     lam = np.where(lam > 1e-13 * top, lam, 0.0)
-    root = (V * np.sqrt(lam))[:, ::-1]
-    u = qmc.Sobol(d=n, scramble=True, seed=seed).random_base2(log2_nodes)
-    return sc.ndtri(u) @ root.T
+    return (V * np.sqrt(lam))[:, ::-1]
+
+
+def tangent_root(R0: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """A square root of C near C0 = R0 R0^T that depends smoothly on C: R0 (I + E)^(1/2) with E = R0^+ (C - C0)
+    R0^+T (the symmetric square root). Mapping the *same* standard normals through it gives node sets of
+    nearby covariances that differ smoothly (common random numbers), so finite differences of node averages
+    along C are differences of smooth functions, not of independent noise. Exact on the range of R0 (the
+    perturbations used keep that range)."""
+    P = np.linalg.pinv(R0, rcond=1e-10)
+    E = P @ (C - R0 @ R0.T) @ P.T
+    lam, U = np.linalg.eigh(np.eye(R0.shape[1]) + 0.5 * (E + E.T))
+    return R0 @ ((U * np.sqrt(np.maximum(lam, 0.0))) @ U.T)
 
 
 def _moments(x: np.ndarray) -> np.ndarray:
@@ -182,15 +202,20 @@ def _cov(F: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # the segment
 def _post(layers, S0: np.ndarray, m0: np.ndarray, Gamma: np.ndarray, bias: np.ndarray | None, act=None,
-          q0: np.ndarray | None = None):
+          q0: np.ndarray | None = None, IF: np.ndarray | None = None):
     """Push a statistic A = (upper S, m[, q]) with per-unit covariance Gamma and shift ``bias`` through the
     per-sample chain N: covariance N' Gamma N'^T, shift N' bias + N''[Gamma] / 2 (per unit, upper coordinates
     of the output Gram). Derivatives by `stencil` along the eigenvectors of Gamma. With ``act``, A also holds
-    the mean square q of the activation's input (mean value q0), which Center/Scale(mode="per_sample") read."""
+    the mean square q of the activation's input (mean value q0), which Center/Scale(mode="per_sample") read.
+
+    With the node values ``IF`` (M, dim A) of the statistic's influence function, also returns a function
+    V -> the per-unit third cumulant of the output projected on the columns of V (the coefficient of 1/w^2 of
+    the third cumulant of the Gram): N'^3 kappa_3(IF) + 3 sym((N' Gamma) (x) (N' Gamma) : N''), else None."""
     n = S0.shape[0]
     p = n * (n + 1) // 2
     if not layers:
-        return Gamma[:p, :p].copy(), (np.zeros(p) if bias is None else bias[:p].copy())
+        cov, shift = Gamma[:p, :p].copy(), (np.zeros(p) if bias is None else bias[:p].copy())
+        return (cov, shift) if IF is None else (cov, shift, _third(IF[:, :p] - IF[:, :p].mean(axis=0)))
 
     def N(V):
         chain = None if act is None else {"act": act, "q": V[:, p + n:]}
@@ -216,23 +241,63 @@ def _post(layers, S0: np.ndarray, m0: np.ndarray, Gamma: np.ndarray, bias: np.nd
     shift = 0.5 * (g[keep] @ d2[:kk])
     if extra:
         shift = shift + np.linalg.norm(bias) * d1[kk]
-    return cov, shift
+    if IF is None:
+        return cov, shift
+    o = (IF - IF.mean(axis=0)) @ U[:, keep] @ J              # first-order output per node
+    N2 = np.zeros((kk, kk, f0.size))                        # N'' along pairs of eigenvectors of Gamma
+    hh = h[:kk]
+    for j in range(kk):
+        N2[j, j] = d2[j]
+        if j + 1 < kk:
+            ls = np.arange(j + 1, kk)
+            pts = np.concatenate([x0[None] + sj * hh[j] * dirs[j] + sl * hh[ls, None] * dirs[ls]
+                                  for sj in (1, -1) for sl in (1, -1)])
+            v = N(pts).reshape(4, ls.size, -1)
+            mixed = (v[0] - v[1] - v[2] + v[3]) / (4.0 * hh[j] * hh[ls, None])
+            N2[j, ls] = mixed
+            N2[ls, j] = mixed
+    return cov, shift, _third(o, J * g[keep][:, None], N2)
 
 
-def segment_fresh(plan, laws, log2_nodes: int, seeds) -> list:
+def _third(o: np.ndarray, JG: np.ndarray | None = None, N2: np.ndarray | None = None):
+    """V -> E (o V)^(x)3 over the nodes, plus 3 sym((JG V) (x) (JG V) : N2 V) for a nonlinear chain."""
+
+    def proj(V):
+        ov = o @ V
+        k3 = np.einsum("mi,mj,mk->ijk", ov, ov, ov, optimize=True) / o.shape[0]
+        if JG is not None and JG.size:
+            A = JG @ V
+            T = np.einsum("ja,lb,jlc->abc", A, A, N2 @ V, optimize=True)
+            k3 = k3 + T + np.transpose(T, (0, 2, 1)) + np.transpose(T, (2, 1, 0))
+        return k3
+
+    return proj
+
+
+def segment_fresh(plan, laws, log2_nodes: int, seeds, normals=None, root0=None, third: bool = False):
     """Fresh per-unit covariance and shift at every point of a segment, one estimate per replicate.
 
     ``plan`` (from the driver): ``layers`` after the random layer, ``points`` (positions: layers applied after
     the random one), ``act_pos`` (position of the activation of pattern P2, or None) and ``groups`` (a
-    GroupLayerNorm's group count, else 1). ``laws``: the mean-field laws at positions 0..k. Returns, per
-    replicate, a list over points of (covariance (p, p), shift (p,)), both per unit (divide by the width).
+    GroupLayerNorm's group count, else 1). ``laws``: the mean-field laws at positions 0..k. ``normals``: the
+    standard normal nodes of each replicate (`sobol_normals`; drawn from ``seeds`` when None), and ``root0``: a
+    root of a nearby covariance whose `tangent_root` maps them (common random numbers for finite differences
+    of the fresh covariance along the input Gram). Returns, per replicate, a list over points of (covariance
+    (p, p), shift (p,)), both per unit (divide by the width). With ``third``, also a list over points of
+    functions V -> the per-unit third cumulant projected on V (from the first replicate's nodes; `_post`), or
+    None where it is not available (GroupLayerNorm(groups > 1)). Pattern P2's third cumulant is that of its
+    linear influence function (its second-order von Mises part is omitted).
     """
     layers, points, act_pos = plan.layers, plan.points, plan.act_pos
     C = laws[0].K
     fixed = _pattern2_setup(plan, laws) if act_pos is not None and any(j >= act_pos for j in points) else None
+    root = principal_root(C) if root0 is None else tangent_root(root0, C)
+    if normals is None:
+        normals = [sobol_normals(C.shape[0], log2_nodes, seed) for seed in seeds]
     out = []
-    for seed in seeds:
-        z = gaussian_nodes(C, log2_nodes, seed)
+    thirds = []
+    for r, g in enumerate(normals):
+        z = g @ root.T
         xs = [z]
         x = z
         for pos, layer in enumerate(layers, start=1):
@@ -254,11 +319,15 @@ def segment_fresh(plan, laws, log2_nodes: int, seeds) -> list:
                 act = layers[q - 1].act
                 IF = np.concatenate([IF, xs[q - 1] ** 2], axis=1)
                 q0 = np.diag(laws[q - 1].K).copy()
-            cov, shift = _post(post, laws[q].K, laws[q].m, _cov(IF), bias, act, q0)
             gr = plan.groups if any(getattr(lay, "fluctuation_groups", 1) > 1 for lay in layers[:j]) else 1
+            if third and r == 0:
+                cov, shift, th = _post(post, laws[q].K, laws[q].m, _cov(IF), bias, act, q0, IF)
+                thirds.append(th if gr == 1 else None)
+            else:
+                cov, shift = _post(post, laws[q].K, laws[q].m, _cov(IF), bias, act, q0)
             res.append((cov, gr * shift))
         out.append(res)
-    return out
+    return (out, thirds) if third else out
 
 
 def _pattern2_setup(plan, laws) -> dict:

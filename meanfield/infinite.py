@@ -133,8 +133,9 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         float64 number raises a ValueError naming the block.
     width : int or sequence of ints, optional
         Finite width W: ``gram`` becomes the mean of the empirical Gram to first order in 1/W and ``gram_cov``
-        the covariance of its entries (`meanfield.fluctuations.propagate_finite`, which takes further options;
-        a sequence of widths gives a dict {width: Trajectory} from one computation).
+        the covariance of its entries, to first order plus the second-order terms that compound with depth
+        (`meanfield.fluctuations.propagate_finite`, which takes further options, ``order=1`` among them; a
+        sequence of widths gives a dict {width: Trajectory} from one computation).
 
     Returns
     -------

@@ -47,7 +47,8 @@ class Trajectory:
         Per-layer Grams when asked for (``detail=True``).
     gram_cov : ndarray (L+1, n, n, n, n) or None
         Finite-width theory (``propagate(net, K0, width=W)``): Cov(K_ab, K_cd) of the empirical Gram's entries
-        per block, to first order in 1/W (``gram`` is then the mean of the empirical Gram to the same order).
+        per block, to first order in 1/W plus the second-order terms that compound with depth (``gram`` is then
+        the mean of the empirical Gram to first order).
     """
 
     gram: np.ndarray

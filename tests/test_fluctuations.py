@@ -49,13 +49,99 @@ def test_linear_network_is_wishart():
     X = _inputs(3)
     K0 = X @ X.T / X.shape[1]
     L, W = 4, 100
-    th = meanfield.propagate(meanfield.mlp(L, "identity"), X=X, width=W)
+    th = propagate_finite(meanfield.mlp(L, "identity"), X=X, width=W, order=1)
     np.testing.assert_allclose(th.gram, np.broadcast_to(K0, th.gram.shape), atol=1e-12)
     for layer in range(L + 1):
         truth = layer * (np.einsum("ac,bd->abcd", K0, K0) + np.einsum("ad,bc->abcd", K0, K0)) / W
         err = th.info["gram_cov_stderr"][layer]
         np.testing.assert_allclose(th.gram_cov[layer], truth, rtol=0, atol=5e-3 * np.abs(truth).max() + 1e-15)
         assert np.all(np.abs(th.gram_cov[layer] - truth) <= 6 * err + 1e-12)
+
+
+def test_linear_network_second_order_is_exact_wishart():
+    """Linear network: Cov_{l+1} = Cov_l + (T(K) + Cov_l(ac, bd) + Cov_l(ad, bc)) / W exactly, T(K)_abcd =
+    K_ac K_bd + K_ad K_bc, so the 1/W^2 coefficient after L layers is L (L - 1) / 2 (2 K_ab K_cd + T)."""
+    X = _inputs(3)
+    K0 = X @ X.T / X.shape[1]
+    L, W = 5, 50
+    th = propagate_finite(meanfield.mlp(L, "identity"), X=X, width=W)
+    T = np.einsum("ac,bd->abcd", K0, K0) + np.einsum("ad,bc->abcd", K0, K0)
+    KK = np.einsum("ab,cd->abcd", K0, K0)
+    for layer in range(L + 1):
+        truth = layer * T / W + layer * (layer - 1) / 2 * (2 * KK + T) / W**2
+        first = layer * T / W
+        err = th.info["gram_cov_stderr"][layer]
+        np.testing.assert_allclose(th.gram_cov[layer], truth, rtol=0, atol=5e-3 * np.abs(truth).max() + 1e-15)
+        assert np.all(np.abs(th.gram_cov[layer] - truth) <= 6 * err + 1e-12)
+    # the second-order part is resolved: at the last layer first order alone is off by 4x the tolerance
+    assert np.abs(first - truth).max() > 4 * (5e-3 * np.abs(truth).max())
+
+
+def test_relu_scale_is_a_product_second_order_exact():
+    """ReLU, sigma_w^2 = 2, no norm: q_hat_{l+1} = q_hat_l chi_l with E chi = 1 and Var chi = 5 / W
+    independent of the past, so Var q_L = q_0^2 ((1 + 5/W)^L - 1): 5 L / W + 25 L (L - 1) / 2 / W^2 + ...
+    (E relu^4 = 3 q^2 / 2, E relu^2 = q / 2). First order alone misses 25 (L - 1) / (2 W) of it."""
+    X = _inputs(2)
+    q0 = np.diag(X @ X.T / X.shape[1])
+    L, W = 8, 64
+    th = propagate_finite(meanfield.mlp(L, "relu", sigma_w=2**0.5), X=X, width=W)
+    one = propagate_finite(meanfield.mlp(L, "relu", sigma_w=2**0.5), X=X, width=W, order=1)
+    for layer in range(1, L + 1):
+        for a in range(2):
+            truth = q0[a] ** 2 * (5 * layer / W + 12.5 * layer * (layer - 1) / W**2)
+            assert th.gram_cov[layer, a, a, a, a] == pytest.approx(truth, rel=1e-2)
+            assert one.gram_cov[layer, a, a, a, a] == pytest.approx(q0[a] ** 2 * 5 * layer / W, rel=1e-2)
+    assert th.info["order"] == 2 and th.info["second_order_captured"] == pytest.approx(1.0)
+
+
+def test_second_order_is_a_polynomial_in_one_over_width():
+    X = _inputs(3)
+    net = meanfield.mlp(3, "relu", norm="ln")
+    th = propagate_finite(net, X=X, width=[64, 128, 256], nodes=2**10)
+    c = {w: th[w].gram_cov for w in th}
+    # cov(W) = A / W + B / W^2: W cov(W) is linear in 1/W (1/128 = 1/3 * 1/64 + 2/3 * 1/256), and B != 0
+    np.testing.assert_allclose(128 * c[128], (64 * c[64] + 2 * 256 * c[256]) / 3, rtol=0,
+                               atol=1e-12 * np.abs(64 * c[64]).max())
+    assert np.abs(64 * c[64] - 256 * c[256]).max() > 1e-3 * np.abs(64 * c[64]).max()
+    np.testing.assert_allclose(th[256].gram, propagate_finite(net, X=X, width=256, nodes=2**10, order=1).gram,
+                               rtol=0, atol=1e-15)
+
+
+def _pair():
+    X = np.array([[1.0, 0.3, -0.5, 0.8], [0.9, 0.5, -0.2, 0.6]])   # correlation 0.96
+    return X * 2 / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def test_second_order_of_a_curved_map_against_simulation():
+    """GELU without a norm (sigma_w = 1.5), 6 blocks, W = 128: the map is curved along the fluctuations, so
+    the third derivative, the third cumulant and the rest of the second-order terms all enter. First order
+    misses the simulated variances by more than 5 standard errors; second order is within 4."""
+    X = _pair()
+    net = meanfield.mlp(6, "gelu", sigma_w=1.5)
+    W, S = 128, 40000
+    sim = meanfield.simulate(net, X, width=W, seeds=S, seed=5)
+    v, se = _sample_var(sim.gram[:, -1])
+    p1 = _entry_var(propagate_finite(net, X=X, width=W, order=1), -1)
+    p2 = _entry_var(propagate_finite(net, X=X, width=W), -1)
+    assert np.all(np.abs(v - p1) > 5 * se), (v - p1) / se
+    assert np.all(np.abs(v - p2) <= 4 * se), (v - p2) / se
+
+
+def test_second_order_does_not_compound_under_layernorm():
+    """ReLU then LayerNorm, a pair at correlation 0.96, W = 128, 8 blocks: what second order leaves is the
+    one-block O(1/W^2) term of the delta method (8 % at block 1, where there is nothing to compound); it stays
+    at that level with depth, while the first-order error doubles (16 % at block 4)."""
+    X = _pair()
+    net = meanfield.mlp(8, "relu", norm="ln")
+    W, S = 128, 40000
+    sim = meanfield.simulate(net, X, width=W, seeds=S, seed=5)
+    v, se = _sample_var(sim.gram[:, 1:, 0, 1])
+    p1 = propagate_finite(net, X=X, width=W, order=1).gram_cov[1:, 0, 1, 0, 1]
+    p2 = propagate_finite(net, X=X, width=W).gram_cov[1:, 0, 1, 0, 1]
+    one_block = abs(v[0] / p1[0] - 1)
+    rel_se = se / v
+    assert np.all(np.abs(v / p2 - 1) <= one_block + 4 * rel_se), v / p2
+    assert np.max(np.abs(v / p1 - 1)) > 1.6 * one_block
 
 
 def test_one_block_fresh_covariance_tanh():
@@ -86,8 +172,8 @@ def test_one_block_fresh_covariance_tanh():
 def test_several_widths_one_computation_and_scaling():
     X = _inputs(3)
     net = meanfield.mlp(3, "relu", norm="ln")
-    both = meanfield.fluctuations.propagate_finite(net, X=X, width=[64, 256], nodes=2**10)
-    one = propagate_finite(net, X=X, width=256, nodes=2**10)
+    both = meanfield.fluctuations.propagate_finite(net, X=X, width=[64, 256], nodes=2**10, order=1)
+    one = propagate_finite(net, X=X, width=256, nodes=2**10, order=1)
     np.testing.assert_allclose(both[256].gram_cov, one.gram_cov, rtol=1e-12, atol=1e-18)
     np.testing.assert_allclose(both[64].gram_cov, 4 * both[256].gram_cov, rtol=1e-12, atol=1e-18)
     np.testing.assert_allclose(both[64].info["shift"], 4 * both[256].info["shift"], rtol=1e-12, atol=1e-18)
