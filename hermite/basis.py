@@ -140,9 +140,23 @@ def mehler_sum(ca, cb, ia, ib, r, chunk=8192):
 
 
 
+_SQRT_HALF = math.sqrt(0.5)
+
+
 def gaussian_mass(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Phi(beta) - Phi(alpha) (alpha <= beta) without cancellation in the upper tail."""
-    return np.where(alpha > 0, sc.ndtr(-alpha) - sc.ndtr(-beta), sc.ndtr(beta) - sc.ndtr(alpha))
+    """Phi(beta) - Phi(alpha) (alpha <= beta), to a few ulps of max(|alpha|, |beta|) phi near 0 and of the
+    smaller tail in the tails.
+
+    By erf (accurate near 0) where the interval straddles 0 or starts within 1 of it, and by erfc (accurate in
+    the tails) beyond: never Phi(beta) - Phi(alpha) near 1/2, whose rounding (1e-16) would dominate a narrow
+    interval around 0 (hardtanh at q = 1e10: [-1e-5, 1e-5], mass 8e-6).
+    """
+    a = np.asarray(alpha, dtype=np.float64) * _SQRT_HALF
+    b = np.asarray(beta, dtype=np.float64) * _SQRT_HALF
+    neg = b <= 0  # both ends <= 0: mirrored onto the positive side (erf(-x) = -erf(x))
+    x, y = np.where(neg, -b, a), np.where(neg, -a, b)  # x <= y, and x >= 0 unless the interval straddles 0
+    tail = x >= _SQRT_HALF  # both ends beyond 1 standard deviation on one side
+    return 0.5 * np.where(tail, sc.erfc(x) - sc.erfc(y), sc.erf(y) - sc.erf(x))
 
 
 def piecewise_linear_coefficients(pieces, K: int, Q: np.ndarray) -> np.ndarray | None:
@@ -206,8 +220,37 @@ def piecewise_linear_coefficients(pieces, K: int, Q: np.ndarray) -> np.ndarray |
                 X[1] = D[1] + mass
             if K >= 2:
                 X[2:] = D[2:] + np.sqrt(k[2:, None] / (k[2:, None] - 1.0)) * D[:-2]
-            out += c1 * (X * sq[None, :]).T
+            X *= sq[None, :]
+            if math.isfinite(a) and math.isfinite(b):
+                _narrow_slope_moments(a, b, K, sq, X)
+            out += c1 * X.T
     return out
+
+
+_NARROW = 4.0  # a piece is narrow where its width in z times sqrt(2K + 1) (h_K's top frequency) is below this
+_NARROW_NODES = 24
+
+
+def _narrow_slope_moments(a: float, b: float, K: int, sq: np.ndarray, X: np.ndarray) -> None:
+    """sqrt(q) int_alpha^beta z h_k(z) phi(z) dz (k = 0..K) by a Gauss-Legendre rule, into the columns of X
+    (shape (K+1, sq.size)) whose piece [alpha, beta] = [a, b]/sqrt(q) is narrow.
+
+    The recurrence's differences D_m of h_m phi at the two ends cancel there: they are of size (beta - alpha) and
+    carry a rounding of 1e-16, which sqrt(q) multiplies (hardtanh at q = 1e10: 1e-11; at q >= 1e32 the
+    coefficients are O(1) wrong). On so short an interval the integrand is a low-degree polynomial to rounding
+    (its phase moves by at most `_NARROW` radians), so the rule is exact to a few ulps of the result; the scaled
+    weights sqrt(q) (beta - alpha)/2 w_j = (b - a)/2 w_j never underflow.
+    """
+    with np.errstate(divide="ignore"):
+        narrow = np.nonzero((b - a) / sq * math.sqrt(2.0 * K + 1.0) <= _NARROW)[0]
+    if narrow.size == 0:
+        return
+    x, w = gauss_legendre(_NARROW_NODES)
+    s = sq[narrow]
+    z = (0.5 * (a + b) / s)[:, None] + (0.5 * (b - a) / s)[:, None] * x[None, :]  # (n, nodes)
+    psi = hermite_functions(K, z.ravel()).reshape(K + 1, narrow.size, x.size)
+    g = (0.5 * (b - a)) * w[None, :] * z * sqrt_gaussian_density(z)  # (n, nodes)
+    X[:, narrow] = np.einsum("knj,nj->kn", psi, g)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ between the nodes where the interpolation error of a polynomial interpolant peak
 below `TABLE_TOL` times the same (the coefficients have decayed: the panel is resolved); otherwise it is
 bisected. The two bounds differ because the accurate path itself carries errors up to a few 1e-13 near
 rho = +-1 for activations whose derivative jumps (hardtanh' at q = 25: 2.8e-13), which no bisection removes.
-A table that does not converge in `MAX_DEPTH` bisections or needs more than `MAX_PANELS` panels is not built
+A table that does not converge in `MAX_DEPTH` bisections, needs more than `MAX_PANELS` panels, or would need a
+panel whose nodes round to the same rho (kinked phi at large variance vary on the scale 1 - |rho| ~ 1/q) is not built
 (`build_table` returns None) and its entries take the accurate path.
 
 Near y = 0 and 2 one ulp of rho = 1 - y^2 moves y by ulp / (2 y), so the value computed at the rounded rho
@@ -241,6 +242,10 @@ def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable 
         # local variables of the true abscissae; Chebyshev-Vandermonde solve
         t_nodes = np.clip((y_true[:n_nodes].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
         t_check = np.clip((y_true[n_nodes:].reshape(P, -1) - mid[:, None]) / half[:, None], -1.0, 1.0)
+        if not np.all(np.diff(t_nodes, axis=1) < 0.0):
+            # nodes whose rho round to one float (a panel a few ulps of rho wide: kinked phi at large variance,
+            # where k varies on the scale 1 - |rho| ~ 1/q): float64 cannot resolve it; no table
+            return None
         A = np.cos(np.arccos(t_nodes)[:, :, None] * _J[None, None, :])  # (P, nodes, k)
         coef = np.linalg.solve(A, V[:, :, None])[:, :, 0]  # (P, DEGREE + 1)
         B = np.cos(np.arccos(t_check)[:, :, None] * _J[None, None, :])
