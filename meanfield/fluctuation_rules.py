@@ -57,6 +57,8 @@ __all__ = ["upper_index", "to_sym", "upper", "sample_chain", "affine_chain", "st
            "gaussian_nodes", "sobol_normals", "principal_root", "tangent_root", "segment_fresh"]
 
 _OFFSETS = np.array([-2.0, -1.0, 1.0, 2.0])
+#: directions of a statistic's covariance along which `_post` takes the second-order parts
+_POST_DIRECTIONS = 24
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,12 +212,15 @@ def _post(layers, S0: np.ndarray, m0: np.ndarray, Gamma: np.ndarray, bias: np.nd
 
     With the node values ``IF`` (M, dim A) of the statistic's influence function, also returns a function
     V -> the per-unit third cumulant of the output projected on the columns of V (the coefficient of 1/w^2 of
-    the third cumulant of the Gram): N'^3 kappa_3(IF) + 3 sym((N' Gamma) (x) (N' Gamma) : N''), else None."""
+    the third cumulant of the Gram): N'^3 kappa_3(IF) + 3 sym((N' Gamma) (x) (N' Gamma) : N''), and the
+    coefficient of 1/w^2 of the output's covariance (the delta method's second order: zero without a chain).
+    The second-order parts use the `_POST_DIRECTIONS` largest directions of Gamma."""
     n = S0.shape[0]
     p = n * (n + 1) // 2
     if not layers:
         cov, shift = Gamma[:p, :p].copy(), (np.zeros(p) if bias is None else bias[:p].copy())
-        return (cov, shift) if IF is None else (cov, shift, _third(IF[:, :p] - IF[:, :p].mean(axis=0)))
+        return (cov, shift) if IF is None else (cov, shift, _third(IF[:, :p] - IF[:, :p].mean(axis=0)),
+                                                 np.zeros((p, p)))
 
     def N(V):
         chain = None if act is None else {"act": act, "q": V[:, p + n:]}
@@ -243,20 +248,39 @@ def _post(layers, S0: np.ndarray, m0: np.ndarray, Gamma: np.ndarray, bias: np.nd
         shift = shift + np.linalg.norm(bias) * d1[kk]
     if IF is None:
         return cov, shift
-    o = (IF - IF.mean(axis=0)) @ U[:, keep] @ J              # first-order output per node
-    N2 = np.zeros((kk, kk, f0.size))                        # N'' along pairs of eigenvectors of Gamma
-    hh = h[:kk]
-    for j in range(kk):
-        N2[j, j] = d2[j]
-        if j + 1 < kk:
-            ls = np.arange(j + 1, kk)
-            pts = np.concatenate([x0[None] + sj * hh[j] * dirs[j] + sl * hh[ls, None] * dirs[ls]
+    c = (IF - IF.mean(axis=0)) @ U[:, keep]                  # eigen-coordinates of the statistic per node
+    o = c @ J                                               # first-order output per node
+    top = np.argsort(g[keep])[::-1][:_POST_DIRECTIONS]      # the second-order parts: the largest directions
+    gt, ht, dt, Jt, ct = g[keep][top], h[:kk][top], dirs[:kk][top], J[top], c[:, top]
+    t = top.size
+    N2 = np.zeros((t, t, f0.size))                          # N'' along pairs of eigenvectors of Gamma
+    for j in range(t):
+        N2[j, j] = d2[top[j]]
+        if j + 1 < t:
+            ls = np.arange(j + 1, t)
+            pts = np.concatenate([x0[None] + sj * ht[j] * dt[j] + sl * ht[ls, None] * dt[ls]
                                   for sj in (1, -1) for sl in (1, -1)])
             v = N(pts).reshape(4, ls.size, -1)
-            mixed = (v[0] - v[1] - v[2] + v[3]) / (4.0 * hh[j] * hh[ls, None])
+            mixed = (v[0] - v[1] - v[2] + v[3]) / (4.0 * ht[j] * ht[ls, None])
             N2[j, ls] = mixed
             N2[ls, j] = mixed
-    return cov, shift, _third(o, J * g[keep][:, None], N2)
+    # the one-segment O(1/w^2) variance of N(A_hat), A_hat the mean of w i.i.d. statistics (Gaussian part of
+    # Var N''[e, e]/2, Cov(N' e, N''[e, e]/2) through the statistic's third cumulant K3, Cov(N' e,
+    # N'''[e, e, e]/6) through G = N''[Gamma]), per unit^2
+    NL = N2 * np.sqrt(gt)[:, None, None] * np.sqrt(gt)[None, :, None]
+    var2 = 0.5 * np.einsum("jka,jkb->ab", NL, NL)
+    K3 = np.einsum("mi,mj,mk->ijk", ct, ct, ct, optimize=True) / ct.shape[0]
+    cross = 0.5 * np.einsum("ia,ijk,jkb->ab", Jt, K3, N2, optimize=True)
+
+    def G(X):
+        pts = np.concatenate([X[None], X[None] + ht[:, None] * dt, X[None] - ht[:, None] * dt])
+        v = N(pts)
+        return (gt / ht**2) @ (v[1:t + 1] - 2.0 * v[0] + v[t + 1:])
+
+    Gd = np.stack([(G(x0 + ht[j] * dt[j]) - G(x0 - ht[j] * dt[j])) / (2.0 * ht[j]) for j in range(t)])
+    cross = cross + 0.5 * (Jt * gt[:, None]).T @ Gd
+    var2 = var2 + cross + cross.T
+    return cov, shift, _third(o, Jt * gt[:, None], N2), var2
 
 
 def _third(o: np.ndarray, JG: np.ndarray | None = None, N2: np.ndarray | None = None):
@@ -284,9 +308,10 @@ def segment_fresh(plan, laws, log2_nodes: int, seeds, normals=None, root0=None, 
     root of a nearby covariance whose `tangent_root` maps them (common random numbers for finite differences
     of the fresh covariance along the input Gram). Returns, per replicate, a list over points of (covariance
     (p, p), shift (p,)), both per unit (divide by the width). With ``third``, also a list over points of
-    functions V -> the per-unit third cumulant projected on V (from the first replicate's nodes; `_post`), or
-    None where it is not available (GroupLayerNorm(groups > 1)). Pattern P2's third cumulant is that of its
-    linear influence function (its second-order von Mises part is omitted).
+    pairs (function V -> the per-unit third cumulant projected on V, the per-unit^2 second-order covariance of
+    the per-sample chain) from the first replicate's nodes (`_post`), or (None, None) where they are not
+    available (GroupLayerNorm(groups > 1)). For pattern P2 both come from its linear influence function (its
+    second-order von Mises parts are omitted).
     """
     layers, points, act_pos = plan.layers, plan.points, plan.act_pos
     C = laws[0].K
@@ -321,8 +346,8 @@ def segment_fresh(plan, laws, log2_nodes: int, seeds, normals=None, root0=None, 
                 q0 = np.diag(laws[q - 1].K).copy()
             gr = plan.groups if any(getattr(lay, "fluctuation_groups", 1) > 1 for lay in layers[:j]) else 1
             if third and r == 0:
-                cov, shift, th = _post(post, laws[q].K, laws[q].m, _cov(IF), bias, act, q0, IF)
-                thirds.append(th if gr == 1 else None)
+                cov, shift, th, var2 = _post(post, laws[q].K, laws[q].m, _cov(IF), bias, act, q0, IF)
+                thirds.append((th, var2) if gr == 1 else (None, None))
             else:
                 cov, shift = _post(post, laws[q].K, laws[q].m, _cov(IF), bias, act, q0)
             res.append((cov, gr * shift))

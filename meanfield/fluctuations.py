@@ -21,9 +21,11 @@ exact to first order in 1/W. With ``order=2`` (the default) the covariance also 
 fluctuating input, the Jacobian at the shifted mean, the third derivative and the curvature of the map
 against the input's covariance and its third cumulant, which is carried along (`_kappa_out`). Per block these
 are O(1/W^2), but summed over L blocks they grow like (L / W)^2, where first order's error is a relative
-~ c L / W (c ~ 2.5 for ReLU without a norm: 18 % at L = 20, W = 256). What is left is the one-segment
-O(1/W^2) term of the delta method (a relative ~ 10 / W for a LayerNorm'd pair at correlation 0.96), which does
-not compound. F' and F'' are five-point finite differences of the
+~ c L / W (c ~ 2.5 for ReLU without a norm: 18 % at L = 20, W = 256). The one-segment O(1/W^2) term of the
+delta method of a per-sample norm after the activation (a relative ~ 10 / W for a LayerNorm'd pair at
+correlation 0.96) does not compound but is added (`fluctuation_rules._post`). Not carried: the fourth
+cumulant, the von Mises second-order part of a norm *before* the activation, and GroupLayerNorm with
+groups > 1 at second order. F' and F'' are five-point finite differences of the
 exact mean-field map along the eigenvectors of Sigma (and delta), so every layer with an exact infinite-width
 rule works through its own rule; Sigma_f and b need the layer's finite-width rule (`Layer.fluctuation_kind`).
 
@@ -216,6 +218,9 @@ def _theory(net, law, log2, R, seed, order=2) -> dict:
                 # the fresh noise at the fluctuating input: 1/W^2, or 1/(W width) for a layer of its own width
                 s[:, 2 if plan.width is None else 0] += scale * (second[0][k] + second[2][k])
                 s[:, 2] += second[1][k]
+            if thirds is not None and thirds[k][1] is not None:
+                # the delta method's O(1/w^2) term within the segment (not compounding, but carried)
+                s[:, 2 if plan.width is None else 1] += scale * scale * thirds[k][1]
             if fan is not None and fan_comp is not None:
                 d[:, fan_comp] += fan_scale * fan[k]
             res.append((d, s))
@@ -227,7 +232,7 @@ def _theory(net, law, log2, R, seed, order=2) -> dict:
             d_in, s_in = res[-1]
             if order == 2 and plan.width is None and np.any(s_in[:, 0]):
                 kappa = _kappa_out(pieces if second is not None else None, len(plan.points) - 1, p,
-                                   s_in[:, 0].mean(axis=0), laws[-1].K, thirds[-1])
+                                   s_in[:, 0].mean(axis=0), laws[-1].K, thirds[-1][0])
             else:
                 kappa = None
         fan_in = (comp, scale)  # the next random layer's fan-in is this segment's width
@@ -369,11 +374,12 @@ def _compounding(plan, law, laws, ctx, sig1, d1, fresh, normals, log2, b, kappa=
     with Sigma = sum_j lambda_j u_j u_j^T and H_jk = d_j d_k F along the directions u_j (`_top_directions`).
     Each is O(1/W^2) per block, but summed over blocks they grow like L^2 / W^2: a product of L independent
     factors of relative variance s / W has variance (1 + s/W)^L - 1, not L s / W. The third cumulant is carried
-    from segment to segment (`_kappa_out`). Dropped: the fourth cumulant of eps and the second-order terms of
-    the delta method within one segment (O(1/W^2) per block, not compounding), the von Mises second-order part
-    of a norm before the activation in the fresh third cumulant, and the mixed terms with layers of a fixed
-    width. Derivatives are central differences along u_j; the fresh covariance is re-estimated on the same
-    normals mapped by `tangent_root` (common random numbers), so its differences are smooth.
+    from segment to segment (`_kappa_out`). The delta method's own O(1/W^2) term within one segment (a norm
+    after the activation; not compounding) is added by the caller from `segment_fresh(third=True)`. Dropped:
+    the fourth cumulant of eps, the von Mises second-order part of a norm before the activation in the fresh
+    third cumulant, and the mixed terms with layers of a fixed width. Derivatives are central differences
+    along u_j; the fresh covariance is re-estimated on the same normals mapped by `tangent_root` (common
+    random numbers), so its differences are smooth.
 
     Returns ((fresh part: list over points of (R, p, p), per unit of 1/w, times 1/W; curvature part: list over
     points of (p, p), times 1/W^2; fresh-mean part: list over points of (p, p), per unit of 1/w, times 1/W),

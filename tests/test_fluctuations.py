@@ -127,21 +127,23 @@ def test_second_order_of_a_curved_map_against_simulation():
     assert np.all(np.abs(v - p2) <= 4 * se), (v - p2) / se
 
 
-def test_second_order_does_not_compound_under_layernorm():
-    """ReLU then LayerNorm, a pair at correlation 0.96, W = 128, 8 blocks: what second order leaves is the
-    one-block O(1/W^2) term of the delta method (8 % at block 1, where there is nothing to compound); it stays
-    at that level with depth, while the first-order error doubles (16 % at block 4)."""
+def test_second_order_under_layernorm_against_simulation():
+    """ReLU then LayerNorm, a pair at correlation 0.96, 8 blocks. At W = 64 one block already carries the
+    delta method's O(1/W^2) term (first order misses by 18 %); at W = 128 first order's error compounds to
+    16 % by block 4. Second order (that term and the compounding ones) stays within 4 standard errors + 2 %."""
     X = _pair()
     net = meanfield.mlp(8, "relu", norm="ln")
-    W, S = 128, 40000
-    sim = meanfield.simulate(net, X, width=W, seeds=S, seed=5)
-    v, se = _sample_var(sim.gram[:, 1:, 0, 1])
-    p1 = propagate_finite(net, X=X, width=W, order=1).gram_cov[1:, 0, 1, 0, 1]
-    p2 = propagate_finite(net, X=X, width=W).gram_cov[1:, 0, 1, 0, 1]
-    one_block = abs(v[0] / p1[0] - 1)
-    rel_se = se / v
-    assert np.all(np.abs(v / p2 - 1) <= one_block + 4 * rel_se), v / p2
-    assert np.max(np.abs(v / p1 - 1)) > 1.6 * one_block
+    S = 40000
+    for W in (64, 128):
+        sim = meanfield.simulate(net, X, width=W, seeds=S, seed=5)
+        v, se = _sample_var(sim.gram[:, 1:, 0, 1])
+        p1 = propagate_finite(net, X=X, width=W, order=1).gram_cov[1:, 0, 1, 0, 1]
+        p2 = propagate_finite(net, X=X, width=W).gram_cov[1:, 0, 1, 0, 1]
+        if W == 64:
+            assert abs(v[0] - p1[0]) > 10 * se[0] and abs(v[0] - p2[0]) <= 4 * se[0]
+        else:
+            assert np.max(np.abs(v / p1 - 1)) > 0.12
+            assert np.all(np.abs(v - p2) <= 4 * se + 0.02 * v), (v - p2) / se
 
 
 def test_one_block_fresh_covariance_tanh():
