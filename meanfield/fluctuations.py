@@ -85,15 +85,16 @@ class _Plan:
 
 def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replicates: int = 8,
                      seed: int = 0, order: int = 2):
-    """Mean and covariance of every block's Gram at finite width, to first order in 1/width.
+    """Mean and covariance of every block's Gram at finite width: the mean to first order in 1/width, the
+    covariance to first order plus (``order=2``, the default) the second-order terms that compound with depth.
 
     Parameters
     ----------
     net : Network (or a layer or list of layers)
     K0, X : the input Gram (n x n) or a data matrix (n x d), as for `meanfield.propagate`; n <= 16.
     width : int >= 2, or a sequence of them
-        The width W of the simulated networks (a Dense layer with its own ``width`` keeps it). The first-order
-        theory is linear in 1/W, so a sequence of widths costs one computation and returns a dict
+        The width W of the simulated networks (a Dense layer with its own ``width`` keeps it). The theory is a
+        polynomial in 1/W, so a sequence of widths costs one computation and returns a dict
         {width: Trajectory}.
     nodes : int
         Quasi-Monte Carlo points per replicate for the per-unit moments (a power of two, 2^8 to 2^20).
@@ -105,8 +106,9 @@ def propagate_finite(net, K0=None, *, X=None, width, nodes: int = 2**14, replica
         1: the covariance to first order in 1/W (Sigma1_L / W). 2 (default): plus the terms of order 1/W^2
         that compound with depth (Sigma2_L / W^2, see the module docstring). First order alone misses the
         variances by a relative ~ c L / W (c ~ 2.5 for ReLU without a norm: 18 % at L = 20, W = 256); second
-        order leaves the one-block O(1/W^2) term. The mean is first order in both cases. Order 2 costs 2 m + 2
-        more node averages per block (m <= 16 directions) and is several times slower.
+        order is within 10% of the simulation for every entry and block at W >= 256 in the validation of
+        docs/user_guide.md. The mean is first order in both cases. Order 2 costs 2 m + 2 more node averages per
+        block (m <= 16 directions) and is 5-20 times slower (n = 10, 30 blocks: about 2 minutes against 6 s).
 
     Returns
     -------
