@@ -29,6 +29,7 @@ import scipy.special as sc
 
 from hermite import quadrature, tables
 from hermite.arc_cosine import ARC_FORMS, arc_cosine_kernel, step_kernel, two_sided
+from hermite.asymptotic import asymptotic_pair
 from hermite.basis import hermite_polynomials, mehler_sum, piecewise_coefficients, piecewise_linear_coefficients
 from hermite.bivariate import linear_pieces, piecewise_linear_pair
 from hermite.smoothing import exp_linear_smoothing, piecewise_smoothing
@@ -91,6 +92,10 @@ class Core:
     second_derivative: Callable | None = None
     array_fn: Callable | None = None
     spec: dict | None = None
+    asymptote: tuple | None = None
+
+    #: ``asymptote`` = (pieces, radius): phi minus the piecewise-linear function ``pieces`` ((a, b, (p0, p1)),
+    #: ...) is below 1e-16 for |x| > radius (`hermite.asymptotic`: silu, softplus approach relu)
 
     homogeneous_degree: ClassVar[int | None] = None  # d with phi(c x) = c^d phi(x) for c > 0, d in {0, 1}
 
@@ -290,6 +295,12 @@ def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
     if pending.size and closed:  # after the series where variances are shared: a Horner sum is cheaper still
         pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending],
                                                    derivative, out, pending)]
+    if pending.size and fa.asymptote is not None and fb.asymptote is not None:
+        # piecewise linear up to localized remainders (silu, softplus, tanh, ... at large variance)
+        scale = np.sqrt(_moments(fa, Q1[pending], derivative) * _moments(fb, Q2[pending], derivative))
+        vals, done = asymptotic_pair(fa, fb, r[pending], Q1[pending], Q2[pending], derivative, scale)
+        out[pending[done]] = vals[done]
+        pending = pending[~done]
     if pending.size:
         f, g = fa.function(derivative), fb.function(derivative)
         def smoothing(mu, sigma):

@@ -368,7 +368,10 @@ def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None):
     keep = w1 * _phi(z1) > 1e-40
     z1, w1 = z1[keep], w1[keep]
     G = None if smoothing is None else smoothing(b * r * z1, b * s)
-    if G is None and not fb.kinks and not fb.jumps and fb.frequency == 0.0:
+    if G is None and not fb.kinks and not fb.jumps and fb.frequency == 0.0 and (b * s <= 1.0 or not fb.features):
+        # only where g(mu + sigma z) varies slowly over the nodes: with sigma >> 1 a step-like g (tanh, silu')
+        # is constant between the symmetric nodes of both rules, which then agree on a wrong value
+        # (E sign(mu + sigma Z) = 0 for every small mu)
         G = _inner_gauss_hermite(g, b * r * z1, b * s)
     if G is None:
         G = _inner(g, fb, b * r * z1, b * s)
