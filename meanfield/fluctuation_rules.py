@@ -191,9 +191,15 @@ def tangent_root(R0: np.ndarray, C: np.ndarray) -> np.ndarray:
 
 
 def _moments(x: np.ndarray) -> np.ndarray:
-    """a(x) = (upper(x x^T), x) per node: (M, p + n)."""
-    iu, ju = upper_index(x.shape[1])
-    return np.concatenate([x[:, iu] * x[:, ju], x], axis=1)
+    """a(x) = (upper(x x^T), x) per node: (M, p + n) (a transposed view: the products are formed on contiguous
+    rows of x^T, twice as fast as on strided columns)."""
+    n = x.shape[1]
+    iu, ju = upper_index(n)
+    xt = np.ascontiguousarray(x.T)
+    out = np.empty((iu.size + n, x.shape[0]))
+    np.multiply(xt[iu], xt[ju], out=out[: iu.size])
+    out[iu.size:] = xt
+    return out.T
 
 
 def _cov(F: np.ndarray) -> np.ndarray:
