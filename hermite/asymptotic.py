@@ -4,8 +4,8 @@ linear parts plus short tensor rules for what is left.
 Many smooth activations approach a piecewise-linear function away from 0: silu, softplus, mish and gelu_tanh
 approach relu, sigmoid and tanh a step (elu and selu approach a ramp with a step, but their closed Gaussian
 smoothing already makes the general quadrature one-dimensional and faster). Writing f = A + a with A piecewise
-linear (the family's ``asymptote``) and a(x) = f(x) - A(x) negligible for |x| > R (the asymptote's radius,
-below 1e-16 there), and g = B + b likewise,
+linear (the family's ``asymptote`` = (pieces, R, scale)) and a(x) = f(x) - A(x) below 1e-16 for |x| > R and
+varying on the length ``scale`` (1, or 1/beta for softplus(beta)), and g = B + b likewise,
 
     E[f(u) g(v)] = E[A(u) B(v)] + E[a(u) E[B(v) | u]] + E[b(v) E[A(u) | v]] + E[a(u) b(v)],
 
@@ -18,16 +18,18 @@ with (u, v) jointly Gaussian, Var u = q1, Var v = q2, corr rho, and s = sqrt(1 -
 
 At large variance (no norm, sigma_w > 1: q in the hundreds to thousands) the remainders live on a sliver
 |x| <= R of the Gaussian's range, where the general two-dimensional quadrature (`hermite.quadrature`) spends
-most of its nodes (20-200 ms an entry); here every rule covers only the remainders' support (0.5-3 ms). The
-rules are composite 12-point Gauss-Legendre, split at the remainders' kinks and jumps, with panels no wider
-than 1 within |x| <= 4, 2 within 12 and 4 beyond (`_ZONES`: the remainders are analytic within pi/2 of the
-real axis between their kinks, tanh's poles, where a 12-point rule on a panel of width 1 errs ~1e-20; the
-coarser rules' relative errors, up to 1e-13 and 3e-8 for tanh and 1e-19 and 1e-13 for silu, whose poles are
-at pi, multiply remainders that have decayed like e^(-|x|) or faster to below 1e-3 and 1e-4); the
-conditional deviations sqrt(q1) s and sqrt(q2) s (the scale on which the density varies along each axis) are
-at least `MIN_DEVIATION` = 1 where the rule is used, so the same panels resolve the density. Below that
-(rho within ~1/q of +-1) the tensor rule would need too many nodes, and the caller's quadrature (fast there:
-a Gauss-Hermite inner rule) takes the entry. Agreement with the general quadrature and with mpmath:
+most of its nodes (20-200 ms an entry); here every rule covers only the remainders' support (0.5-3 ms).
+
+The rules are composite 12-point Gauss-Legendre, split at the remainders' kinks and jumps, with panels (in
+units of the scale) no wider than 1 within |x| <= 4, 2 within 12 and 4 beyond (`_ZONES`). The remainders are
+analytic within pi/2 of the real axis between their kinks (tanh's poles), where a 12-point rule on a panel of
+width 1 errs ~1e-20; the coarser rules' relative errors (up to 1e-13 and 3e-8 for tanh, 1e-19 and 1e-13 for
+silu, whose poles are at pi) multiply remainders that have decayed like e^(-|x|) or faster to below 1e-3 and
+1e-4. The conditional deviations sqrt(q1) s and sqrt(q2) s (the scale on which the density varies along each
+axis) are at least `MIN_DEVIATION` = 1 (times the scale) where the rule is used, so the same panels resolve
+the density; the joint density is formed from its whole exponent, which is never positive. Closer to
+rho = +-1 the tensor rule would need too many nodes, and the caller's quadrature (fast there: a
+Gauss-Hermite inner rule) takes the entry. Agreement with the general quadrature and with mpmath:
 `tests/test_asymptotic.py` (below 5e-16 of sqrt(E f^2 E g^2) at q from 1 to 1e5).
 """
 
@@ -68,7 +70,8 @@ class _Side:
     """One function's asymptote for a derivative order: linear pieces, and the remainder on its rule."""
 
     def __init__(self, core, derivative: int):
-        pieces, radius = core.asymptote
+        pieces, radius, scale = core.asymptote
+        self.scale = float(scale)
         self.pieces = pieces  # ((a, b, coeffs), ...): for the smoothing
         self.linear = linear_pieces(pieces, derivative)
         self.derivative = derivative
@@ -76,11 +79,11 @@ class _Side:
         breaks = {t for a, b, *_ in self.linear for t in (a, b) if math.isfinite(t)}
         breaks.update(core.kinks)
         breaks.update(core.jumps)
-        breaks.update(t for edge, _ in _ZONES[:-1] for t in (-edge, edge))
+        breaks.update(t for edge, _ in _ZONES[:-1] for t in (-edge * self.scale, edge * self.scale))
         ends = sorted({-R, R, *(t for t in breaks if -R < t < R)})
         br = [ends[0]]
         for a, b in zip(ends[:-1], ends[1:]):
-            width = next(f for edge, f in _ZONES if abs(0.5 * (a + b)) <= edge) * _PANEL
+            width = next(f for edge, f in _ZONES if abs(0.5 * (a + b)) <= edge * self.scale) * _PANEL * self.scale
             n = max(1, math.ceil((b - a) / width - 1e-9))
             br.extend(a + (b - a) * np.arange(1, n) / n)
             br.append(b)
@@ -108,7 +111,7 @@ def asymptotic_pair(fa, fb, r, Q1, Q2, derivative: int, scale: np.ndarray, tol: 
     Q1 = np.broadcast_to(np.asarray(Q1, dtype=np.float64), r.shape)
     Q2 = np.broadcast_to(np.asarray(Q2, dtype=np.float64), r.shape)
     s = np.sqrt(np.maximum((1.0 - r) * (1.0 + r), 0.0))
-    ok = (np.abs(r) < 1.0) & (np.minimum(np.sqrt(Q1), np.sqrt(Q2)) * s >= MIN_DEVIATION)
+    ok = (np.abs(r) < 1.0) & (np.sqrt(Q1) * s >= MIN_DEVIATION * A.scale) & (np.sqrt(Q2) * s >= MIN_DEVIATION * B.scale)
     out = np.zeros(r.size)
     idx = np.nonzero(ok)[0]
     if idx.size == 0:
@@ -133,9 +136,9 @@ def _remainders(A: _Side, B: _Side, r, a1, a2, s) -> np.ndarray:
     rb = B.wa * np.exp(-0.5 * zy * zy) * (_INV_SQRT_2PI / a2)
     mixed = np.sum(ra * B.smoothing(r * a2 * zx, a2 * s), axis=1) + np.sum(rb * A.smoothing(r * a1 * zy, a1 * s),
                                                                           axis=1)
-    # the bivariate density over the product of the marginals: exp(-(r^2 zx^2 - 2 r zx zy + r^2 zy^2)/(2 s^2))/s
+    # the bivariate standard normal density, its exponent -(zx^2 - 2 r zx zy + zy^2) / (2 s^2) <= 0 formed whole
+    # (the density over the product of the marginals overflows for wide supports)
     c = (0.5 / (s * s))[:, :, None]
-    e = c * (2.0 * r[:, :, None] * zx[:, :, None] * zy[:, None, :] - (r * r * zx * zx)[:, :, None]
-             - (r * r * zy * zy)[:, None, :])
-    joint = np.einsum("ei,eij,ej->e", ra, np.exp(e), rb) / s[:, 0]
+    e = c * (2.0 * r[:, :, None] * zx[:, :, None] * zy[:, None, :] - (zx * zx)[:, :, None] - (zy * zy)[:, None, :])
+    joint = np.einsum("i,eij,j->e", A.wa, np.exp(e), B.wa) * (_INV_2PI / (a1 * a2 * s))[:, 0]
     return mixed + joint

@@ -145,7 +145,7 @@ def _gelu_tanh(name, p):
         return s * u1 + 0.5 * x * s * (6 * k * c * x - 2 * t * u1 * u1)
 
     return {}, dict(fn=gt, expr="x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))/2", features=(0.0,), derivative=dgt,
-                    asymptote=(_RELU, 12.0),
+                    asymptote=(_RELU, 12.0, 1.0),
                     second_derivative=d2gt, array_fn=lambda x, xp: 0.5 * x * (1.0 + xp.tanh(k * (x + c * x * x * x))))
 
 
@@ -184,7 +184,7 @@ def _softplus(name, p):
     check_no_params(name, p)
     return ({"beta": b} if b != 1.0 else {}), dict(
         fn=lambda x: _np_softplus(b * x) / b, expr=f"log(1 + exp({b!r}*x))/{b!r}", features=(0.0,),
-        asymptote=(_RELU, 40.0 / b),
+        asymptote=(_RELU, (40.0 + math.log(max(1.0, 1.0 / b))) / b, 1.0 / b),  # e^(-b R) / b <= 4e-18
         derivative=lambda x: sc.expit(b * x), second_derivative=lambda x: b * sc.expit(b * x) * sc.expit(-b * x),
         array_fn=lambda x, xp: _softplus_xp(b * x, xp) / b)
 
@@ -232,23 +232,23 @@ TABLE = {
         array_fn=lambda x, xp: xp.clip(x, 0.0, 6.0))),
     "tanh": (Core, _none(
         fn=np.tanh, expr="tanh(x)", features=(0.0,), parity=-1, derivative=_sech2,
-        asymptote=(((-math.inf, 0.0, (-1.0,)), (0.0, math.inf, (1.0,))), 20.0),
+        asymptote=(((-math.inf, 0.0, (-1.0,)), (0.0, math.inf, (1.0,))), 20.0, 1.0),
         second_derivative=lambda x: -2.0 * np.tanh(x) * _sech2(x), array_fn=lambda x, xp: xp.tanh(x))),
     "sigmoid": (Core, _none(
         fn=sc.expit, expr="1/(1 + exp(-x))", features=(0.0,), derivative=lambda x: sc.expit(x) * sc.expit(-x),
-        asymptote=(((-math.inf, 0.0, (0.0,)), (0.0, math.inf, (1.0,))), 40.0),
+        asymptote=(((-math.inf, 0.0, (0.0,)), (0.0, math.inf, (1.0,))), 40.0, 1.0),
         second_derivative=_sigmoid_d2, array_fn=_expit_xp)),
     "erf": (ErfCore, _none(array_fn=_erf_xp)),
     "gelu": (GeluCore, _none(array_fn=lambda x, xp: 0.5 * x * (1.0 + _erf_xp(x / math.sqrt(2.0), xp)))),
     "gelu_tanh": (Core, _gelu_tanh),
     "silu": (Core, _none(
-        fn=lambda x: x * sc.expit(x), expr="x/(1 + exp(-x))", features=(0.0,), asymptote=(_RELU, 42.0),
+        fn=lambda x: x * sc.expit(x), expr="x/(1 + exp(-x))", features=(0.0,), asymptote=(_RELU, 42.0, 1.0),
         derivative=lambda x: sc.expit(x) * (1 + x * sc.expit(-x)),  # f'' = s'(2 + x (1 - 2s)), s' = s(1 - s)
         second_derivative=lambda x: sc.expit(x) * sc.expit(-x) * (2.0 + x * (sc.expit(-x) - sc.expit(x))),
         array_fn=lambda x, xp: x * _expit_xp(x, xp))),
     "mish": (Core, _none(
         fn=lambda x: x * np.tanh(_np_softplus(x)), expr="x*tanh(log(1 + exp(x)))", features=(0.0,),
-        asymptote=(_RELU, 42.0),
+        asymptote=(_RELU, 42.0, 1.0),
         derivative=lambda x: np.tanh(_np_softplus(x)) + x * sc.expit(x) * _sech2(_np_softplus(x)),
         second_derivative=_mish_d2, array_fn=lambda x, xp: x * xp.tanh(_softplus_xp(x, xp)))),
     "elu": (ExpLinearCore, _elu),

@@ -94,8 +94,9 @@ class Core:
     spec: dict | None = None
     asymptote: tuple | None = None
 
-    #: ``asymptote`` = (pieces, radius): phi minus the piecewise-linear function ``pieces`` ((a, b, (p0, p1)),
-    #: ...) is below 1e-16 for |x| > radius (`hermite.asymptotic`: silu, softplus approach relu)
+    #: ``asymptote`` = (pieces, radius, scale): phi minus the piecewise-linear function ``pieces`` ((a, b, (p0,
+    #: p1)), ...) is below 1e-16 for |x| > radius and varies on the scale ``scale`` (`hermite.asymptotic`: silu
+    #: approaches relu; softplus(beta) too, on the scale 1/beta)
 
     homogeneous_degree: ClassVar[int | None] = None  # d with phi(c x) = c^d phi(x) for c > 0, d in {0, 1}
 

@@ -64,18 +64,20 @@ def test_against_mpmath_where_the_general_quadrature_errs():
     assert abs(got[0] - want) < 1e-15
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name,params", [(f, {}) for f in FAMILIES]
+                         + [("softplus", {"beta": b}) for b in (0.02, 0.5, 10.0, 30.0)])
 @pytest.mark.parametrize("derivative", [0, 1])
-def test_declared_radius_bounds_the_remainder(name, derivative):
-    """|f^(d)(x) - A^(d)(x)| <= 1e-16 for radius <= |x| <= 4 radius: the rules may stop at the radius."""
-    core = _core(name)
-    pieces, radius = core.asymptote
+def test_declared_radius_bounds_the_remainder(name, params, derivative):
+    """|f^(d)(x) - A^(d)(x)| <= 1e-16 for radius <= |x| <= 4 radius (up to the rounding of f(x) - x, a few ulps
+    of x): the rules may stop at the radius."""
+    core = hermite.activation(name, **params).core
+    pieces, radius, _ = core.asymptote
     lin = linear_pieces(pieces, derivative)
     x = np.concatenate([-np.linspace(radius, 4 * radius, 301), np.linspace(radius, 4 * radius, 301)])
     A = sum(np.where((x >= a) & (x < b), p0 + p1 * x, 0.0) for a, b, p0, p1 in lin)
     with np.errstate(over="ignore"):
         rem = core.function(derivative)(x) - A
-    assert np.max(np.abs(rem)) <= 1e-16 * np.maximum(1.0, np.abs(x)).max()
+    assert np.all(np.abs(rem) <= 1e-16 + 4 * np.finfo(float).eps * np.abs(x))
 
 
 def test_small_deviation_is_left_to_the_caller():
@@ -109,3 +111,44 @@ def test_kernel_uses_it_and_agrees_at_every_correlation():
     want = quadrature.pair_expectation(core.fn, core.fn, core, core, r, np.full(r.size, q1), np.full(r.size, q2))
     scale = math.sqrt(hermite.kernel("softplus", 1.0, q1) * hermite.kernel("softplus", 1.0, q2))
     assert np.max(np.abs(got - want)) < TOL * scale
+
+
+@pytest.mark.parametrize("beta", [0.5, 10.0, 30.0])
+@pytest.mark.parametrize("derivative", [0, 1])
+def test_softplus_scale_against_mpmath(beta, derivative):
+    """softplus(beta) varies on the scale 1/beta, and the rules follow it (at beta = 30 fixed unit panels erred
+    2e-9; at beta = 0.5 the joint density over the marginals overflowed to NaN). rho = 0: (E f^(d)(u))^2 by a
+    30-digit integral."""
+    core = hermite.activation("softplus", beta=beta).core
+    q = 100.0
+    scale = _moments(core, np.array([q]), derivative)
+    got, ok = asymptotic_pair(core, core, np.array([0.0]), np.array([q]), np.array([q]), derivative, scale)
+    assert ok[0]
+    with mp.workdps(30):
+        b = mp.mpf(beta)
+        f = (lambda x: mp.log(1 + mp.exp(b * x)) / b) if derivative == 0 else (lambda x: 1 / (1 + mp.exp(-b * x)))
+        sq = mp.sqrt(q)
+        pts = [-mp.inf] + [k / b for k in (-40, -10, -3, -1, 0, 1, 3, 10, 40)] + [mp.inf]
+        want = float(mp.quad(lambda x: f(x) * mp.npdf(x / sq) / sq, sorted(pts)) ** 2)
+    assert abs(got[0] - want) < TOL * scale[0]
+
+
+def test_softplus_large_beta_near_one_against_mpmath():
+    """Two-dimensional 25-digit mpmath references (conditional formulation, computed independently in review)
+    for softplus(beta = 30)' and softplus(beta = 10) at rho = 0.99, q = 100, through `hermite.kernel`."""
+    f30, f10 = hermite.activation("softplus", beta=30.0), hermite.activation("softplus", beta=10.0)
+    assert abs(hermite.kernel(f30, 0.99, 100.0, derivative=1) - 0.4774325104758056) < TOL * 0.5004
+    assert abs(hermite.kernel(f10, 0.99, 100.0, derivative=1) - 0.4771094809214797) < TOL * 0.5
+    assert abs(hermite.kernel(f10, 0.99, 100.0) - 49.515758511905188) < TOL * 50.0
+
+
+def test_wide_support_does_not_overflow():
+    """softplus(beta = 0.5) has radius 80 + 2 ln 2: the density over the product of the marginals overflowed
+    (NaN returned as computed); against the Mehler series, which converges at rho = 0.5."""
+    core = hermite.activation("softplus", beta=0.5).core
+    q = np.array([400.0])
+    scale = _moments(core, q, 0)
+    got, ok = asymptotic_pair(core, core, np.array([0.5]), q, q, 0, scale)
+    assert ok[0]
+    series = hermite.kernel(hermite.activation("softplus", beta=0.5), 0.5, 400.0)
+    assert abs(got[0] - series) < TOL * scale[0]
