@@ -26,6 +26,7 @@ from hermite.cores import (
     GeluCore,
     PiecewisePolynomialCore,
     SinCore,
+    SoftplusCore,
     StepCore,
 )
 from hermite.validate import check_no_params, check_param
@@ -182,7 +183,8 @@ def _elu(name, p):
 def _softplus(name, p):
     b = check_param(name, p, "beta", 1.0, positive=True)
     check_no_params(name, p)
-    return ({"beta": b} if b != 1.0 else {}), dict(
+    unit = None if b == 1.0 else builtin_core("softplus", {})  # the family reads its numerics off the unit
+    return ({"beta": b} if b != 1.0 else {}), dict(beta=b, unit=unit,
         fn=lambda x: _np_softplus(b * x) / b, expr=f"log(1 + exp({b!r}*x))/{b!r}", features=(0.0,),
         asymptote=(_RELU, (40.0 + math.log(max(1.0, 1.0 / b))) / b, 1.0 / b),  # e^(-b R) / b <= 4e-18
         derivative=lambda x: sc.expit(b * x), second_derivative=lambda x: b * sc.expit(b * x) * sc.expit(-b * x),
@@ -253,7 +255,7 @@ TABLE = {
         second_derivative=_mish_d2, array_fn=lambda x, xp: x * xp.tanh(_softplus_xp(x, xp)))),
     "elu": (ExpLinearCore, _elu),
     "selu": (ExpLinearCore, _elu),
-    "softplus": (Core, _softplus),
+    "softplus": (SoftplusCore, _softplus),
     "sin": (SinCore, _none()),
     "cos": (CosCore, _none()),
     "exp": (ExpCore, _none()),

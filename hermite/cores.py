@@ -36,7 +36,7 @@ from hermite.smoothing import exp_linear_smoothing, piecewise_smoothing
 
 __all__ = ["Core", "NoClosedForm", "PiecewisePolynomialCore", "ArcCosineCore", "StepCore", "ErfCore",
            "ExpCore", "SinCore", "CosCore", "GaussianCore", "GeluCore", "ExpressionCore", "CallableCore",
-           "SubtractedCore", "ExpLinearCore", "pair_kernel"]
+           "SubtractedCore", "ExpLinearCore", "SoftplusCore", "pair_kernel"]
 
 TOL = 2e-14  # target relative accuracy of each kernel method (the guarantee is 1e-12)
 SERIES_K = (32, 256)
@@ -666,6 +666,44 @@ class GaussianCore(Core):
             m = k // 2
             return rk / sp.sqrt(1 + q) * (-q / (2 * (1 + q))) ** m / sp.factorial(m)
         return _generating(K, term)
+
+
+@dataclass(frozen=True, eq=False)
+class SoftplusCore(Core):
+    """phi = log(1 + e^(beta x)) / beta: the unit softplus rescaled, phi_beta(x) = phi_1(beta x) / beta.
+
+    The numerics of every core assume it varies on the unit scale near its features; softplus(beta) varies on
+    the scale 1/beta, so at beta >> 1 the unit-scale rules were wrong (beta = 30 at q = 10: 2e-6). The family
+    instead reads everything off the unit softplus (``unit``) at the variance beta^2 q, exactly:
+    c_k(q) = c_k^(1)(beta^2 q) / beta, E phi^2 = E phi_1^2 (beta^2 q) / beta^2, and the kernel of phi
+    (of phi') is that of phi_1 (of phi_1') at (beta^2 q1, beta^2 q2), over beta^2 (times 1).
+    """
+
+    beta: float = 1.0
+    unit: Core | None = None  # the unit softplus (None for beta = 1, which is the unit itself)
+
+    def closed_coefficients(self, K, Q):
+        if self.unit is None:
+            return None
+        return self.unit.coefficients(K, self.beta**2 * np.asarray(Q, dtype=np.float64)) / self.beta
+
+    def closed_second_moment(self, Q):
+        if self.unit is None:
+            return None
+        return self.unit.second_moment(self.beta**2 * np.asarray(Q, dtype=np.float64)) / self.beta**2
+
+    def closed_kernel(self, r, Q1, Q2, derivative):
+        if self.unit is None:
+            return None
+        b2 = self.beta**2
+        k = self.unit.kernel(r, b2 * np.asarray(Q1, dtype=np.float64), b2 * np.asarray(Q2, dtype=np.float64),
+                             derivative)
+        return k if derivative else k / b2
+
+    def derivative_moment(self, Q):
+        if self.unit is None:
+            return super().derivative_moment(Q)
+        return self.unit.derivative_moment(self.beta**2 * np.asarray(Q, dtype=np.float64))
 
 
 @dataclass(frozen=True, eq=False)

@@ -34,7 +34,9 @@ def _overrides(cls, method) -> bool:
 
 
 # the built-in rows of every family class with a closed form, plus parameterized members
-FAMILY_ROWS = [(name, {}) for name, (cls, _) in TABLE.items() if any(_overrides(cls, m) for m in CLOSED)]
+# softplus(beta) reads its numerics off the unit softplus only for beta != 1 (at beta = 1 it is the unit itself)
+FAMILY_ROWS = [(name, {"beta": 3.0} if name == "softplus" else {}) for name, (cls, _) in TABLE.items()
+               if any(_overrides(cls, m) for m in CLOSED)]
 FAMILY_ROWS += [("leaky_relu", {"negative_slope": 0.2}), ("leaky_relu", {"negative_slope": -0.5})]
 IDS = [f"{n}{p or ''}" for n, p in FAMILY_ROWS]
 
