@@ -3,9 +3,10 @@
 The base class `Core` computes everything numerically for any phi smooth between its kinks: coefficients
 c_k(Q) = E[phi(sqrt(Q) z) h_k(z)] by kink-split, feature-graded quadrature (`hermite.quadrature`, with
 verified Gauss-Hermite and Chebyshev-in-log-q fast paths for engines), the second moment, the derivative
-moment E phi'^2, and the dual kernel by the Mehler series sum_k c_k(Q1) c_k(Q2) r^k wherever its remainder
-is proven below 2e-14 sqrt(E phi(u)^2 E phi(v)^2) (Cauchy-Schwarz: the tail is at most
-|r|^(K+1) sqrt(T_K(Q1) T_K(Q2)), T_K the tail mass), else by two-dimensional quadrature. It knows no exact
+moment E phi'^2, and the dual kernel from a verified table where many entries share a variance pair
+(`hermite.tables`), else entry by entry (`hermite.pairs`: the Mehler series sum_k c_k(Q1) c_k(Q2) r^k
+wherever its remainder is proven, closed piecewise-linear and asymptotic forms, two-dimensional
+quadrature). It knows no exact
 coefficients (ValueError) and no homogeneity degree (None).
 
 A closed-form family is a subclass overriding only what it knows: ``closed_coefficients``,
@@ -29,17 +30,14 @@ import scipy.special as sc
 
 from hermite import quadrature, tables
 from hermite.arc_cosine import ARC_FORMS, arc_cosine_kernel, step_kernel, two_sided
-from hermite.asymptotic import asymptotic_pair
-from hermite.basis import hermite_polynomials, mehler_sum, piecewise_coefficients, piecewise_linear_coefficients
-from hermite.bivariate import linear_pieces, piecewise_linear_pair
+from hermite.basis import hermite_polynomials, piecewise_coefficients, piecewise_linear_coefficients
+from hermite.bivariate import linear_pieces
 from hermite.smoothing import exp_linear_smoothing, piecewise_smoothing
 
 __all__ = ["Core", "NoClosedForm", "PiecewisePolynomialCore", "ArcCosineCore", "StepCore", "ErfCore",
            "ExpCore", "SinCore", "CosCore", "GaussianCore", "GeluCore", "ExpressionCore", "CallableCore",
-           "SubtractedCore", "ExpLinearCore", "SoftplusCore", "pair_kernel"]
+           "SubtractedCore", "ExpLinearCore", "SoftplusCore"]
 
-TOL = 2e-14  # target relative accuracy of each kernel method (the guarantee is 1e-12)
-SERIES_K = (32, 256)
 _MEMO: OrderedDict = OrderedDict()
 
 
@@ -168,7 +166,7 @@ class Core:
 
     def numerical_kernel(self, r, Q1, Q2, derivative: int = 0) -> np.ndarray:
         """The kernel from a verified table where many entries share a variance pair (`hermite.tables`),
-        else entry by entry by the proven Mehler series or two-dimensional quadrature (`pair_kernel`)."""
+        else entry by entry (`hermite.pairs.pair_kernel`)."""
         return tables.tabulated_kernel(self, r, Q1, Q2, derivative)
 
     def squared(self, fn=None) -> Core:
@@ -232,104 +230,6 @@ class Core:
         if self.derivative is None:
             raise ValueError(f"activation {self.name!r} has no derivative: pass derivative= to hermite.activation")
         return self.derivative
-
-
-# ------------------------------------------------------------------------------------------------
-# the Mehler series with its proven remainder
-def _series_parts(core: Core, K: int, Q: np.ndarray, derivative: int):
-    """Per-variance coefficients (of phi or phi'), second moments and tail masses."""
-    if derivative == 0:
-        c = core.coefficients(K, Q, fast=True)
-        m = core.second_moment(Q)
-    else:
-        c1 = core.coefficients(K + 1, Q, fast=True)
-        k = np.arange(1, K + 2)
-        c = c1[:, 1:] * np.sqrt(k[None, :] / Q[:, None])  # d_k = sqrt((k+1)/q) c_{k+1} (Stein's lemma)
-        m = core.derivative_moment(Q)
-    # the tail is known only up to the rounding of M and of sum c_k^2: never trust it below 1e-15 M
-    t = np.maximum(m - np.einsum("ij,ij->i", c, c), 0.0) + 1e-15 * m
-    return c, m, t
-
-
-def pair_kernel(fa: Core, fb: Core, r, Q1, Q2, derivative=0) -> np.ndarray:
-    """E[fa(u) fb(v)] (or of the derivatives) on flat arrays, by proven series, the closed form of piecewise-linear
-    pairs (`hermite.bivariate`), or quadrature, in that order.
-
-    One coefficient computation per distinct variance and truncation level (both functions share it
-    when they are the same core); an entry is summed at the first level whose tail bound proves it.
-    """
-    r = np.asarray(r, dtype=np.float64)
-    M = r.size
-    out = np.empty(M)
-    pending = np.arange(M)
-    lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
-    closed = lf is not None and lg is not None
-    if closed and 8 * np.unique(np.concatenate([Q1, Q2])).size > M:
-        # few entries per variance (random triples): the series' per-variance coefficients cost more than
-        # the closed form of every entry
-        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, derivative, out, pending)]
-    smooth = all(not f.kinks and f.frequency == 0.0 for f in (fa, fb))
-    for K in SERIES_K + ((1024,) if smooth else ()):
-        if pending.size == 0:
-            break
-        if K == 1024 and pending.size < max(64, np.unique(np.concatenate([Q1[pending], Q2[pending]])).size):
-            break  # a few entries: direct quadrature is cheaper than order-1024 coefficients
-        Qa, Qb = Q1[pending], Q2[pending]
-        if fb is fa:
-            u, inv = np.unique(np.concatenate([Qa, Qb]), return_inverse=True)
-            ia, ib = inv[: pending.size], inv[pending.size:]
-            ca, ma, ta = _series_parts(fa, K, u, derivative)
-            cb, mb, tb = ca, ma, ta
-        else:
-            ua, ia = np.unique(Qa, return_inverse=True)
-            ub, ib = np.unique(Qb, return_inverse=True)
-            ca, ma, ta = _series_parts(fa, K, ua, derivative)
-            cb, mb, tb = _series_parts(fb, K, ub, derivative)
-        rp = r[pending]
-        scale = np.sqrt(ma[ia] * mb[ib])
-        bound = np.abs(rp) ** (K + 1) * np.sqrt(ta[ia] * tb[ib])
-        ok = bound <= TOL * scale
-        if np.any(ok):
-            sel = np.nonzero(ok)[0]
-            out[pending[sel]] = mehler_sum(ca, cb, ia[sel], ib[sel], rp[sel])
-        pending = pending[~ok]
-    if pending.size and closed:  # after the series where variances are shared: a Horner sum is cheaper still
-        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending],
-                                                   derivative, out, pending)]
-    if pending.size and fa.asymptote is not None and fb.asymptote is not None:
-        # piecewise linear up to localized remainders (silu, softplus, tanh, ... at large variance)
-        scale = np.sqrt(_moments(fa, Q1[pending], derivative) * _moments(fb, Q2[pending], derivative))
-        vals, done = asymptotic_pair(fa, fb, r[pending], Q1[pending], Q2[pending], derivative, scale)
-        out[pending[done]] = vals[done]
-        pending = pending[~done]
-    if pending.size:
-        f, g = fa.function(derivative), fb.function(derivative)
-        def smoothing(mu, sigma):
-            return fb.closed_smoothing(mu, sigma, derivative)
-
-        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending], smoothing)
-    return out
-
-
-def _moments(core: Core, Q: np.ndarray, derivative: int) -> np.ndarray:
-    u, inv = np.unique(Q, return_inverse=True)
-    return (core.second_moment(u) if derivative == 0 else core.derivative_moment(u))[inv]
-
-
-def _closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, derivative, out, where) -> np.ndarray:
-    """Entries with |r| < 1 by the closed form of `hermite.bivariate` (into ``out[where]``) where its rounding
-    estimate is at most 1e-12 sqrt(E fa^2 E fb^2); returns the positions left to the other methods (|r| = 1,
-    larger estimates)."""
-    idx = np.nonzero(np.abs(r) < 1.0)[0]
-    if idx.size == 0:
-        return np.arange(r.size)
-    v, err = piecewise_linear_pair(lf, lg, r[idx], Q1[idx], Q2[idx])
-    scale = np.sqrt(_moments(fa, Q1[idx], derivative) * _moments(fb, Q2[idx], derivative))
-    ok = err <= 1e-12 * scale
-    out[where[idx[ok]]] = v[ok]
-    done = np.zeros(r.size, dtype=bool)
-    done[idx[ok]] = True
-    return np.nonzero(~done)[0]
 
 
 # ------------------------------------------------------------------------------------------------

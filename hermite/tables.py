@@ -4,7 +4,7 @@ After a LayerNorm, RMSNorm or BatchNorm every entry of a Gram shares one varianc
 general a batch has one pair per pair of distinct variances. For such a pair the dual kernel is a function
 of rho alone, k(rho) = E[phi(u) phi(v)] with Var u = Q1, Var v = Q2, corr(u, v) = rho (or the kernel of
 phi' for derivative=1). A `KernelTable` evaluates it at numpy speed from a few hundred values of the
-accurate path (`hermite.cores.pair_kernel`: proven Mehler series, else kink-split two-dimensional
+accurate path (`hermite.pairs.pair_kernel`: proven Mehler series, else kink-split two-dimensional
 quadrature), so whole Grams of an activation without a closed form cost a few passes over the matrix.
 
 The variable. Kinks and jumps of phi make k non-analytic at rho = +-1 only, through half-integer powers
@@ -195,9 +195,9 @@ def build_table(core, Q1: float, Q2: float, derivative: int = 0) -> KernelTable 
     """The verified table of rho -> E[phi(u) phi(v)] (phi' for derivative=1) of ``core`` at (Q1, Q2).
 
     Returns None where bisection does not converge within MAX_DEPTH levels (the caller then evaluates
-    every entry on the accurate path). Values come from `hermite.cores.pair_kernel`.
+    every entry on the accurate path). Values come from `hermite.pairs.pair_kernel`.
     """
-    from hermite.cores import pair_kernel
+    from hermite.pairs import pair_kernel
 
     Q = np.array([Q1, Q2], dtype=np.float64)
     if derivative == 0:
@@ -303,8 +303,8 @@ def _tabulable(q: float) -> bool:
 def tabulated_kernel(core, r: np.ndarray, Q1: np.ndarray, Q2: np.ndarray, derivative: int = 0) -> np.ndarray:
     """E[phi(u) phi(v)] on flat arrays: entries whose variance pair is shared by at least `TABLE_MIN` of them
     come from that pair's verified table, the others (and pairs without a table) from the accurate path
-    (`hermite.cores.pair_kernel`: proven Mehler series, else two-dimensional quadrature)."""
-    from hermite.cores import pair_kernel
+    (`hermite.pairs.pair_kernel`: proven Mehler series, else two-dimensional quadrature)."""
+    from hermite.pairs import pair_kernel
 
     r = np.asarray(r, dtype=np.float64)
     M = r.size

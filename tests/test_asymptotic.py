@@ -14,7 +14,7 @@ import hermite
 from hermite import quadrature
 from hermite.asymptotic import MIN_DEVIATION, asymptotic_pair
 from hermite.bivariate import linear_pieces
-from hermite.cores import _moments
+from hermite.pairs import _moments
 
 FAMILIES = ["silu", "softplus", "mish", "gelu_tanh", "tanh", "sigmoid"]
 TOL = 1e-13

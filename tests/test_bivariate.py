@@ -15,7 +15,8 @@ from scipy.special import ndtr
 
 import hermite
 from hermite import bivariate, quadrature
-from hermite.cores import PiecewisePolynomialCore, pair_kernel
+from hermite.cores import PiecewisePolynomialCore
+from hermite.pairs import pair_kernel
 
 
 def plackett(h: float, k: float, r: float) -> float:

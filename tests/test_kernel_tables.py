@@ -12,7 +12,7 @@ import pytest
 import hermite
 from hermite import quadrature, tables
 from hermite.builtins import builtin_names
-from hermite.cores import pair_kernel
+from hermite.pairs import pair_kernel
 
 CONTRACT = 1e-12  # relative to sqrt(E phi(u)^2 E phi(v)^2)
 
