@@ -46,7 +46,7 @@ from hermite.smoothing import piecewise_smoothing
 
 __all__ = ["asymptotic_pair", "MIN_DEVIATION"]
 
-MIN_DEVIATION = 1.0  # smallest conditional deviation sqrt(q) s at which the tensor rules are used
+MIN_DEVIATION = 1.0  # smallest conditional deviation sqrt(q) s, in units of the scale, for the tensor rules
 _NODES = 12
 _PANEL = 1.0  # widest panel: the remainders are analytic within pi/2 of the real axis (tanh, sech^2)
 #: (|x| up to, panel width factor): the remainders decay at least like e^(-|x|), so farther out a coarser rule's
