@@ -54,7 +54,8 @@ from scipy.stats import qmc
 from meanfield.core.law import Gaussian
 
 __all__ = ["upper_index", "to_sym", "upper", "sample_chain", "affine_chain", "stencil", "safe_step",
-           "gaussian_nodes", "sobol_normals", "principal_root", "tangent_root", "segment_fresh"]
+           "curvature_cov", "gaussian_nodes", "sobol_normals", "principal_root", "tangent_root",
+           "segment_fresh"]
 
 _OFFSETS = np.array([-2.0, -1.0, 1.0, 2.0])
 #: directions of a statistic's covariance along which `_post` takes the second-order parts
@@ -138,6 +139,28 @@ def stencil(fun, x0: np.ndarray, dirs: np.ndarray, h: np.ndarray, f0: np.ndarray
     d1[still] = 0.0
     d2[still] = 0.0
     return d1, d2
+
+
+def curvature_cov(fun, x0: np.ndarray, dirs: np.ndarray, steps: np.ndarray, lam: np.ndarray, J: np.ndarray,
+                  H: np.ndarray) -> np.ndarray:
+    """The second-order covariance of fun(x0 + e) for a Gaussian e = sum_j sqrt(lam_j) z_j dirs_j:
+    Var fun''[e, e] / 2 = sum_jk lam_j lam_k H_jk H_jk^T / 2, plus Cov(J e, fun'''[e, e, e] / 6) and its
+    transpose, (J Sigma G'^T + transpose) / 2 with G(x) = fun''(x)[Sigma] (its derivative along each direction
+    by central differences of second differences, steps ``steps``). ``J`` (m, q): fun' along each direction;
+    ``H`` (m, m, q): fun'' along each pair. ``fun`` maps a stack of points to values (k, q)."""
+    m = lam.size
+    HL = H * np.sqrt(lam)[:, None, None] * np.sqrt(lam)[None, :, None]
+    cov = 0.5 * np.einsum("jka,jkb->ab", HL, HL)
+    axes = (slice(None),) + (None,) * x0.ndim
+
+    def G(X):
+        pts = np.concatenate([X[None], X[None] + steps[axes] * dirs, X[None] - steps[axes] * dirs])
+        v = fun(pts)
+        return (lam / steps**2) @ (v[1:m + 1] - 2.0 * v[0] + v[m + 1:])
+
+    Gd = np.stack([(G(x0 + steps[j] * dirs[j]) - G(x0 - steps[j] * dirs[j])) / (2.0 * steps[j]) for j in range(m)])
+    t = 0.5 * (J * lam[:, None]).T @ Gd
+    return cov + t + t.T
 
 
 def safe_step(K: np.ndarray, dirs_sym: np.ndarray, rel: float = 1e-2, frac: float = 0.05) -> np.ndarray:
@@ -270,22 +293,12 @@ def _post(layers, S0: np.ndarray, m0: np.ndarray, Gamma: np.ndarray, bias: np.nd
             mixed = (v[0] - v[1] - v[2] + v[3]) / (4.0 * ht[j] * ht[ls, None])
             N2[j, ls] = mixed
             N2[ls, j] = mixed
-    # the one-segment O(1/w^2) variance of N(A_hat), A_hat the mean of w i.i.d. statistics (Gaussian part of
-    # Var N''[e, e]/2, Cov(N' e, N''[e, e]/2) through the statistic's third cumulant K3, Cov(N' e,
-    # N'''[e, e, e]/6) through G = N''[Gamma]), per unit^2
-    NL = N2 * np.sqrt(gt)[:, None, None] * np.sqrt(gt)[None, :, None]
-    var2 = 0.5 * np.einsum("jka,jkb->ab", NL, NL)
+    # the one-segment O(1/w^2) variance of N(A_hat), A_hat the mean of w i.i.d. statistics (`curvature_cov`: the
+    # Gaussian part and Cov(N' e, N'''[e, e, e]/6); and Cov(N' e, N''[e, e]/2) through the statistic's third
+    # cumulant K3), per unit^2
     K3 = np.einsum("mi,mj,mk->ijk", ct, ct, ct, optimize=True) / ct.shape[0]
     cross = 0.5 * np.einsum("ia,ijk,jkb->ab", Jt, K3, N2, optimize=True)
-
-    def G(X):
-        pts = np.concatenate([X[None], X[None] + ht[:, None] * dt, X[None] - ht[:, None] * dt])
-        v = N(pts)
-        return (gt / ht**2) @ (v[1:t + 1] - 2.0 * v[0] + v[t + 1:])
-
-    Gd = np.stack([(G(x0 + ht[j] * dt[j]) - G(x0 - ht[j] * dt[j])) / (2.0 * ht[j]) for j in range(t)])
-    cross = cross + 0.5 * (Jt * gt[:, None]).T @ Gd
-    var2 = var2 + cross + cross.T
+    var2 = curvature_cov(N, x0, dt, ht, gt, Jt, N2) + cross + cross.T
     return cov, shift, _third(o, Jt * gt[:, None], N2), var2
 
 

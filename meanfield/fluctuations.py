@@ -51,7 +51,16 @@ import numpy as np
 from meanfield.core.backends import blas_single_thread
 from meanfield.core.law import Features, Gaussian, Unknown
 from meanfield.core.validate import check_int
-from meanfield.fluctuation_rules import principal_root, safe_step, segment_fresh, sobol_normals, stencil, to_sym, upper
+from meanfield.fluctuation_rules import (
+    curvature_cov,
+    principal_root,
+    safe_step,
+    segment_fresh,
+    sobol_normals,
+    stencil,
+    to_sym,
+    upper,
+)
 from meanfield.infinite import Propagation, _input_law
 from meanfield.layers.base import Layer
 from meanfield.network import Network
@@ -435,20 +444,8 @@ def _compounding(plan, law, laws, ctx, sig1, d1, fresh, normals, log2, b, kappa=
             pts = np.stack([K + sj * hj * dirs[j] + sk * hk * dirs[k] for sj in (1, -1) for sk in (1, -1)])
             v = F(pts)
             H[:, j, k] = H[:, k, j] = (v[0] - v[1] - v[2] + v[3]) / (4.0 * hj * hk)
-    # Cov(F''[eps, eps] / 2) for a Gaussian eps: sum_jk lambda_j lambda_k H_jk H_jk^T / 2
-    HL = H * np.sqrt(lam_k)[None, :, None] * np.sqrt(lam_k)[None, None, :]
-    curv = 0.5 * np.einsum("ajk,bjk->ab", HL, HL)
-    # Cov(J eps, F'''[eps, eps, eps] / 6) + transpose = (J Sigma G'^T + G' Sigma J^T) / 2 with G(K) = F''(K)[Sigma]:
-    # the derivative of the curvature shift along each direction (Gaussian eps)
-    def G(Kp):
-        pts = np.concatenate([Kp[None], Kp[None] + steps[:, None, None] * dirs,
-                              Kp[None] - steps[:, None, None] * dirs])
-        v = F(pts)
-        return (lam_k / steps**2) @ (v[1:m + 1] - 2.0 * v[0] + v[m + 1:])
-
-    Gd = np.stack([(G(K + steps[j] * dirs[j]) - G(K - steps[j] * dirs[j])) / (2.0 * steps[j]) for j in range(m)])
-    t = 0.5 * (J * lam_k[None, :]) @ Gd
-    curv += t + t.T
+    # Var F''[eps, eps] / 2 (Gaussian eps) and Cov(J eps, F'''[eps, eps, eps] / 6) + transpose
+    curv = curvature_cov(F, K, dirs, steps, lam_k, d1s, H.transpose(1, 2, 0))
     if kappa is not None:
         # Cov(J eps, F''[eps, eps] / 2) + transpose = (J kappa[H] + transpose) / 2, kappa the third cumulant
         M = Pk @ kappa[0]                                  # previous coordinates -> these
