@@ -2,12 +2,11 @@
 
 The base class `Core` computes everything numerically for any phi smooth between its kinks: coefficients
 c_k(Q) = E[phi(sqrt(Q) z) h_k(z)] by kink-split, feature-graded quadrature (`hermite.quadrature`, with
-verified Gauss-Hermite and Chebyshev-in-log-q fast paths for engines), the second moment, the derivative
-moment E phi'^2, and the dual kernel from a verified table where many entries share a variance pair
-(`hermite.tables`), else entry by entry (`hermite.pairs`: the Mehler series sum_k c_k(Q1) c_k(Q2) r^k
-wherever its remainder is proven, closed piecewise-linear and asymptotic forms, two-dimensional
-quadrature). It knows no exact
-coefficients (ValueError) and no homogeneity degree (None).
+verified Gauss-Hermite and Chebyshev-in-log-q (`hermite.log_q_tables`) fast paths for engines), the second
+moment, the derivative moment E phi'^2, and the dual kernel from a verified table where many entries share a
+variance pair (`hermite.tables`), else entry by entry (`hermite.pairs`: the Mehler series
+sum_k c_k(Q1) c_k(Q2) r^k wherever its remainder is proven, closed piecewise-linear and asymptotic forms,
+two-dimensional quadrature). It knows no exact coefficients (ValueError) and no homogeneity degree (None).
 
 A closed-form family is a subclass overriding only what it knows: ``closed_coefficients``,
 ``closed_second_moment``, ``closed_kernel`` (None where it knows nothing), ``exact_coefficients``,
@@ -20,6 +19,7 @@ cores of `hermite.transform`. `hermite.builtins` maps names to these classes.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.special as sc
 
-from hermite import quadrature, tables
+from hermite import log_q_tables, quadrature, tables
 from hermite.arc_cosine import ARC_FORMS, arc_cosine_kernel, step_kernel, two_sided
 from hermite.basis import hermite_polynomials, piecewise_coefficients, piecewise_linear_coefficients
 from hermite.bivariate import linear_pieces
@@ -39,6 +39,15 @@ __all__ = ["Core", "NoClosedForm", "PiecewisePolynomialCore", "ArcCosineCore", "
            "SubtractedCore", "ExpLinearCore", "SoftplusCore"]
 
 _MEMO: OrderedDict = OrderedDict()
+_SQUARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _square_of(core: Core) -> Core:
+    """core.squared(), one object per core (the key of its tables in log q)."""
+    sq = _SQUARES.get(core)
+    if sq is None:
+        sq = _SQUARES[core] = core.squared()
+    return sq
 
 
 def _memo(kind: str, core, K: int, Q: np.ndarray, compute):
@@ -190,12 +199,15 @@ class Core:
         return _memo("cf" if fast else "c", self, K, np.ascontiguousarray(Q, dtype=np.float64), compute)
 
     def second_moment(self, Q: np.ndarray) -> np.ndarray:
-        """E phi(sqrt(Q) z)^2, Q 1-D (a verified interpolant in log q for many variances of a generic core)."""
+        """E phi(sqrt(Q) z)^2, Q 1-D (verified interpolants in log q for many variances of a generic core,
+        `hermite.log_q_tables`)."""
         def compute():
-            if self._generic and Q.size > quadrature.INTERP_MIN:
+            if self._generic and Q.size >= log_q_tables.MIN_VARIANCES:
                 out = np.empty((Q.size, 1))
-                if quadrature.interpolated_in_log_q(self.squared(), 0, Q, out).all():
-                    return out[:, 0]
+                done = log_q_tables.octave_coefficients(_square_of(self), 0, Q, out, quadrature.hermite_coefficients)
+                if not done.all():
+                    out[~done, 0] = self.numerical_second_moment(Q[~done])
+                return out[:, 0]
             m = self.closed_second_moment(Q)
             return self.numerical_second_moment(Q) if m is None else m
 

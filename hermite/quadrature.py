@@ -14,8 +14,8 @@ On these rules:
 
 - `hermite_coefficients`: c_k(q) = E[phi(sqrt(q) z) h_k(z)], k = 0..K, for many variances at once (the
   Hermite functions psi_k = h_k sqrt(phi) of `hermite.basis` keep the integrand bounded), with two
-  verified fast paths for engines: Gauss-Hermite rules for kink-free functions and a Chebyshev
-  interpolant in log q for many variances;
+  verified fast paths for engines: Gauss-Hermite rules for kink-free functions and the Chebyshev
+  interpolants in log q of `hermite.log_q_tables` for many variances;
 - `gaussian_expectation`: E[g(m + sqrt(q) z)] for several functions g at once (stacked rows);
 - `pair_expectation`: E[f(u) g(v)] for jointly Gaussian (u, v) by an outer graded rule over z1 and an
   inner split rule for G(z1) = E[g(sqrt(q2) (rho z1 + sqrt(1 - rho^2) z2))].
@@ -34,16 +34,15 @@ from functools import lru_cache
 import numpy as np
 import scipy.special as sc
 
+from hermite import log_q_tables
 from hermite.basis import gauss_legendre, hermite_functions, panel_rule, sqrt_gaussian_density
 
-__all__ = ["graded_breaks", "hermite_coefficients", "interpolated_in_log_q", "gaussian_expectation",
-           "pair_expectation", "INTERP_MIN"]
+__all__ = ["graded_breaks", "hermite_coefficients", "gaussian_expectation", "pair_expectation"]
 
 _NODES = 20  # Gauss-Legendre nodes per panel of the coefficient rules
 _RULES: OrderedDict = OrderedDict()
 _RULES_BYTES = 2**30
 _GH: dict = {}
-INTERP_MIN = 512  # from this many variances on, engines may use the Chebyshev interpolant in log q
 _L2 = 11.0  # |z| beyond which phi(z) < 1e-26 (two-dimensional rules)
 _M_OUTER = 20
 _M_INNER = 16
@@ -59,24 +58,27 @@ def graded_breaks(L: float, wmax: float, splits=(), graded=(), reach: float | No
     away from z0 from width h; finally each gap is cut into equal panels no wider than wmax.
     """
     reach = wmax if reach is None else reach
-    pts = [-L, L]
-    pts.extend(z for z in splits if -L < z < L)
+    pts = [np.array([-L, L]), np.asarray([z for z in splits if -L < z < L], dtype=np.float64)]
     for z0, h in graded:
-        if not (-L - reach < z0 < L + reach):
+        if not (-L - reach < z0 < L + reach) or not h < reach:
             continue  # no graded point of this one falls inside (-L, L)
-        w = h
-        while w < reach:
-            for z in (z0 - w, z0 + w):
-                if -L < z < L:
-                    pts.append(z)
-            w *= 2.0
-    pts = np.unique(np.asarray(pts, dtype=np.float64))
-    out = [pts[0]]
-    for a, b in zip(pts[:-1], pts[1:]):
-        n = max(1, math.ceil((b - a) / wmax - 1e-9))
-        out.extend(a + (b - a) * np.arange(1, n) / n)
-        out.append(b)  # exactly: a + (b - a) rounds, and a kink at 1e-20 would move to 0 (review finding)
-    return np.asarray(out)
+        J = max(1, math.ceil(math.log2(reach / h)))  # the count of w = h 2^j < reach (doubling is exact)
+        while h * 2.0 ** J < reach:
+            J += 1
+        while J > 1 and h * 2.0 ** (J - 1) >= reach:
+            J -= 1
+        w = h * np.exp2(np.arange(J))
+        z = np.concatenate([z0 - w, z0 + w])
+        pts.append(z[(z > -L) & (z < L)])
+    pts = np.unique(np.concatenate(pts))
+    a, b = pts[:-1], pts[1:]
+    n = np.maximum(1, np.ceil((b - a) / wmax - 1e-9)).astype(np.int64)
+    gap = np.repeat(np.arange(a.size), n)
+    k = np.arange(gap.size) - np.repeat(np.cumsum(n) - n, n) + 1
+    out = a[gap] + (b - a)[gap] * k / n[gap]
+    last = k == n[gap]
+    out[last] = b[gap[last]]  # exactly: a + (b - a) rounds, and a kink at 1e-20 would move to 0 (review finding)
+    return np.concatenate([pts[:1], out])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,21 +134,30 @@ def hermite_coefficients(f, K: int, Q: np.ndarray, fast: bool = False) -> np.nda
     The integral over z is a composite Gauss-Legendre rule (20 nodes per panel) on [-L, L],
     L = sqrt(4K + 2) + 10 (extended where the integrand is not yet negligible at the ends), laid out by
     `graded_breaks`. Variances that share a panel layout are integrated together with one matrix product.
-    fast=True (engines) lets many variances share a verified Chebyshev interpolant in log q and kink-free
-    functions two verified Gauss-Hermite rules (accurate to ~1e-14 instead of ~1e-16).
+    fast=True (engines) lets many variances (16 or more) share, octave by octave of q, a verified Chebyshev
+    interpolant in log q (`hermite.log_q_tables`) and kink-free functions two verified Gauss-Hermite rules
+    (accurate to ~1e-14 instead of ~1e-16).
     """
+    if fast and Q.size >= log_q_tables.MIN_VARIANCES:
+        out = np.empty((Q.size, K + 1))
+        done = log_q_tables.octave_coefficients(f, K, Q, out, _fast_direct)
+        rest = np.nonzero(~done)[0]
+        if rest.size:
+            out[rest] = _direct_coefficients(f, K, Q[rest], fast=True)
+        return out
+    return _direct_coefficients(f, K, Q, fast)
+
+
+def _fast_direct(f, K: int, Q: np.ndarray) -> np.ndarray:
+    return _direct_coefficients(f, K, Q, fast=True)
+
+
+def _direct_coefficients(f, K: int, Q: np.ndarray, fast: bool) -> np.ndarray:
+    """`hermite_coefficients` without the tables in log q."""
     out = np.empty((Q.size, K + 1))
     L0 = _domain(K)
     groups: dict = {}
     rest = np.arange(Q.size)
-    if fast and Q.size > INTERP_MIN:
-        done = interpolated_in_log_q(f, K, Q, out)
-        rest = np.nonzero(~done)[0]
-        if rest.size == 0:
-            return out
-        out[rest] = hermite_coefficients(f, K, Q[rest], fast=True) if rest.size < Q.size else 0.0
-        if rest.size < Q.size:
-            return out
     if fast and not f.kinks and f.frequency == 0.0 and Q.size > 1:
         done = _smooth_gauss_hermite(f, K, Q, out)
         rest = np.nonzero(~done)[0]
@@ -245,54 +256,6 @@ def _smooth_gauss_hermite(f, K: int, Q: np.ndarray, out: np.ndarray) -> np.ndarr
     return done
 
 
-def interpolated_in_log_q(f, K: int, Q: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Coefficients for many distinct variances from a Chebyshev interpolant in log q (engines only).
-
-    c_k(q) is analytic in log q between the kink scales, so an interpolant on [log q_min, log q_max]
-    through 48, 96 or 192 Chebyshev nodes (each computed directly) reproduces it; the interpolant is
-    accepted only where its trailing Chebyshev coefficients and 12 direct checks at other variances agree
-    to 3e-14 of the coefficient scale. Fills ``out`` and returns the mask of variances filled in.
-    """
-    done = np.zeros(Q.size, dtype=bool)
-    t = np.log(Q)
-    a, b = float(t.min()), float(t.max())
-    if not b - a > 1e-9:
-        return done
-    mid, half = 0.5 * (a + b), 0.5 * (b - a)
-    x = np.clip((t - mid) / half, -1.0, 1.0)
-    check = np.exp(mid + half * np.cos(np.pi * (np.arange(12) + 0.31) / 12.0))
-    direct = hermite_coefficients(f, K, check, fast=True)
-    for m in (48, 96, 192):
-        theta = np.pi * (np.arange(m) + 0.5) / m
-        nodes = hermite_coefficients(f, K, np.exp(mid + half * np.cos(theta)), fast=True)
-        # Chebyshev coefficients by the discrete cosine transform of the node values
-        Tm = np.cos(np.outer(np.arange(m), theta))
-        A = (2.0 / m) * (Tm @ nodes)
-        A[0] *= 0.5
-        scale = np.sqrt(np.max(np.sum(nodes * nodes, axis=1))) + 1e-300
-        if np.max(np.abs(A[-4:])) > 3e-14 * scale:
-            continue
-        xc = (np.log(check) - mid) / half
-        approx = np.cos(np.outer(np.arccos(np.clip(xc, -1, 1)), np.arange(m))) @ A
-        if np.max(np.abs(approx - direct)) > 3e-14 * scale:
-            continue
-        chunk = max(1, (1 << 22) // m)
-        T = np.empty((m, min(chunk, Q.size)))  # T_j(x) in rows: contiguous recurrence steps
-        for c0 in range(0, Q.size, chunk):
-            xs = x[c0:c0 + chunk]
-            Tc = T[:, : xs.size]
-            Tc[0] = 1.0
-            Tc[1] = xs
-            x2 = 2.0 * xs
-            for j in range(2, m):  # T_j = 2 x T_{j-1} - T_{j-2}
-                np.multiply(Tc[j - 1], x2, out=Tc[j])
-                Tc[j] -= Tc[j - 2]
-            out[c0:c0 + chunk] = Tc.T @ A
-        done[:] = True
-        return done
-    return done
-
-
 # ------------------------------------------------------------------------------------------------
 # one Gaussian expectation of several functions
 def gaussian_expectation(g, m: float, q: float, *, kinks=(), features=(), gain: float = 1.0,
@@ -342,16 +305,164 @@ def pair_expectation(f, g, fa, fb, r, Q1, Q2, smoothing=None) -> np.ndarray:
     shadows of g's kinks and features, t / (sqrt(Q2) r), where G varies on the scale sqrt(1 - r^2) / |r|,
     so r = 1 - 1e-12 is as accurate as r = 0; at |r| = 1 exactly the integral is one-dimensional.
     """
+    r, Q1, Q2 = (np.asarray(x, dtype=np.float64).ravel() for x in (r, Q1, Q2))
     out = np.empty(r.size)
-    for i in range(r.size):
-        out[i] = _pair_one(f, g, fa, fb, float(r[i]), float(Q1[i]), float(Q2[i]), smoothing)
+    done, tried = _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out)
+    for i in np.nonzero(~done)[0]:
+        out[i] = _pair_one(f, g, fa, fb, float(r[i]), float(Q1[i]), float(Q2[i]), smoothing, not tried[i])
     return out
 
 
-def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None):
+_BATCH_NODES = 1 << 17  # outer nodes per batch of entries (the Gauss-Hermite inner rule multiplies them by 60)
+
+
+def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> np.ndarray:
+    """`_pair_one` for many entries at once, where G has a closed smoothing or the Gauss-Hermite inner rules
+    apply and are accepted (entry by entry, as in `_pair_one`): the same outer rule (`_batched_outer`), the
+    entries' nodes laid end to end and summed per entry. Fills ``out`` and returns the masks of the entries
+    done and of those tried; the others (|r| = 1, the split inner rule) are left to `_pair_one`."""
+    a, b = np.sqrt(Q1), np.sqrt(Q2)
+    s = np.sqrt(np.maximum((1.0 - r) * (1.0 + r), 0.0))
+    closed = smoothing is not None and smoothing(np.zeros(1), 1.0) is not None
+    cand = s >= 1e-15
+    if not closed:
+        cand &= _gauss_hermite_inner(fb, b * s)
+    done = np.zeros(r.size, dtype=bool)
+    idx = np.nonzero(cand)[0]
+    if idx.size < 2:  # one entry: `_pair_one` as it is
+        return done, done
+    rows, z, w = _batched_outer(fa, fb, r[idx], a[idx], b[idx], s[idx])
+    keep = w * _phi(z) > 1e-40
+    rows, z, w = rows[keep], z[keep], w[keep]
+    starts = np.searchsorted(rows, np.arange(idx.size))
+    bounds = np.append(starts, rows.size)
+    c0 = 0
+    while c0 < idx.size:  # batches of whole entries, about _BATCH_NODES nodes each
+        c1 = max(c0 + 1, int(np.searchsorted(bounds, bounds[c0] + _BATCH_NODES, side="right")) - 1)
+        c1 = min(c1, idx.size)
+        n0, n1 = bounds[c0], bounds[c1]
+        e = idx[rows[n0:n1]]
+        zz, ww = z[n0:n1], w[n0:n1]
+        mu, sig = b[e] * r[e] * zz, b[e] * s[e]
+        if closed:
+            G, ok = smoothing(mu, sig), np.ones(c1 - c0, dtype=bool)
+        else:
+            G = _inner_gauss_hermite(g, mu, sig, bounds[c0:c1] - n0)
+            ok = np.zeros(c1 - c0, dtype=bool) if G is None else ~np.isnan(G[bounds[c0:c1] - n0])
+            G = np.zeros(mu.size) if G is None else np.where(np.isnan(G), 0.0, G)
+        vals = ww * _phi(zz) * f(a[e] * zz) * G
+        sums = np.add.reduceat(vals, bounds[c0:c1] - n0) if vals.size else np.zeros(c1 - c0)
+        sel = idx[c0:c1][ok]
+        out[sel] = sums[ok]
+        done[sel] = True
+        c0 = c1
+    return done, cand
+
+
+def _batched_outer(fa, fb, r, a, b, s):
+    """The outer rule of `_pair_one` (`_outer_breaks` of its points, 20-node panels) for many entries at once:
+    (entry of each node, nodes, weights), the entries' nodes consecutive and in order. Every entry has at least
+    the panels of [-11, 11] no wider than 0.5, so none is empty."""
+    L, wmax = _L2, _outer_width(fa, fb)
+    E = r.size
+    ar = np.abs(r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pts = [(t / a, np.zeros(E)) for t in fa.kinks] + [(t / a, 1.0 / a) for t in fa.features]
+        shadow = [np.where(r != 0.0, t / (b * r), np.nan) for t in fb.kinks + fb.features]
+        pts += [(z0, s / ar) for z0 in shadow[: len(fb.kinks)]]
+        pts += [(z0, np.maximum(s, 1.0 / b) / ar) for z0 in shadow[len(fb.kinks):]]
+    cols = [np.full((E, 1), -L), np.full((E, 1), L)]
+    for p, (z0, h) in enumerate(pts):
+        near = (z0 > -L - wmax) & (z0 < L + wmax)  # NaN (no shadow at r = 0) is never near
+        cols.append(np.where(near & (z0 > -L) & (z0 < L), z0, np.nan)[:, None])
+        graded = near & (h > 0.0) & (h < wmax)
+        for q, (z1, h1) in enumerate(pts):  # graded at the same place: only the finest grading (the first of equals)
+            if q != p:
+                graded &= ~((z1 == z0) & (h1 > 0.0) & ((h1 < h) | ((h1 == h) & (q < p))))
+        if not graded.any():
+            continue
+        hh = np.where(graded, np.maximum(h, 1e-300), wmax)
+        J = int(math.ceil(math.log2(wmax / float(hh.min())))) + 1
+        W = hh[:, None] * np.exp2(np.arange(J))[None, :]  # h 2^j, exactly as repeated doubling
+        lv = graded[:, None] & (W < wmax)
+        for zz in (z0[:, None] - W, z0[:, None] + W):
+            cols.append(np.where(lv & (zz > -L) & (zz < L), zz, np.nan))
+    C = np.sort(np.concatenate(cols, axis=1), axis=1)  # NaN last
+    dup = np.zeros(C.shape, dtype=bool)
+    dup[:, 1:] = C[:, 1:] == C[:, :-1]
+    C[dup] = np.nan
+    C = np.sort(C, axis=1)
+    A, B = C[:, :-1], C[:, 1:]
+    gap = ~np.isnan(B)
+    ga, gb = A[gap], B[gap]
+    grow = np.nonzero(gap)[0]
+    n = np.maximum(1, np.ceil((gb - ga) / wmax - 1e-9)).astype(np.int64)
+    pg = np.repeat(np.arange(ga.size), n)
+    k = np.arange(pg.size) - np.repeat(np.cumsum(n) - n, n) + 1
+    lo = ga[pg] + (gb - ga)[pg] * (k - 1) / n[pg]
+    hi = ga[pg] + (gb - ga)[pg] * k / n[pg]
+    last = k == n[pg]
+    hi[last] = gb[pg[last]]
+    x, wx = gauss_legendre(_M_OUTER)
+    half = 0.5 * (hi - lo)[:, None]
+    z = (0.5 * (lo + hi)[:, None] + half * x).ravel()
+    w = (half * wx).ravel()
+    return np.repeat(grow[pg], _M_OUTER), z, w
+
+
+def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,)) -> np.ndarray | None:
+    """G(mu) = E g(mu + sigma Z) for a kink-free g by pairs of Gauss-Hermite rules, for the nodes of one or
+    several entries (entry j's nodes from starts[j]; sigma a scalar or per node). An entry is accepted where a
+    pair agrees to 1e-15 of its largest |G| (finite throughout); the nodes of the others are NaN (left to the
+    panel rule `_inner`), and None comes back when no entry is accepted.
+
+    Near rho = +-1, sigma = sqrt(Q2 (1 - rho^2)) is small against the scale on which a smooth activation
+    varies, where Gauss-Hermite converges geometrically for an activation analytic within d of the real axis:
+    60 evaluations per outer node (24 and 36 nodes) where they agree (sigma up to ~0.3 for tanh, d = pi/2,
+    and ~0.7 for silu and softplus, d = pi), else 160 (64 and 96 nodes: sigma up to ~0.65 and beyond 1),
+    instead of ~800 for the panel rule.
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), mu.shape)
+    starts = np.asarray(starts, dtype=np.int64)
+    bounds = np.append(starts, mu.size)
+    G = np.full(mu.size, np.nan)
+    todo = np.arange(starts.size)
+    for pair in _GH_INNER:
+        if todo.size == 0:
+            break
+        sel = np.concatenate([np.arange(bounds[j], bounds[j + 1]) for j in todo])
+        sub = np.cumsum(np.concatenate([[0], (bounds[todo + 1] - bounds[todo])[:-1]]))
+        vals = []
+        finite = np.ones(sel.size, dtype=bool)
+        for N in pair:
+            zg, wg = _gh_nodes(N)
+            with np.errstate(over="ignore", invalid="ignore"):
+                F = g(mu[sel, None] + sigma[sel, None] * zg[None, :])
+            good = np.all(np.isfinite(F), axis=1)
+            finite &= good
+            vals.append(np.where(good[:, None], F, 0.0) @ wg)
+        diff = np.maximum.reduceat(np.abs(vals[0] - vals[1]), sub)
+        scale = np.maximum.reduceat(np.abs(vals[1]), sub)
+        bad = np.add.reduceat((~finite).astype(np.int64), sub) > 0
+        accept = ~bad & (diff <= _GH_INNER_TOL * np.maximum(scale, 1e-300))
+        for j, k in zip(todo[accept], sub[accept]):
+            G[bounds[j]:bounds[j + 1]] = vals[1][k:k + bounds[j + 1] - bounds[j]]
+        todo = todo[~accept]
+    return None if todo.size == starts.size else G
+
+
+def _gauss_hermite_inner(fb, sigma):
+    """Whether the inner integral may try the Gauss-Hermite rules: only where g(mu + sigma z) varies slowly over
+    the nodes (with sigma >> 1 a step-like g (tanh, silu') is constant between the symmetric nodes of both
+    rules, which then agree on a wrong value: E sign(mu + sigma Z) = 0 for every small mu)."""
+    return (not fb.kinks and not fb.jumps and fb.frequency == 0.0) & ((sigma <= 1.0) | (not fb.features))
+
+
+def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None, try_gauss_hermite=True):
     a, b = math.sqrt(Q1), math.sqrt(Q2)
     s = math.sqrt(max((1.0 - r) * (1.0 + r), 0.0))  # 1 - r^2 from the exact 1 -+ r: no cancellation at |r| ~ 1
-    wmax = 0.5
+    wmax = _outer_width(fa, fb)
     fa_pts = [(t / a, 0.0) for t in fa.kinks] + [(t / a, 1.0 / a) for t in fa.features]
     if s < 1e-15:
         # v = sign(r) sqrt(Q2) z1 exactly: a one-dimensional integral
@@ -368,46 +479,33 @@ def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None):
     keep = w1 * _phi(z1) > 1e-40
     z1, w1 = z1[keep], w1[keep]
     G = None if smoothing is None else smoothing(b * r * z1, b * s)
-    if G is None and not fb.kinks and not fb.jumps and fb.frequency == 0.0 and (b * s <= 1.0 or not fb.features):
-        # only where g(mu + sigma z) varies slowly over the nodes: with sigma >> 1 a step-like g (tanh, silu')
-        # is constant between the symmetric nodes of both rules, which then agree on a wrong value
-        # (E sign(mu + sigma Z) = 0 for every small mu)
+    if G is None and try_gauss_hermite and _gauss_hermite_inner(fb, b * s):
         G = _inner_gauss_hermite(g, b * r * z1, b * s)
     if G is None:
         G = _inner(g, fb, b * r * z1, b * s)
     return float(np.sum(w1 * _phi(z1) * f(a * z1) * G))
 
 
+OUTER_WIDTH = 2.0
+
+
+def _outer_width(fa, fb) -> float:
+    return OUTER_WIDTH if fa.frequency == 0.0 and fb.frequency == 0.0 else 0.5
+
+
 def _outer_breaks(points, wmax):
     """Break points on [-11, 11]: every given z is a split, graded from its width h to wmax where h > 0
     (h = 0: a kink of a piecewise-smooth integrand, where a split alone keeps the rule exact)."""
     near = [(z0, h) for z0, h in points if -_L2 - wmax < z0 < _L2 + wmax]
-    return graded_breaks(_L2, wmax, [z0 for z0, _ in near], [(z0, max(h, 1e-300)) for z0, h in near if h > 0])
+    finest: dict = {}  # points graded at one place: the finest grading resolves every coarser scale there
+    for z0, h in near:
+        if h > 0:
+            finest[z0] = min(finest.get(z0, math.inf), max(h, 1e-300))
+    return graded_breaks(_L2, wmax, [z0 for z0, _ in near], list(finest.items()))
 
 
-_GH_INNER = (24, 36)  # nodes of the two Gauss-Hermite rules of a smooth inner integral
-_GH_INNER_TOL = 1e-15  # accepted difference between them, relative to the largest |G|
-
-
-def _inner_gauss_hermite(g, mu: np.ndarray, sigma: float) -> np.ndarray | None:
-    """G(mu) = E g(mu + sigma Z) for a kink-free g by two Gauss-Hermite rules (24 and 36 nodes), or None
-    where they differ by more than 1e-15 of the largest |G| (then the panel rule `_inner` is used).
-
-    Near rho = +-1, sigma = sqrt(Q2 (1 - rho^2)) is small against the scale on which a smooth activation
-    varies, where Gauss-Hermite converges geometrically: 36 evaluations per outer node instead of ~800.
-    """
-    vals = []
-    for N in _GH_INNER:
-        z, w = _gh_nodes(N)
-        with np.errstate(over="ignore", invalid="ignore"):
-            F = g(mu[:, None] + sigma * z[None, :])
-        if not np.all(np.isfinite(F)):
-            return None
-        vals.append(F @ w)
-    scale = float(np.max(np.abs(vals[1]))) if vals[1].size else 0.0
-    if not np.max(np.abs(vals[0] - vals[1]), initial=0.0) <= _GH_INNER_TOL * max(scale, 1e-300):
-        return None
-    return vals[1]
+_GH_INNER = ((24, 36), (64, 96))  # pairs of Gauss-Hermite rules of a smooth inner integral, tried in turn
+_GH_INNER_TOL = 1e-15  # accepted difference within a pair, relative to the largest |G|
 
 
 @lru_cache(maxsize=8)
