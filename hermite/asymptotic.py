@@ -136,9 +136,13 @@ def _remainders(A: _Side, B: _Side, r, a1, a2, s) -> np.ndarray:
     rb = B.wa * np.exp(-0.5 * zy * zy) * (_INV_SQRT_2PI / a2)
     mixed = np.sum(ra * B.smoothing(r * a2 * zx, a2 * s), axis=1) + np.sum(rb * A.smoothing(r * a1 * zy, a1 * s),
                                                                           axis=1)
-    # the bivariate standard normal density, its exponent -(zx^2 - 2 r zx zy + zy^2) / (2 s^2) <= 0 formed whole
-    # (the density over the product of the marginals overflows for wide supports)
-    c = (0.5 / (s * s))[:, :, None]
-    e = c * (2.0 * r[:, :, None] * zx[:, :, None] * zy[:, None, :] - (zx * zx)[:, :, None] - (zy * zy)[:, None, :])
-    joint = np.einsum("i,eij,j->e", A.wa, np.exp(e), B.wa) * (_INV_2PI / (a1 * a2 * s))[:, 0]
+    # the bivariate standard normal density: its exponent -(zx^2 - 2 r zx zy + zy^2) / (2 s^2) is
+    # -(zx - r zy)^2 / (2 s^2) - zy^2 / 2, two terms <= 0 (the density over the product of the marginals
+    # overflows for wide supports); the second goes into the weights of b
+    d = zx[:, :, None] - r[:, :, None] * zy[:, None, :]
+    np.square(d, out=d)
+    d *= (-0.5 / (s * s))[:, :, None]
+    np.exp(d, out=d)
+    wb = B.wa * np.exp(-0.5 * zy * zy)
+    joint = np.matmul(A.wa, np.matmul(d, wb[:, :, None])[:, :, 0].T) * (_INV_2PI / (a1 * a2 * s))[:, 0]
     return mixed + joint

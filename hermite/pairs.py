@@ -28,7 +28,9 @@ from hermite.bivariate import piecewise_linear_pair
 __all__ = ["pair_kernel", "TOL", "SERIES_K"]
 
 TOL = 2e-14  # target relative accuracy of each kernel method (the guarantee is 1e-12)
-SERIES_K = (32, 256)
+# each entry is summed at the first level that proves it: intermediate levels spare most entries of random triples
+# the order-256 coefficients (2-2.5x more kernel values per second for tanh, sigmoid, silu, elu)
+SERIES_K = (24, 64, 160, 256)
 
 
 # the Mehler series with its proven remainder
