@@ -313,7 +313,8 @@ def pair_expectation(f, g, fa, fb, r, Q1, Q2, smoothing=None) -> np.ndarray:
     return out
 
 
-_BATCH_NODES = 1 << 17  # outer nodes per batch of entries (the Gauss-Hermite inner rule multiplies them by 60)
+_BATCH_NODES = 1 << 17  # outer nodes per batch of entries (an eighth of it with the Gauss-Hermite inner rules, whose
+# arrays hold up to 96 values per node: smaller batches stay in cache)
 
 
 def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> np.ndarray:
@@ -336,9 +337,10 @@ def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> np.ndarray:
     rows, z, w = rows[keep], z[keep], w[keep]
     starts = np.searchsorted(rows, np.arange(idx.size))
     bounds = np.append(starts, rows.size)
+    limit = _BATCH_NODES if closed else _BATCH_NODES // 8
     c0 = 0
-    while c0 < idx.size:  # batches of whole entries, about _BATCH_NODES nodes each
-        c1 = max(c0 + 1, int(np.searchsorted(bounds, bounds[c0] + _BATCH_NODES, side="right")) - 1)
+    while c0 < idx.size:  # batches of whole entries, about `limit` nodes each
+        c1 = max(c0 + 1, int(np.searchsorted(bounds, bounds[c0] + limit, side="right")) - 1)
         c1 = min(c1, idx.size)
         n0, n1 = bounds[c0], bounds[c1]
         e = idx[rows[n0:n1]]
