@@ -617,6 +617,12 @@ class SoftplusCore(Core):
             return super().derivative_moment(Q)
         return self.unit.derivative_moment(self.beta**2 * np.asarray(Q, dtype=np.float64))
 
+    @property
+    def has_closed_kernel(self) -> bool:
+        """False: ``closed_kernel`` only rescales the unit softplus, whose kernel is numerical (the engines
+        then evaluate its table on half of a Gram, as for every tabulated kernel)."""
+        return False
+
 
 @dataclass(frozen=True, eq=False)
 class GeluCore(Core):

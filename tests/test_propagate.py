@@ -985,3 +985,34 @@ def test_weightnorm_fixed_on_narrow_data_uses_the_spherical_law():
     # the Gaussian (Dense) rule would be visibly off here
     dense = propagate(Network([Block([Dense(1.0), Activation("tanh")])]), X=X)
     assert np.max(np.abs(dense.gram[-1] - mf.gram[-1])) > 5 * mf.mc_error[-1]
+
+
+@pytest.mark.parametrize("name,params", [("softplus", {}), ("softplus", {"beta": 3.0}), ("tanh", {})])
+def test_shared_variance_tabulated_kernels_take_half_the_gram(name, params, monkeypatch):
+    """After a LayerNorm every entry shares one variance; a kernel without a closed form (a table) is then
+    evaluated on the strict upper triangle only and mirrored (softplus, whose family rescales the unit
+    softplus, once took the whole matrix: twice the work), with the same values as entry by entry."""
+    act = hermite.activation(name, **params)
+    n = 40
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 3 * n))
+    C = np.corrcoef(X)
+    np.fill_diagonal(C, 1.0)
+    G = 1.7 * C  # one variance, as after a LayerNorm
+    calls = []
+    real = type(act).kernel_at
+
+    def spy(self, r, q1, q2, derivative=0):
+        calls.append(np.size(r))
+        return real(self, r, q1, q2, derivative)
+
+    monkeypatch.setattr(type(act), "kernel_at", spy)
+    from meanfield.layers.activation import gaussian_moments
+
+    K, _ = gaussian_moments(act, G)
+    assert calls == [n * (n - 1) // 2]
+    iu, ju = np.triu_indices(n, 1)
+    R = np.clip(G[iu, ju] / 1.7, -1.0, 1.0)
+    want = np.array([hermite.kernel(act, np.array([r]), 1.7, 1.7)[0] for r in R[:30]])
+    np.testing.assert_allclose(K[iu[:30], ju[:30]], want, rtol=0, atol=1e-12 * hermite.second_moment(act, 1.7))
+    np.testing.assert_array_equal(K, K.T)
