@@ -3,6 +3,7 @@
 `pair_kernel` routes each entry to the first method that proves or meets the accuracy target TOL (2e-14 of
 sqrt(E f(u)^2 E g(v)^2); the guarantee is 1e-12):
 
+0. u = v (rho = 1 at one variance, a Gram's diagonal): the second moment;
 1. for piecewise-linear pairs with few entries per variance (random triples), the closed bivariate kernel
    (`hermite.bivariate`), whose per-entry cost is below that of per-variance coefficients;
 2. the Mehler series sum_k c_k(Q1) d_k(Q2) r^k at the truncation levels `SERIES_K` (and 1024 for smooth
@@ -60,12 +61,19 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
     M = r.size
     out = np.empty(M)
     pending = np.arange(M)
+    if fb is fa and (derivative == 0 or not fa.jumps):
+        # u = v (rho = 1, one variance: a Gram's diagonal): the second moment, one value per variance
+        same = np.nonzero((r == 1.0) & (Q1 == Q2))[0]
+        if same.size:
+            out[same] = _moments(fa, Q1[same], derivative)
+            pending = np.nonzero((r != 1.0) | (Q1 != Q2))[0]
     lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
     closed = lf is not None and lg is not None
     if closed and 8 * np.unique(np.concatenate([Q1, Q2])).size > M:
         # few entries per variance (random triples): the series' per-variance coefficients cost more than
         # the closed form of every entry
-        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, derivative, out, pending)]
+        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending],
+                                                   derivative, out, pending)]
     smooth = all(not f.kinks and f.frequency == 0.0 for f in (fa, fb))
     for K in SERIES_K + ((1024,) if smooth else ()):
         if pending.size == 0:

@@ -634,3 +634,15 @@ def test_piecewise_linear_at_extreme_variance_against_mpmath(name, derivative, q
     single = np.array([kern(name, r, q, derivative=derivative) for r in rhos])
     assert np.max(np.abs(shared - want)) < TOL * scale
     assert np.max(np.abs(single - want)) < TOL * scale
+
+
+@pytest.mark.parametrize("name", ["tanh", "silu", "elu", "softplus", "hardtanh"])
+def test_unit_correlation_at_one_variance_is_the_second_moment(name):
+    """E[f(u) f(v)] at rho = 1 and q1 = q2 (a Gram's diagonal) is E f(u)^2 exactly, and E f'(u)^2 for the
+    derivative kernel, also amid other entries."""
+    q = np.array([0.3, 1.0, 7.5, 40.0])
+    r = np.array([1.0, 1.0, 1.0, 1.0, 0.2, -0.9999])
+    Q = np.concatenate([q, [1.0, 2.0]])
+    np.testing.assert_array_equal(hermite.kernel(name, r, Q, Q)[:4], hermite.second_moment(name, q))
+    act = hermite.activation(name)
+    np.testing.assert_array_equal(act.kernel_at(r, Q, Q, 1)[:4], act.core.derivative_moment(q))
