@@ -317,6 +317,10 @@ def tabulated_kernel(core, r: np.ndarray, Q1: np.ndarray, Q2: np.ndarray, deriva
             return pair_kernel(core, core, r, Q1, Q2, derivative)
         return table(r)
     lo, hi = np.minimum(Q1, Q2), np.maximum(Q1, Q2)
+    if np.unique(lo, return_counts=True)[1].max() < TABLE_MIN:
+        # no variance pair can be shared by TABLE_MIN entries (no norm: every input keeps its own variance);
+        # a one-dimensional count costs a fraction of the pairs' lexicographic sort
+        return pair_kernel(core, core, r, Q1, Q2, derivative)
     pairs, inv, counts = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
     out = np.empty(M)
