@@ -97,7 +97,10 @@ def _build(f, K: int, j: int, direct) -> np.ndarray | None:
         if not np.all(np.isfinite(values)):
             return None
         A = _chebyshev_coefficients(values)
-        scale = math.sqrt(float(np.max(np.sum(values * values, axis=1)))) + 1e-300
+        big = float(np.max(np.abs(values)))
+        if not 0.0 < big < math.inf or not np.all(np.isfinite(A)):
+            return None  # zero or beyond float64's range: the direct path decides
+        scale = big * math.sqrt(float(np.max(np.sum((values / big) ** 2, axis=1))))  # max_i ||c(q_i)||, no overflow
         if np.max(np.abs(A[-3:])) > TOL * scale:
             continue
         if np.max(np.abs(_chebyshev_values(_CHECKS, A) - checks)) > TOL * scale:

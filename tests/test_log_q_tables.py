@@ -112,3 +112,16 @@ def test_chebyshev_transform_is_exact_on_polynomials():
     xs = np.linspace(-1.0, 1.0, 11)
     np.testing.assert_allclose(log_q_tables._chebyshev_values(xs, A), np.polynomial.chebyshev.chebval(xs, coef).T,
                                atol=1e-13)
+
+
+def test_octaves_near_the_float64_range():
+    """At q ~ 1e300 the node values' squares overflow; the coefficient scale is formed without overflow (it
+    was inf, so that any table passed its checks), and the tables stay accurate there, without a
+    floating-point warning."""
+    _fresh()
+    act = activation("x*tanh(x)")
+    Q = np.concatenate([[1e300, 3e299, 1e-300], np.exp2(np.linspace(-3.0, 3.0, 20))])
+    with np.errstate(over="raise", invalid="raise"):
+        m = act.core.second_moment(Q)
+    ref = np.array([act.core.numerical_second_moment(np.array([q]))[0] for q in Q])
+    np.testing.assert_allclose(m, ref, rtol=1e-12, atol=0)
