@@ -472,12 +472,7 @@ def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None, try_gauss_hermite=True):
         pts = fa_pts + [(sg * t / b, 0.0) for t in fb.kinks] + [(sg * t / b, 1.0 / b) for t in fb.features]
         z, w = panel_rule(_outer_breaks(pts, wmax), _M_OUTER)
         return float(np.sum(w * _phi(z) * f(a * z) * g(sg * b * z)))
-    pts = list(fa_pts)
-    if r != 0.0:
-        ar = abs(r)
-        pts += [(t / (b * r), s / ar) for t in fb.kinks]
-        pts += [(t / (b * r), max(s, 1.0 / b) / ar) for t in fb.features]
-    z1, w1 = panel_rule(_outer_breaks(pts, wmax), _M_OUTER)
+    _, z1, w1 = _batched_outer(fa, fb, np.array([r]), np.array([a]), np.array([b]), np.array([s]))  # one layout
     keep = w1 * _phi(z1) > 1e-40
     z1, w1 = z1[keep], w1[keep]
     G = None if smoothing is None else smoothing(b * r * z1, b * s)
