@@ -63,10 +63,10 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
     pending = np.arange(M)
     if fb is fa and (derivative == 0 or not fa.jumps):
         # u = v (rho = 1, one variance: a Gram's diagonal): the second moment, one value per variance
-        same = np.nonzero((r == 1.0) & (Q1 == Q2))[0]
-        if same.size:
+        same = (r == 1.0) & (Q1 == Q2)
+        if same.any():
             out[same] = _moments(fa, Q1[same], derivative)
-            pending = np.nonzero((r != 1.0) | (Q1 != Q2))[0]
+            pending = np.nonzero(~same)[0]
     lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
     closed = lf is not None and lg is not None
     if closed and 8 * np.unique(np.concatenate([Q1, Q2])).size > M:

@@ -295,7 +295,8 @@ def _phi(z):
 
 
 def pair_expectation(f, g, fa, fb, r, Q1, Q2, smoothing=None) -> np.ndarray:
-    """E[f(u) g(v)] on flat arrays: Var u = Q1, Var v = Q2, corr(u, v) = r, one entry at a time.
+    """E[f(u) g(v)] on flat arrays: Var u = Q1, Var v = Q2, corr(u, v) = r, each entry by its own rule (many
+    entries evaluated together where the inner integral allows, `_pair_batch`).
 
     f, g are numpy functions; fa, fb describe their kinks and features (see the module docstring);
     ``smoothing(mu, sigma)``, when given and not None for these arguments, is G in closed form
@@ -317,7 +318,7 @@ _BATCH_NODES = 1 << 17  # outer nodes per batch of entries (an eighth of it with
 # arrays hold up to 96 values per node: smaller batches stay in cache)
 
 
-def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> np.ndarray:
+def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> tuple[np.ndarray, np.ndarray]:
     """`_pair_one` for many entries at once, where G has a closed smoothing or the Gauss-Hermite inner rules
     apply and are accepted (entry by entry, as in `_pair_one`): the same outer rule (`_batched_outer`), the
     entries' nodes laid end to end and summed per entry. Fills ``out`` and returns the masks of the entries
@@ -327,7 +328,7 @@ def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> np.ndarray:
     closed = smoothing is not None and smoothing(np.zeros(1), 1.0) is not None
     cand = s >= 1e-15
     if not closed:
-        cand &= _gauss_hermite_inner(fb, b * s)
+        cand &= _may_use_gauss_hermite(fb, b * s)
     done = np.zeros(r.size, dtype=bool)
     idx = np.nonzero(cand)[0]
     if idx.size < 2:  # one entry: `_pair_one` as it is
@@ -364,7 +365,7 @@ def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> np.ndarray:
 def _batched_outer(fa, fb, r, a, b, s):
     """The outer rule of `_pair_one` (`_outer_breaks` of its points, 20-node panels) for many entries at once:
     (entry of each node, nodes, weights), the entries' nodes consecutive and in order. Every entry has at least
-    the panels of [-11, 11] no wider than 0.5, so none is empty."""
+    the panels of [-11, 11] no wider than `_outer_width`, so none is empty."""
     L, wmax = _L2, _outer_width(fa, fb)
     E = r.size
     ar = np.abs(r)
@@ -454,7 +455,7 @@ def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,)) -> np.ndarray | 
     return None if todo.size == starts.size else G
 
 
-def _gauss_hermite_inner(fb, sigma):
+def _may_use_gauss_hermite(fb, sigma):
     """Whether the inner integral may try the Gauss-Hermite rules: only where g(mu + sigma z) varies slowly over
     the nodes (with sigma >> 1 a step-like g (tanh, silu') is constant between the symmetric nodes of both
     rules, which then agree on a wrong value: E sign(mu + sigma Z) = 0 for every small mu)."""
@@ -476,7 +477,7 @@ def _pair_one(f, g, fa, fb, r, Q1, Q2, smoothing=None, try_gauss_hermite=True):
     keep = w1 * _phi(z1) > 1e-40
     z1, w1 = z1[keep], w1[keep]
     G = None if smoothing is None else smoothing(b * r * z1, b * s)
-    if G is None and try_gauss_hermite and _gauss_hermite_inner(fb, b * s):
+    if G is None and try_gauss_hermite and _may_use_gauss_hermite(fb, b * s):
         G = _inner_gauss_hermite(g, b * r * z1, b * s)
     if G is None:
         G = _inner(g, fb, b * r * z1, b * s)
