@@ -286,8 +286,21 @@ class Activation:
         return self.gamma * (self.gain * c[:, 1] / np.sqrt(Q) + self.alpha)  # E phi'(u) = c_1 / sqrt(Q)
 
     def kernel_at(self, r, q1, q2, derivative: int = 0) -> np.ndarray:
-        """E[f(u) f(v)] (derivative=1: E[f'(u) f'(v)]) on a flat array r, with q1, q2 flat arrays of its size or
-        floats shared by every entry (a Gram whose variances are all equal: no per-entry variance arrays)."""
+        """E[f(u) f(v)] (derivative=1: E[f'(u) f'(v)]) at correlation r and variances q1, q2.
+
+        The engines pass a flat array r with q1, q2 flat arrays of its size or floats shared by every entry (a
+        Gram whose variances are all equal: no per-entry variance arrays). Any other shapes (scalars, 0-d or
+        n-d arrays) are broadcast together, evaluated flat and returned in the broadcast shape.
+        """
+        r_arr = np.asarray(r, dtype=np.float64)
+        flat = r_arr.ndim == 1 and all(
+            np.ndim(q) == 0 and not isinstance(q, np.ndarray) or np.shape(q) == r_arr.shape for q in (q1, q2))
+        if not flat:
+            shape = np.broadcast_shapes(r_arr.shape, np.shape(q1), np.shape(q2))
+            r1, a1, a2 = (np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.float64), shape)).ravel()
+                          for x in (r_arr, q1, q2))
+            return np.asarray(self.kernel_at(r1, a1, a2, derivative)).reshape(shape)
+        r = r_arr
         self.check_single("kernel")
         g = self.gain
         if self.is_plain:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -646,3 +647,25 @@ def test_unit_correlation_at_one_variance_is_the_second_moment(name):
     np.testing.assert_array_equal(hermite.kernel(name, r, Q, Q)[:4], hermite.second_moment(name, q))
     act = hermite.activation(name)
     np.testing.assert_array_equal(act.kernel_at(r, Q, Q, 1)[:4], act.core.derivative_moment(q))
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "elu"])
+def test_kernel_at_accepts_scalars_and_any_shape(name):
+    """`Activation.kernel_at` broadcasts scalars, 0-d and n-d arrays (it raised IndexError on them) and returns the
+    broadcast shape, with the values of the flat call; relu against the arc-cosine kernel written here."""
+    act = hermite.activation(name)
+    if name == "tanh":  # the affine path (gamma (phi(x) + alpha x + beta)) as well as the plain one
+        act = replace(act, gamma=1.5, alpha=0.3, beta=0.2)
+    r = np.array([[0.3, -0.5, 0.99], [1.0, 0.0, -1.0]])
+    q1, q2 = 0.7, np.array([1.0, 2.0, 0.4])
+    flat = act.kernel_at(r.ravel(), np.full(6, q1), np.tile(q2, 2))
+    out = act.kernel_at(r, q1, q2)
+    assert out.shape == (2, 3)
+    np.testing.assert_array_equal(out.ravel(), flat)
+    for d in (0, 1):
+        s = act.kernel_at(0.3, 0.7, 2.0, d)
+        assert np.shape(s) == ()
+        assert float(s) == act.kernel_at(np.array([0.3]), np.array([0.7]), np.array([2.0]), d)[0]
+        assert float(act.kernel_at(np.array(0.3), np.array(0.7), np.array(2.0), d)) == float(s)
+    if name == "relu":
+        np.testing.assert_allclose(out, _arccos_relu(r, q1, q2), rtol=0, atol=1e-14)
