@@ -187,7 +187,8 @@ def _softplus(name, p):
     unit = None if b == 1.0 else builtin_core("softplus", {})  # the family reads its numerics off the unit
     return ({"beta": b} if b != 1.0 else {}), dict(beta=b, unit=unit,
         fn=lambda x: _np_softplus(b * x) / b, expr=f"log(1 + exp({b!r}*x))/{b!r}", features=(0.0,),
-        asymptote=(_RELU, (40.0 + math.log(max(1.0, 1.0 / b))) / b, 1.0 / b),  # e^(-b R) / b <= 4e-18
+        # e^(-b R) / b <= 4e-18; log1p(e^(-b|x|)) is singular where e^(-b x) = -1: b x = +-i pi
+        asymptote=(_RELU, (40.0 + math.log(max(1.0, 1.0 / b))) / b, 1.0 / b, math.pi),
         derivative=lambda x: sc.expit(b * x), second_derivative=lambda x: b * sc.expit(b * x) * sc.expit(-b * x),
         array_fn=lambda x, xp: _softplus_xp(b * x, xp) / b)
 
@@ -239,13 +240,14 @@ TABLE = {
         second_derivative=lambda x: -2.0 * np.tanh(x) * _sech2(x), array_fn=lambda x, xp: xp.tanh(x))),
     "sigmoid": (Core, _none(
         fn=sc.expit, expr="1/(1 + exp(-x))", features=(0.0,), derivative=lambda x: sc.expit(x) * sc.expit(-x),
-        asymptote=(((-math.inf, 0.0, (0.0,)), (0.0, math.inf, (1.0,))), 40.0, 1.0),
+        asymptote=(((-math.inf, 0.0, (0.0,)), (0.0, math.inf, (1.0,))), 40.0, 1.0, math.pi),  # poles at +-i pi
         second_derivative=_sigmoid_d2, array_fn=_expit_xp)),
     "erf": (ErfCore, _none(array_fn=_erf_xp)),
     "gelu": (GeluCore, _none(array_fn=lambda x, xp: 0.5 * x * (1.0 + _erf_xp(x / math.sqrt(2.0), xp)))),
     "gelu_tanh": (Core, _gelu_tanh),
     "silu": (Core, _none(
-        fn=lambda x: x * sc.expit(x), expr="x/(1 + exp(-x))", features=(0.0,), asymptote=(_RELU, 42.0, 1.0),
+        fn=lambda x: x * sc.expit(x), expr="x/(1 + exp(-x))", features=(0.0,),
+        asymptote=(_RELU, 42.0, 1.0, math.pi),  # x expit(x): poles at +-i pi
         derivative=lambda x: sc.expit(x) * (1 + x * sc.expit(-x)),  # f'' = s'(2 + x (1 - 2s)), s' = s(1 - s)
         second_derivative=lambda x: sc.expit(x) * sc.expit(-x) * (2.0 + x * (sc.expit(-x) - sc.expit(x))),
         array_fn=lambda x, xp: x * _expit_xp(x, xp))),

@@ -101,9 +101,10 @@ class Core:
     spec: dict | None = None
     asymptote: tuple | None = None
 
-    #: ``asymptote`` = (pieces, radius, scale): phi minus the piecewise-linear function ``pieces`` ((a, b, (p0,
-    #: p1)), ...) is below 1e-16 for |x| > radius and varies on the scale ``scale`` (`hermite.asymptotic`: silu
-    #: approaches relu; softplus(beta) too, on the scale 1/beta)
+    #: ``asymptote`` = (pieces, radius, scale[, strip]): phi minus the piecewise-linear function ``pieces`` ((a,
+    #: b, (p0, p1)), ...) is below 1e-16 for |x| > radius and varies on the scale ``scale`` (`hermite.asymptotic`:
+    #: silu approaches relu; softplus(beta) too, on the scale 1/beta); the remainder is analytic between its kinks
+    #: within ``strip`` scales of the real axis (pi/2 when not given: tanh's poles)
 
     homogeneous_degree: ClassVar[int | None] = None  # d with phi(c x) = c^d phi(x) for c > 0, d in {0, 1}
 

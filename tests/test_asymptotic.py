@@ -4,6 +4,7 @@ mpmath; the declared asymptotes and radii against the functions themselves."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import mpmath as mp
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import hermite
+from hermite import asymptotic as asy
 from hermite import quadrature
 from hermite.asymptotic import MIN_DEVIATION, asymptotic_pair
 from hermite.bivariate import linear_pieces
@@ -71,7 +73,7 @@ def test_declared_radius_bounds_the_remainder(name, params, derivative):
     """|f^(d)(x) - A^(d)(x)| <= 1e-16 for radius <= |x| <= 4 radius (up to the rounding of f(x) - x, a few ulps
     of x): the rules may stop at the radius."""
     core = hermite.activation(name, **params).core
-    pieces, radius, _ = core.asymptote
+    pieces, radius, *_ = core.asymptote
     lin = linear_pieces(pieces, derivative)
     x = np.concatenate([-np.linspace(radius, 4 * radius, 301), np.linspace(radius, 4 * radius, 301)])
     A = sum(np.where((x >= a) & (x < b), p0 + p1 * x, 0.0) for a, b, p0, p1 in lin)
@@ -173,3 +175,40 @@ def test_softplus_family_reads_the_unit_softplus(beta):
     assert np.max(np.abs(got - np.array(want))) < TOL * scale
     if beta == 10.0:
         assert abs(hermite.kernel(f, 0.9, 1000.0) - 454.77148192101406) < TOL * 500.0
+
+
+@pytest.mark.parametrize("name,params", [("softplus", {}), ("silu", {}), ("sigmoid", {}), ("softplus", {"beta": 0.5}),
+                                         ("softplus", {"beta": 10.0})])
+@pytest.mark.parametrize("derivative", [0, 1])
+def test_wide_panels_where_the_strip_is_pi(name, params, derivative, monkeypatch):
+    """Remainders analytic within pi of the real axis (declared ``strip``) get panels twice as wide: their
+    tensor and mixed rules against a 16-point rule on panels half as wide as the narrow ones, over q1, q2 from
+    1 to 1e5 and conditional deviations from exactly `MIN_DEVIATION` to 30, both signs of rho: within 5e-16 of
+    sqrt(E f^2 E g^2), or of the narrow panels' own error where that is larger."""
+    core = hermite.activation(name, **params).core
+    assert core.asymptote[3] == math.pi
+    wide = asy._Side(core, derivative)
+    rows = []
+    for q1 in np.logspace(0, 5, 6):
+        for q2 in np.logspace(0, 5, 6):
+            amin = math.sqrt(min(q1, q2)) / core.asymptote[2]
+            for dev in (1.0, 1.2, 2.0, 4.0, 30.0):
+                if dev <= amin:
+                    rows += [(sgn * math.sqrt(1 - (dev / amin) ** 2), q1, q2) for sgn in (1, -1)]
+    r, q1, q2 = np.array(rows).T
+    s = np.sqrt((1 - r) * (1 + r))
+    monkeypatch.setattr(asy, "_NODES", 16)
+    monkeypatch.setattr(asy, "_PANEL", 0.25)  # a quarter of the wide panels: half of the narrow ones
+    fine = asy._Side(core, derivative)
+    assert fine.x.size > 2.5 * wide.x.size
+    scale = np.sqrt(_moments(core, q1, derivative) * _moments(core, q2, derivative))
+    got, want = (np.concatenate([asy._remainders(S, S, r[i:i + 32], np.sqrt(q1[i:i + 32]), np.sqrt(q2[i:i + 32]),
+                                                 s[i:i + 32]) for i in range(0, r.size, 32)]) for S in (wide, fine))
+    monkeypatch.setattr(asy, "_PANEL", 1.0)
+    monkeypatch.setattr(asy, "_NODES", 12)
+    narrow = asy._Side(dataclasses.replace(core, asymptote=core.asymptote[:3]), derivative)  # no strip: pi/2
+    assert narrow.x.size > 1.5 * wide.x.size
+    base = np.concatenate([asy._remainders(narrow, narrow, r[i:i + 32], np.sqrt(q1[i:i + 32]), np.sqrt(q2[i:i + 32]),
+                                           s[i:i + 32]) for i in range(0, r.size, 32)])
+    err_wide, err_narrow = (np.max(np.abs(v - want) / scale) for v in (got, base))
+    assert err_wide < max(5e-16, 1.2 * err_narrow)  # sigmoid': 7.0e-16 wide, 6.5e-16 narrow (rounding)
