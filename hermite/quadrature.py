@@ -414,44 +414,46 @@ def _batched_outer(fa, fb, r, a, b, s):
 
 
 def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,)) -> np.ndarray | None:
-    """G(mu) = E g(mu + sigma Z) for a kink-free g by pairs of Gauss-Hermite rules, for the nodes of one or
-    several entries (entry j's nodes from starts[j]; sigma a scalar or per node). An entry is accepted where a
-    pair agrees to 1e-15 of its largest |G| (finite throughout); the nodes of the others are NaN (left to the
-    panel rule `_inner`), and None comes back when no entry is accepted.
+    """G(mu) = E g(mu + sigma Z) for a kink-free g by a chain of Gauss-Hermite rules, for the nodes of one or
+    several entries (entry j's nodes from starts[j]; sigma a scalar or per node). An entry is accepted, with the
+    larger rule's values, where two consecutive rules of the chain agree to 1e-15 of its largest |G| (finite
+    throughout); the nodes of the others are NaN (left to the panel rule `_inner`), and None comes back when no
+    entry is accepted.
 
     Near rho = +-1, sigma = sqrt(Q2 (1 - rho^2)) is small against the scale on which a smooth activation
     varies, where Gauss-Hermite converges geometrically for an activation analytic within d of the real axis:
     60 evaluations per outer node (24 and 36 nodes) where they agree (sigma up to ~0.3 for tanh, d = pi/2,
-    and ~0.7 for silu and softplus, d = pi), else 160 (64 and 96 nodes: sigma up to ~0.65 and beyond 1),
-    instead of ~800 for the panel rule.
+    and ~0.7 for silu and softplus, d = pi), else 124 (36 and 64) or 220 (64 and 96 nodes: sigma up to ~0.65
+    and beyond 1), instead of ~800 for the panel rule. Each rule's values are kept for the next comparison.
     """
     mu = np.asarray(mu, dtype=np.float64)
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), mu.shape)
     starts = np.asarray(starts, dtype=np.int64)
     bounds = np.append(starts, mu.size)
     G = np.full(mu.size, np.nan)
+    prev = np.full(mu.size, np.nan)  # the previous rule's values, node by node
+    prev_finite = np.ones(mu.size, dtype=bool)
     todo = np.arange(starts.size)
-    for pair in _GH_INNER:
+    for i, N in enumerate(_GH_INNER):
         if todo.size == 0:
             break
         sel = np.concatenate([np.arange(bounds[j], bounds[j + 1]) for j in todo])
         sub = np.cumsum(np.concatenate([[0], (bounds[todo + 1] - bounds[todo])[:-1]]))
-        vals = []
-        finite = np.ones(sel.size, dtype=bool)
-        for N in pair:
-            zg, wg = _gh_nodes(N)
-            with np.errstate(over="ignore", invalid="ignore"):
-                F = g(mu[sel, None] + sigma[sel, None] * zg[None, :])
-            good = np.all(np.isfinite(F), axis=1)
-            finite &= good
-            vals.append(np.where(good[:, None], F, 0.0) @ wg)
-        diff = np.maximum.reduceat(np.abs(vals[0] - vals[1]), sub)
-        scale = np.maximum.reduceat(np.abs(vals[1]), sub)
-        bad = np.add.reduceat((~finite).astype(np.int64), sub) > 0
-        accept = ~bad & (diff <= _GH_INNER_TOL * np.maximum(scale, 1e-300))
-        for j, k in zip(todo[accept], sub[accept]):
-            G[bounds[j]:bounds[j + 1]] = vals[1][k:k + bounds[j + 1] - bounds[j]]
-        todo = todo[~accept]
+        zg, wg = _gh_nodes(N)
+        with np.errstate(over="ignore", invalid="ignore"):
+            F = g(mu[sel, None] + sigma[sel, None] * zg[None, :])
+        good = np.all(np.isfinite(F), axis=1)
+        cur = np.where(good[:, None], F, 0.0) @ wg
+        if i > 0:
+            diff = np.maximum.reduceat(np.abs(prev[sel] - cur), sub)
+            scale = np.maximum.reduceat(np.abs(cur), sub)
+            bad = np.add.reduceat((~(good & prev_finite[sel])).astype(np.int64), sub) > 0
+            accept = ~bad & (diff <= _GH_INNER_TOL * np.maximum(scale, 1e-300))
+            for j, k in zip(todo[accept], sub[accept]):
+                G[bounds[j]:bounds[j + 1]] = cur[k:k + bounds[j + 1] - bounds[j]]
+            todo = todo[~accept]
+        prev[sel] = cur
+        prev_finite[sel] = good
     return None if todo.size == starts.size else G
 
 
@@ -502,8 +504,8 @@ def _outer_breaks(points, wmax):
     return graded_breaks(_L2, wmax, [z0 for z0, _ in near], list(finest.items()))
 
 
-_GH_INNER = ((24, 36), (64, 96))  # pairs of Gauss-Hermite rules of a smooth inner integral, tried in turn
-_GH_INNER_TOL = 1e-15  # accepted difference within a pair, relative to the largest |G|
+_GH_INNER = (24, 36, 64, 96)  # Gauss-Hermite rules of a smooth inner integral; consecutive ones are compared
+_GH_INNER_TOL = 1e-15  # accepted difference of consecutive rules, relative to the largest |G|
 
 
 @lru_cache(maxsize=8)
