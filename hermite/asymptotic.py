@@ -27,10 +27,11 @@ width 1 errs ~1e-20; the coarser rules' relative errors (up to 1e-13 and 3e-8 fo
 silu, whose poles are at pi) multiply remainders that have decayed like e^(-|x|) or faster to below 1e-3 and
 1e-4. A family whose remainder is analytic within pi of the real axis (the asymptote's optional fourth entry,
 ``strip``: softplus, silu and sigmoid, whose poles are at i pi) gets panels twice as wide (2, 4 and 8; half the
-nodes per axis, a quarter of the tensor rule): against a 16-point rule on panels half as wide as today's, over
-q1, q2 from 1 to 1e5, conditional deviations from 1 to 30 and both derivatives, they err at most 2.4e-16 of
-sqrt(E f^2 E g^2) (sigmoid': 1.1e-15, as the narrow panels), where tanh (strip pi/2) would err 2e-12 and mish
-and gelu_tanh (poles nearer than pi) 6e-15; those keep the narrow panels. The conditional deviations sqrt(q1) s and sqrt(q2) s (the scale on which the density varies along each
+nodes per axis, a quarter of the tensor rule): against a 16-point rule on panels half as wide as the narrow
+ones, over q1, q2 from 1 to 1e5, conditional deviations from 1 to 30 and both derivatives, they err at most
+2.4e-16 of sqrt(E f^2 E g^2) (sigmoid': 7.0e-16, the narrow panels 6.5e-16), where tanh (strip pi/2) would err
+2e-12 and mish and gelu_tanh (poles nearer than pi) 6e-15; those keep the narrow panels. The conditional
+deviations sqrt(q1) s and sqrt(q2) s (the scale on which the density varies along each
 axis) are at least `MIN_DEVIATION` = 1 (times the scale) where the rule is used, so the same panels resolve
 the density; the joint density is formed from its whole exponent, which is never positive. Closer to
 rho = +-1 the tensor rule would need too many nodes, and the caller's quadrature (fast there: a
