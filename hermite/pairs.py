@@ -113,7 +113,12 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
         def smoothing(mu, sigma):
             return fb.closed_smoothing(mu, sigma, derivative)
 
-        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending], smoothing)
+        P1, P2 = Q1[pending], Q2[pending]
+        if fb is fa:
+            # E[f(u) f(v)] is symmetric in (u, v): the inner integral runs over the smaller variance, whose
+            # conditional deviation sqrt(Q2 (1 - r^2)) the Gauss-Hermite inner rules accept more often
+            P1, P2 = np.maximum(P1, P2), np.minimum(P1, P2)
+        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], P1, P2, smoothing)
     return out
 
 
