@@ -53,14 +53,27 @@ def octave_coefficients(f, K: int, Q: np.ndarray, out: np.ndarray, direct) -> np
         return done
     j = np.zeros(Q.size, dtype=np.int64)
     j[finite] = np.floor(t[finite]).astype(np.int64)
+    groups = []  # (positions, table) per octave with a verified table
     for jo in np.unique(j[finite]):
         A = _table(f, K, int(jo), direct)
-        if A is None:
-            continue
-        sel = np.nonzero(finite & (j == jo))[0]
-        x = np.clip(2.0 * (t[sel] - jo) - 1.0, -1.0, 1.0)
-        out[sel] = _chebyshev_values(x, A)
-        done[sel] = True
+        if A is not None:
+            groups.append((np.nonzero(finite & (j == jo))[0], A))
+    if not groups:
+        return done
+    # the rows T_n(x) of every octave's points by one recurrence, then one matrix product per octave
+    sel = np.concatenate([g for g, _ in groups])
+    x = np.clip(2.0 * (t[sel] - j[sel]) - 1.0, -1.0, 1.0)
+    m = max(A.shape[0] for _, A in groups)
+    chunk = max(1, (1 << 22) // m)
+    for c0 in range(0, x.size, chunk):
+        T = _chebyshev_rows(x[c0:c0 + chunk], m)
+        p0 = 0
+        for g, A in groups:
+            lo, hi = max(p0, c0), min(p0 + g.size, c0 + chunk)
+            if lo < hi:
+                out[sel[lo:hi]] = T[: A.shape[0], lo - c0:hi - c0].T @ A
+            p0 += g.size
+    done[sel] = True
     return done
 
 
@@ -124,20 +137,25 @@ def _chebyshev_coefficients(values: np.ndarray) -> np.ndarray:
     return A
 
 
+def _chebyshev_rows(x: np.ndarray, m: int) -> np.ndarray:
+    """T_0(x)..T_{m-1}(x), shape (m, x.size), by the three-term recurrence T_n = 2 x T_{n-1} - T_{n-2}."""
+    T = np.empty((m, x.size))
+    T[0] = 1.0
+    if m > 1:
+        T[1] = x
+    x2 = 2.0 * x
+    for n in range(2, m):
+        np.multiply(T[n - 1], x2, out=T[n])
+        T[n] -= T[n - 2]
+    return T
+
+
 def _chebyshev_values(x: np.ndarray, A: np.ndarray) -> np.ndarray:
     """sum_n A[n] T_n(x) for every x: the rows T_n(x) by the three-term recurrence, then one matrix product."""
     m = A.shape[0]
     out = np.empty((x.size, A.shape[1]))
     chunk = max(1, (1 << 22) // m)
-    T = np.empty((m, min(chunk, x.size)))
     for c0 in range(0, x.size, chunk):
         xs = x[c0:c0 + chunk]
-        Tc = T[:, : xs.size]
-        Tc[0] = 1.0
-        Tc[1] = xs
-        x2 = 2.0 * xs
-        for n in range(2, m):  # T_n = 2 x T_{n-1} - T_{n-2}
-            np.multiply(Tc[n - 1], x2, out=Tc[n])
-            Tc[n] -= Tc[n - 2]
-        out[c0:c0 + chunk] = Tc.T @ A
+        out[c0:c0 + chunk] = _chebyshev_rows(xs, m).T @ A
     return out
