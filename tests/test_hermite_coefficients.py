@@ -768,3 +768,23 @@ def test_transform_that_leaves_nothing_is_an_error():
         hermite.transform("identity", remove=(0, 1))
     t = hermite.transform("identity", remove=(0, 1), unit_variance=False)
     assert hermite.second_moment(t, 1.0) < 1e-15
+
+
+@pytest.mark.parametrize("z", [0.7, np.array(-1.3), np.linspace(-4.0, 4.0, 9).reshape(3, 3)])
+def test_normalized_hermite_recurrence_any_shape(z):
+    """`hermite.basis.hermite_polynomials` (scalar, 0-d and n-d z) and `hermite_functions` (flat z) against
+    numpy's probabilists' Hermite polynomials He_k / sqrt(k!) (times phi^(1/2)), k = 0..12."""
+    from numpy.polynomial import hermite_e
+
+    from hermite import basis
+
+    K = 12
+    zz = np.asarray(z, dtype=np.float64)
+    want = np.array([hermite_e.hermeval(zz, np.eye(K + 1)[k]) / math.sqrt(math.factorial(k)) for k in range(K + 1)])
+    got = basis.hermite_polynomials(K, z)
+    assert got.shape == (K + 1,) + zz.shape
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    flat = zz.reshape(-1)
+    np.testing.assert_allclose(basis.hermite_functions(K, flat),
+                               want.reshape(K + 1, -1) * np.exp(-flat**2 / 4) / (2 * math.pi) ** 0.25,
+                               rtol=1e-13, atol=1e-15)
