@@ -50,7 +50,7 @@ from hermite.basis import panel_rule
 from hermite.bivariate import linear_pieces, piecewise_linear_pair
 from hermite.smoothing import piecewise_smoothing
 
-__all__ = ["asymptotic_pair", "MIN_DEVIATION"]
+__all__ = ["asymptotic_pair", "far_field", "MIN_DEVIATION"]
 
 MIN_DEVIATION = 1.0  # smallest conditional deviation sqrt(q) s, in units of the scale, for the tensor rules
 _NODES = 12
@@ -106,6 +106,13 @@ class _Side:
 @lru_cache(maxsize=64)
 def _side(core, derivative: int) -> _Side:
     return _Side(core, derivative)
+
+
+def far_field(core, derivative: int):
+    """(R, closed): beyond |x| = R the function (derivative=1: its derivative) is its asymptote's linear pieces
+    to 1e-16, and ``closed(mu, sigma)`` = E[A(mu + sigma Z)] is their Gaussian smoothing in closed form (for
+    `hermite.quadrature`'s inner rules)."""
+    return float(core.asymptote[1]), _side(core, derivative).smoothing
 
 
 def asymptotic_pair(fa, fb, r, Q1, Q2, derivative: int, scale: np.ndarray, tol: float = 1e-13):

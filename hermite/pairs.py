@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from hermite import quadrature
-from hermite.asymptotic import asymptotic_pair
+from hermite.asymptotic import asymptotic_pair, far_field
 from hermite.basis import mehler_sum
 from hermite.bivariate import piecewise_linear_pair
 
@@ -118,7 +118,8 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
             # E[f(u) f(v)] is symmetric in (u, v): the inner integral runs over the smaller variance, whose
             # conditional deviation sqrt(Q2 (1 - r^2)) the Gauss-Hermite inner rules accept more often
             P1, P2 = np.maximum(P1, P2), np.minimum(P1, P2)
-        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], P1, P2, smoothing)
+        far = far_field(fb, derivative) if fb.asymptote is not None else None
+        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], P1, P2, smoothing, far)
     return out
 
 

@@ -294,13 +294,14 @@ def _phi(z):
     return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
-def pair_expectation(f, g, fa, fb, r, Q1, Q2, smoothing=None) -> np.ndarray:
+def pair_expectation(f, g, fa, fb, r, Q1, Q2, smoothing=None, far=None) -> np.ndarray:
     """E[f(u) g(v)] on flat arrays: Var u = Q1, Var v = Q2, corr(u, v) = r, each entry by its own rule (many
     entries evaluated together where the inner integral allows, `_pair_batch`).
 
     f, g are numpy functions; fa, fb describe their kinks and features (see the module docstring);
     ``smoothing(mu, sigma)``, when given and not None for these arguments, is G in closed form
-    (`hermite.smoothing`), which replaces the inner rule.
+    (`hermite.smoothing`), which replaces the inner rule; ``far`` lets the batched Gauss-Hermite inner rules
+    take g's asymptote in closed form far from its remainder (`_inner_gauss_hermite`).
     E[f(u) g(v)] = int phi(z1) f(sqrt(Q1) z1) G(z1) dz1 with G(z1) = E[g(sqrt(Q2) (r z1 + sqrt(1 - r^2) z2))];
     the outer rule on |z1| <= 11 is split at f's kinks and graded towards f's features and towards the
     shadows of g's kinks and features, t / (sqrt(Q2) r), where G varies on the scale sqrt(1 - r^2) / |r|,
@@ -308,7 +309,7 @@ def pair_expectation(f, g, fa, fb, r, Q1, Q2, smoothing=None) -> np.ndarray:
     """
     r, Q1, Q2 = (np.asarray(x, dtype=np.float64).ravel() for x in (r, Q1, Q2))
     out = np.empty(r.size)
-    done, tried = _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out)
+    done, tried = _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out, far)
     for i in np.nonzero(~done)[0]:
         out[i] = _pair_one(f, g, fa, fb, float(r[i]), float(Q1[i]), float(Q2[i]), smoothing, not tried[i])
     return out
@@ -318,7 +319,7 @@ _BATCH_NODES = 1 << 17  # outer nodes per batch of entries (an eighth of it with
 # arrays hold up to 96 values per node: smaller batches stay in cache)
 
 
-def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> tuple[np.ndarray, np.ndarray]:
+def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out, far=None) -> tuple[np.ndarray, np.ndarray]:
     """`_pair_one` for many entries at once, where G has a closed smoothing or the Gauss-Hermite inner rules
     apply and are accepted (entry by entry, as in `_pair_one`): the same outer rule (`_batched_outer`), the
     entries' nodes laid end to end and summed per entry. Fills ``out`` and returns the masks of the entries
@@ -350,7 +351,7 @@ def _pair_batch(f, g, fa, fb, r, Q1, Q2, smoothing, out) -> tuple[np.ndarray, np
         if closed:
             G, ok = smoothing(mu, sig), np.ones(c1 - c0, dtype=bool)
         else:
-            G = _inner_gauss_hermite(g, mu, sig, bounds[c0:c1] - n0)
+            G = _inner_gauss_hermite(g, mu, sig, bounds[c0:c1] - n0, far)
             ok = np.zeros(c1 - c0, dtype=bool) if G is None else ~np.isnan(G[bounds[c0:c1] - n0])
             G = np.zeros(mu.size) if G is None else np.where(np.isnan(G), 0.0, G)
         vals = ww * _phi(zz) * f(a[e] * zz) * G
@@ -413,7 +414,7 @@ def _batched_outer(fa, fb, r, a, b, s):
     return np.repeat(grow[pg], _M_OUTER), z, w
 
 
-def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,)) -> np.ndarray | None:
+def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,), far=None) -> np.ndarray | None:
     """G(mu) = E g(mu + sigma Z) for a kink-free g by a chain of Gauss-Hermite rules, for the nodes of one or
     several entries (entry j's nodes from starts[j]; sigma a scalar or per node). An entry is accepted, with the
     larger rule's values, where two consecutive rules of the chain agree to 1e-15 of its largest |G| (finite
@@ -425,6 +426,12 @@ def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,)) -> np.ndarray | 
     60 evaluations per outer node (24 and 36 nodes) where they agree (sigma up to ~0.3 for tanh, d = pi/2,
     and ~0.7 for silu and softplus, d = pi), else 124 (36 and 64) or 220 (64 and 96 nodes: sigma up to ~0.65
     and beyond 1), instead of ~800 for the panel rule. Each rule's values are kept for the next comparison.
+
+    ``far`` = (R, closed), for a g that is piecewise linear up to a remainder below 1e-16 beyond |x| = R (its
+    asymptote, `hermite.asymptotic`), with ``closed(mu, sigma)`` the closed smoothing of the linear pieces: at
+    the nodes with |mu| >= R + 12 sigma (mu + sigma Z stays beyond R but with probability 2e-33) that closed
+    value is G, and g is evaluated only at the others. At large variance most outer nodes are such (softplus
+    near rho = 1: about half).
     """
     mu = np.asarray(mu, dtype=np.float64)
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), mu.shape)
@@ -433,6 +440,11 @@ def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,)) -> np.ndarray | 
     G = np.full(mu.size, np.nan)
     prev = np.full(mu.size, np.nan)  # the previous rule's values, node by node
     prev_finite = np.ones(mu.size, dtype=bool)
+    outside = np.zeros(mu.size, dtype=bool)
+    if far is not None:
+        outside = np.abs(mu) >= far[0] + _FAR_DEVIATIONS * sigma
+        if outside.any():
+            prev[outside] = far[1](mu[outside], sigma[outside])
     todo = np.arange(starts.size)
     for i, N in enumerate(_GH_INNER):
         if todo.size == 0:
@@ -440,10 +452,14 @@ def _inner_gauss_hermite(g, mu: np.ndarray, sigma, starts=(0,)) -> np.ndarray | 
         sel = np.concatenate([np.arange(bounds[j], bounds[j + 1]) for j in todo])
         sub = np.cumsum(np.concatenate([[0], (bounds[todo + 1] - bounds[todo])[:-1]]))
         zg, wg = _gh_nodes(N)
+        inside = ~outside[sel]
+        ins = sel[inside]
         with np.errstate(over="ignore", invalid="ignore"):
-            F = g(mu[sel, None] + sigma[sel, None] * zg[None, :])
-        good = np.all(np.isfinite(F), axis=1)
-        cur = np.where(good[:, None], F, 0.0) @ wg
+            F = g(mu[ins, None] + sigma[ins, None] * zg[None, :])
+        good = np.ones(sel.size, dtype=bool)
+        good[inside] = np.all(np.isfinite(F), axis=1)
+        cur = prev[sel]  # the closed values outside (a copy: fancy indexing)
+        cur[inside] = np.where(good[inside][:, None], F, 0.0) @ wg
         if i > 0:
             diff = np.maximum.reduceat(np.abs(prev[sel] - cur), sub)
             scale = np.maximum.reduceat(np.abs(cur), sub)
@@ -506,6 +522,7 @@ def _outer_breaks(points, wmax):
 
 _GH_INNER = (24, 36, 64, 96)  # Gauss-Hermite rules of a smooth inner integral; consecutive ones are compared
 _GH_INNER_TOL = 1e-15  # accepted difference of consecutive rules, relative to the largest |G|
+_FAR_DEVIATIONS = 12.0  # P(|Z| > 12) = 2e-33: beyond R + 12 sigma the inner integral is the asymptote's
 
 
 @lru_cache(maxsize=8)

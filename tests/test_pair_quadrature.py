@@ -169,3 +169,34 @@ def test_same_function_integrates_inside_over_the_smaller_variance(name):
         other = quadrature.pair_expectation(f, f, core, core, r, Q1, Q2,
                                             lambda mu, sigma, d=derivative: core.closed_smoothing(mu, sigma, d))
         assert np.max(np.abs(got - other) / _scale(core, Q1, Q2, derivative)) < 5e-15
+
+
+@pytest.mark.parametrize("name", ["softplus", "silu", "gelu_tanh"])
+@pytest.mark.parametrize("derivative", [0, 1])
+def test_gauss_hermite_takes_the_asymptote_far_from_the_remainder(name, derivative):
+    """With ``far`` (`hermite.asymptotic.far_field`) the Gauss-Hermite inner rules evaluate g only where
+    |mu| < R + 12 sigma and take the closed smoothing of the asymptote elsewhere: the result agrees with the
+    panel rule `_inner` (the independent method) everywhere on mu in [-300, 300]."""
+    from hermite.asymptotic import far_field
+
+    core = hermite.activation(name).core
+    g = core.function(derivative)
+    R, closed = far_field(core, derivative)
+    seen = []
+
+    def counted(x):
+        seen.append(x)
+        return g(x)
+
+    mu = np.concatenate([np.linspace(-300.0, 300.0, 241), np.linspace(-60.0, 60.0, 97)])
+    sigma = 0.7
+    G = quadrature._inner_gauss_hermite(counted, mu, sigma, far=(R, closed))
+    assert G is not None and np.all(np.isfinite(G))
+    evaluated = np.concatenate([x.ravel() for x in seen])
+    zmax = max(float(quadrature._gh_nodes(N)[0].max()) for N in quadrature._GH_INNER)
+    assert np.max(np.abs(evaluated)) <= R + 12 * sigma + zmax * sigma  # nodes of mu within R + 12 sigma only
+    assert evaluated.size < 0.6 * mu.size * sum(quadrature._GH_INNER)
+    panel = quadrature._inner(g, core, mu, sigma)
+    assert np.max(np.abs(G - panel)) <= 2e-15 * np.max(np.abs(panel))
+    near = np.abs(mu) < 30.0  # where the remainder matters, against the panel rule's own scale there
+    assert np.max(np.abs(G[near] - panel[near])) <= 2e-15 * max(np.max(np.abs(panel[near])), 1.0)
