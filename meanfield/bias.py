@@ -1,8 +1,8 @@
 """Initial guessing bias: how an untrained classifier favours some classes, predicted and simulated.
 
 Sources: Francazi, Lucchi and Baity-Jesi (ICML 2024), "Initial Guessing Bias: How Untrained Networks Favor
-Some Classes"; Francazi, Pinto, Lucchi and Baity-Jesi (2025), "Where You Place the Norm Matters: From
-Prejudiced to Neutral Initializations".
+Some Classes"; Francazi, Pinto, Lucchi and Baity-Jesi (AISTATS 2026; arXiv 2505.11312), "Where You Place the
+Norm Matters: From Prejudiced to Neutral Initializations".
 
 The order parameter
 -------------------
