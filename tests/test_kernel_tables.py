@@ -182,3 +182,22 @@ def test_gauss_hermite_inner_rule_declines_a_wide_gaussian():
     mu = np.linspace(-3, 3, 7)
     assert quadrature._inner_gauss_hermite(np.tanh, mu, 0.1) is not None
     assert quadrature._inner_gauss_hermite(np.tanh, mu, 40.0) is None  # tanh's kink-like step at this scale
+
+
+@pytest.mark.parametrize("name, q", [("tanh", 1.0), ("hardtanh", 25.0), ("silu", 1.7)])
+def test_compiled_eight_chains_equal_numpy_with_and_without_lookup(name, q):
+    """The compiled loop runs eight entries' Clenshaw chains side by side plus a remainder loop; sizes around
+    multiples of 8, with the panel lookup table and with the search through the breaks, give the numpy
+    path's values bit for bit."""
+    import dataclasses
+
+    table = tables.table_for(hermite.activation(name).core, q, q)
+    assert table is not None
+    rng = np.random.default_rng(9)
+    for T in (table, dataclasses.replace(table, lut=np.empty(0, dtype=np.int64))):
+        for n in (tables.NUMBA_MIN, tables.NUMBA_MIN + 3, tables.NUMBA_MIN + 7):
+            r = np.concatenate([rng.uniform(-1, 1, n - 6), [1.0, -1.0, 0.0, 1 - 1e-15, -1 + 1e-15, 0.5]])
+            rng.shuffle(r)
+            big = T(r)
+            small = np.concatenate([T(r[i:i + 1000].copy()) for i in range(0, r.size, 1000)])
+            np.testing.assert_array_equal(big, small)
