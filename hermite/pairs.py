@@ -118,8 +118,8 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
             # E[f(u) f(v)] is symmetric in (u, v): the inner integral runs over the smaller variance, whose
             # conditional deviation sqrt(Q2 (1 - r^2)) the Gauss-Hermite inner rules accept more often
             P1, P2 = np.maximum(P1, P2), np.minimum(P1, P2)
-        far = far_field(fb, derivative) if fb.asymptote is not None else None
-        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], P1, P2, smoothing, far)
+        extra = {"far": far_field(fb, derivative)} if fb.asymptote is not None else {}
+        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], P1, P2, smoothing, **extra)
     return out
 
 
