@@ -245,7 +245,7 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
         K[a, b] = vals
         K[b, a] = vals
     if np.any(live):
-        m[live] = act.mean_at(d[live], 0)
+        m[live] = act.mean_at(d[live], 0, fast=True)
     if np.any(~live):  # a zero-variance input: f(0) deterministically
         f0 = float(act.fn(np.zeros(1))[0])
         dead = ~live
