@@ -58,6 +58,12 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
     when they are the same core); an entry is summed at the first level whose tail bound proves it.
     """
     r = np.asarray(r, dtype=np.float64)
+    if fb is fa:
+        # E[f(u) f(v)] is symmetric in (u, v): every route sees the larger variance first, so the kernel is
+        # bitwise symmetric in (Q1, Q2), and the quadrature's inner integral runs over the smaller variance,
+        # whose conditional deviation sqrt(Q2 (1 - r^2)) the Gauss-Hermite inner rules accept more often
+        Q1, Q2 = np.asarray(Q1, dtype=np.float64), np.asarray(Q2, dtype=np.float64)
+        Q1, Q2 = np.maximum(Q1, Q2), np.minimum(Q1, Q2)
     M = r.size
     out = np.empty(M)
     pending = np.arange(M)
@@ -113,13 +119,9 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
         def smoothing(mu, sigma):
             return fb.closed_smoothing(mu, sigma, derivative)
 
-        P1, P2 = Q1[pending], Q2[pending]
-        if fb is fa:
-            # E[f(u) f(v)] is symmetric in (u, v): the inner integral runs over the smaller variance, whose
-            # conditional deviation sqrt(Q2 (1 - r^2)) the Gauss-Hermite inner rules accept more often
-            P1, P2 = np.maximum(P1, P2), np.minimum(P1, P2)
         extra = {"far": far_field(fb, derivative)} if fb.asymptote is not None else {}
-        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], P1, P2, smoothing, **extra)
+        out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending], smoothing,
+                                                   **extra)
     return out
 
 
