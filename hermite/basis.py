@@ -16,6 +16,7 @@ kernel into the power series sum_k a_k b_k rho^k, summed by Horner's rule in `me
 from __future__ import annotations
 
 import math
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -90,17 +91,61 @@ def hermite_polynomials(K: int, z: np.ndarray) -> np.ndarray:
 
 
 def _normalized_recurrence(out: np.ndarray, z: np.ndarray) -> None:
-    """Rows 2.. of ``out`` from rows 0 and 1 by out[k+1] = (z out[k] - sqrt(k) out[k-1]) / sqrt(k+1), in place:
-    the same operations in the same order as the expression, without its three temporaries per row (4-6x
-    faster at K = 1024 and 2000-4000 nodes, where every temporary is a fresh allocation)."""
+    """Rows 2.. of ``out`` from rows 0 and 1 by out[k+1] = (z out[k] - sqrt(k) out[k-1]) / sqrt(k+1), in place.
+
+    A compiled double loop where numba is available (the same operations in the same order, no contraction
+    into fused multiply-adds: bitwise the values of the numpy rows, tested), else numpy row by row without
+    temporaries. The compiled loop is 80x faster for the short rows of per-variance closed coefficients
+    (order 256 at 64 variances: 0.72 -> 0.009 ms) and 2.4x at order 1024 on 16,000 nodes.
+    """
     out = out.reshape(out.shape[0], -1)  # a view (out is fresh and contiguous): rows are arrays, also for a scalar z
-    z = z.reshape(-1)
+    z = np.ascontiguousarray(z.reshape(-1), dtype=np.float64)
+    compiled = _numba_recurrence() if out.shape[0] > 2 and out.flags.c_contiguous and _worth_compiling(out) else None
+    if compiled is not None:
+        compiled(out, z)
+        return
     tmp = np.empty(z.shape)
     for k in range(1, out.shape[0] - 1):
         np.multiply(z, out[k], out=out[k + 1])
         np.multiply(out[k - 1], math.sqrt(k), out=tmp)
         out[k + 1] -= tmp
         out[k + 1] /= math.sqrt(k + 1)
+
+
+_NUMBA_RECURRENCE: list = []
+_NUMPY_ROWS = [0]  # rows computed by numpy so far in this process
+_ROWS_BEFORE_COMPILING = 50_000  # ~0.2 s of numpy rows at ~4 us each: the cost of importing numba
+
+
+def _worth_compiling(out: np.ndarray) -> bool:
+    """Whether to take the compiled loop: once numba is imported anyway, or once this process has spent about
+    an import of numba (~0.2 s) on numpy rows. The two paths give the same bits, so the switch never changes
+    a value; it keeps numba's import out of short runs (the first propagate of a 50-block LN network with
+    n = 64 stays at most ~0.12 s for every built-in; compiling on every large call made it 0.36 s)."""
+    if "numba" in sys.modules or _NUMPY_ROWS[0] >= _ROWS_BEFORE_COMPILING:
+        return True
+    _NUMPY_ROWS[0] += out.shape[0]
+    return False
+
+
+def _numba_recurrence():
+    """The compiled recurrence (numba, serial, compiled on first use and cached on disk), or None."""
+    if not _NUMBA_RECURRENCE:
+        try:
+            import numba
+
+            @numba.njit(cache=True, fastmath=False)
+            def recurrence(out, z):  # pragma: no cover - compiled
+                for k in range(1, out.shape[0] - 1):
+                    a = math.sqrt(k)
+                    b = math.sqrt(k + 1)
+                    for i in range(z.size):
+                        out[k + 1, i] = (z[i] * out[k, i] - out[k - 1, i] * a) / b
+
+            _NUMBA_RECURRENCE.append(recurrence)
+        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy rows
+            _NUMBA_RECURRENCE.append(None)
+    return _NUMBA_RECURRENCE[0]
 
 
 _NUMBA_SUM: list = []

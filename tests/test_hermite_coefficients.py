@@ -788,3 +788,35 @@ def test_normalized_hermite_recurrence_any_shape(z):
     np.testing.assert_allclose(basis.hermite_functions(K, flat),
                                want.reshape(K + 1, -1) * np.exp(-flat**2 / 4) / (2 * math.pi) ** 0.25,
                                rtol=1e-13, atol=1e-15)
+
+
+def test_compiled_hermite_recurrence_is_the_numpy_one(monkeypatch):
+    """The compiled recurrence gives the numpy rows' values bit for bit (same operations, same order, no fused
+    multiply-adds), for short and long rows up to order 1024."""
+    from hermite import basis
+
+    pytest.importorskip("numba")
+    assert basis._numba_recurrence() is not None
+    for K, N in ((2, 1), (40, 3), (256, 64), (1024, 5000)):
+        z = np.linspace(-40.0, 40.0, N)
+        with monkeypatch.context() as m:
+            m.setattr(basis, "_worth_compiling", lambda out: True)
+            compiled = basis.hermite_functions(K, z)
+        with monkeypatch.context() as m:
+            m.setattr(basis, "_NUMBA_RECURRENCE", [None])
+            rows = basis.hermite_functions(K, z)
+        np.testing.assert_array_equal(compiled, rows)
+
+
+def test_recurrence_switches_to_compiled_after_an_import_worth_of_rows(monkeypatch):
+    """Short runs stay on numpy rows (no numba import); after `_ROWS_BEFORE_COMPILING` rows the compiled loop
+    takes over, with the same values."""
+    from hermite import basis
+
+    monkeypatch.delitem(sys.modules, "numba", raising=False)
+    monkeypatch.setattr(basis, "_NUMPY_ROWS", [0])
+    out = np.empty((257, 3))
+    assert not basis._worth_compiling(out)
+    assert basis._NUMPY_ROWS[0] == 257
+    monkeypatch.setattr(basis, "_NUMPY_ROWS", [basis._ROWS_BEFORE_COMPILING])
+    assert basis._worth_compiling(out)
