@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import scipy.special as sc
@@ -112,7 +112,6 @@ def _normalized_recurrence(out: np.ndarray, z: np.ndarray) -> None:
         out[k + 1] /= math.sqrt(k + 1)
 
 
-_NUMBA_RECURRENCE: list = []
 _NUMPY_ROWS = [0]  # rows computed by numpy so far in this process
 _ROWS_BEFORE_COMPILING = 50_000  # ~0.2 s of numpy rows at ~4 us each: the cost of importing numba
 
@@ -128,51 +127,46 @@ def _worth_compiling(out: np.ndarray) -> bool:
     return False
 
 
+@cache
 def _numba_recurrence():
     """The compiled recurrence (numba, serial, compiled on first use and cached on disk), or None."""
-    if not _NUMBA_RECURRENCE:
-        try:
-            import numba
+    try:
+        import numba
 
-            @numba.njit(cache=True, fastmath=False)
-            def recurrence(out, z):  # pragma: no cover - compiled
-                for k in range(1, out.shape[0] - 1):
-                    a = math.sqrt(k)
-                    b = math.sqrt(k + 1)
-                    for i in range(z.size):
-                        out[k + 1, i] = (z[i] * out[k, i] - out[k - 1, i] * a) / b
+        @numba.njit(cache=True, fastmath=False)
+        def recurrence(out, z):  # pragma: no cover - compiled
+            for k in range(1, out.shape[0] - 1):
+                a = math.sqrt(k)
+                b = math.sqrt(k + 1)
+                for i in range(z.size):
+                    out[k + 1, i] = (z[i] * out[k, i] - out[k - 1, i] * a) / b
 
-            _NUMBA_RECURRENCE.append(recurrence)
-        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy rows
-            _NUMBA_RECURRENCE.append(None)
-    return _NUMBA_RECURRENCE[0]
+        return recurrence
+    except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy rows
+        return None
 
 
-_NUMBA_SUM: list = []
-
-
+@cache
 def _numba_mehler():
     """The compiled Horner kernel (numba, compiled on first use and cached on disk), or None."""
-    if not _NUMBA_SUM:
-        try:
-            import numba
+    try:
+        import numba
 
-            @numba.njit(parallel=True, cache=True, fastmath=False)
-            def horner(ca, cb, ia, ib, r, out):  # pragma: no cover - compiled
-                K = ca.shape[1] - 1
-                for e in numba.prange(r.size):
-                    a = ia[e]
-                    b = ib[e]
-                    x = r[e]
-                    v = ca[a, K] * cb[b, K]
-                    for k in range(K - 1, -1, -1):
-                        v = v * x + ca[a, k] * cb[b, k]
-                    out[e] = v
+        @numba.njit(parallel=True, cache=True, fastmath=False)
+        def horner(ca, cb, ia, ib, r, out):  # pragma: no cover - compiled
+            K = ca.shape[1] - 1
+            for e in numba.prange(r.size):
+                a = ia[e]
+                b = ib[e]
+                x = r[e]
+                v = ca[a, K] * cb[b, K]
+                for k in range(K - 1, -1, -1):
+                    v = v * x + ca[a, k] * cb[b, k]
+                out[e] = v
 
-            _NUMBA_SUM.append(horner)
-        except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy fallback
-            _NUMBA_SUM.append(None)
-    return _NUMBA_SUM[0]
+        return horner
+    except Exception:  # noqa: BLE001 - numba missing or unable to compile: numpy fallback
+        return None
 
 
 def mehler_sum(ca, cb, ia, ib, r, chunk=8192):

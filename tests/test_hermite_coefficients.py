@@ -803,7 +803,7 @@ def test_compiled_hermite_recurrence_is_the_numpy_one(monkeypatch):
             m.setattr(basis, "_worth_compiling", lambda out: True)
             compiled = basis.hermite_functions(K, z)
         with monkeypatch.context() as m:
-            m.setattr(basis, "_NUMBA_RECURRENCE", [None])
+            m.setattr(basis, "_numba_recurrence", lambda: None)
             rows = basis.hermite_functions(K, z)
         np.testing.assert_array_equal(compiled, rows)
 
