@@ -303,7 +303,11 @@ class Activation:
         flat = r_arr.ndim == 1 and all(
             np.ndim(q) == 0 and not isinstance(q, np.ndarray) or np.shape(q) == r_arr.shape for q in (q1, q2))
         if not flat:
-            shape = np.broadcast_shapes(r_arr.shape, np.shape(q1), np.shape(q2))
+            try:
+                shape = np.broadcast_shapes(r_arr.shape, np.shape(q1), np.shape(q2))
+            except ValueError:
+                raise ValueError(f"kernel_at: r, q1 and q2 must broadcast together; got shapes {r_arr.shape}, "
+                                 f"{np.shape(q1)} and {np.shape(q2)}") from None
             r1, a1, a2 = (np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.float64), shape)).ravel()
                           for x in (r_arr, q1, q2))
             return np.asarray(self.kernel_at(r1, a1, a2, derivative)).reshape(shape)

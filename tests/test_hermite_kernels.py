@@ -669,3 +669,8 @@ def test_kernel_at_accepts_scalars_and_any_shape(name):
         assert float(act.kernel_at(np.array(0.3), np.array(0.7), np.array(2.0), d)) == float(s)
     if name == "relu":
         np.testing.assert_allclose(out, _arccos_relu(r, q1, q2), rtol=0, atol=1e-14)
+
+
+def test_kernel_at_names_shapes_that_do_not_broadcast():
+    with pytest.raises(ValueError, match=r"r, q1 and q2 must broadcast together; got shapes \(3,\), \(2,\)"):
+        hermite.activation("tanh").kernel_at(np.zeros(3), np.ones(2), 1.0)
