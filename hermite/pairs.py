@@ -31,6 +31,7 @@ from hermite import quadrature
 from hermite.asymptotic import asymptotic_pair, far_field
 from hermite.basis import mehler_sum
 from hermite.bivariate import piecewise_linear_pair
+from hermite.distinct import Distinct
 
 __all__ = ["pair_kernel", "TOL", "SERIES_K"]
 
@@ -56,51 +57,55 @@ def _series_parts(core, K: int, Q: np.ndarray, derivative: int):
     return c, m, t
 
 
-def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
+def pair_kernel(fa, fb, r, Q1, Q2, derivative=0, distinct: Distinct | None = None) -> np.ndarray:
     """E[fa(u) fb(v)] (or of the derivatives) on flat arrays, by proven series, the closed form of piecewise-linear
     pairs (`hermite.bivariate`), or quadrature, in that order.
 
     One coefficient computation per distinct variance and truncation level (both functions share it
     when they are the same core); an entry is summed at the first level whose tail bound proves it.
+    ``distinct``: the `hermite.distinct.Distinct` of np.concatenate([Q1, Q2]) where the caller has it; the
+    distinct variances are otherwise found here, by one sort for the whole call.
     """
     r = np.asarray(r, dtype=np.float64)
+    M = r.size
+    D = Distinct.of(np.concatenate([np.broadcast_to(Q1, (M,)), np.broadcast_to(Q2, (M,))])) \
+        if distinct is None else distinct
+    i1, i2 = D.index[:M], D.index[M:]
     if fb is fa:
         # E[f(u) f(v)] is symmetric in (u, v): every route sees the larger variance first, so the kernel is
         # bitwise symmetric in (Q1, Q2), and the quadrature's inner integral runs over the smaller variance,
         # whose conditional deviation sqrt(Q2 (1 - r^2)) the Gauss-Hermite inner rules accept more often
-        Q1, Q2 = np.asarray(Q1, dtype=np.float64), np.asarray(Q2, dtype=np.float64)
-        Q1, Q2 = np.maximum(Q1, Q2), np.minimum(Q1, Q2)
-    M = r.size
+        # (the values are sorted: the larger variance has the larger index)
+        i1, i2 = np.maximum(i1, i2), np.minimum(i1, i2)
+    Q1, Q2 = D.values[i1], D.values[i2]
     out = np.empty(M)
     pending = np.arange(M)
     if fb is fa and (derivative == 0 or not fa.jumps):
         # u = v (rho = 1, one variance: a Gram's diagonal): the second moment, one value per variance
-        same = (r == 1.0) & (Q1 == Q2)
+        same = (r == 1.0) & (i1 == i2)
         if same.any():
-            out[same] = _moments(fa, Q1[same], derivative)
+            out[same] = _indexed_moments(fa, D, i1[same], derivative)
             pending = np.nonzero(~same)[0]
     lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
     closed = lf is not None and lg is not None
-    if closed and 8 * np.unique(np.concatenate([Q1, Q2])).size > M:
+    if closed and 8 * D.count(D.index) > M:
         # few entries per variance (random triples): the series' per-variance coefficients cost more than
         # the closed form of every entry
-        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending],
+        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], D, i1[pending], i2[pending],
                                                    derivative, out, pending)]
     smooth = all(not f.kinks and f.frequency == 0.0 for f in (fa, fb))
     for K in SERIES_K + ((1024,) if smooth else ()):
         if pending.size == 0:
             break
-        if K == 1024 and pending.size < max(64, np.unique(np.concatenate([Q1[pending], Q2[pending]])).size):
+        if K == 1024 and pending.size < max(64, D.count(np.concatenate([i1[pending], i2[pending]]))):
             break  # a few entries: direct quadrature is cheaper than order-1024 coefficients
-        Qa, Qb = Q1[pending], Q2[pending]
         if fb is fa:
-            u, inv = np.unique(np.concatenate([Qa, Qb]), return_inverse=True)
-            ia, ib = inv[: pending.size], inv[pending.size:]
+            u, (ia, ib) = D.among(i1[pending], i2[pending])
             ca, ma, ta = _series_parts(fa, K, u, derivative)
             cb, mb, tb = ca, ma, ta
         else:
-            ua, ia = np.unique(Qa, return_inverse=True)
-            ub, ib = np.unique(Qb, return_inverse=True)
+            ua, (ia,) = D.among(i1[pending])
+            ub, (ib,) = D.among(i2[pending])
             ca, ma, ta = _series_parts(fa, K, ua, derivative)
             cb, mb, tb = _series_parts(fb, K, ub, derivative)
         rp = r[pending]
@@ -112,11 +117,12 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
             out[pending[sel]] = mehler_sum(ca, cb, ia[sel], ib[sel], rp[sel])
         pending = pending[~ok]
     if pending.size and closed:  # after the series where variances are shared: a Horner sum is cheaper still
-        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending],
+        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], D, i1[pending], i2[pending],
                                                    derivative, out, pending)]
     if pending.size and fa.asymptote is not None and fb.asymptote is not None:
         # piecewise linear up to localized remainders (silu, softplus, tanh, ... at large variance)
-        scale = np.sqrt(_moments(fa, Q1[pending], derivative) * _moments(fb, Q2[pending], derivative))
+        scale = np.sqrt(_indexed_moments(fa, D, i1[pending], derivative)
+                        * _indexed_moments(fb, D, i2[pending], derivative))
         vals, done = asymptotic_pair(fa, fb, r[pending], Q1[pending], Q2[pending], derivative, scale)
         out[pending[done]] = vals[done]
         pending = pending[~done]
@@ -132,19 +138,25 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0) -> np.ndarray:
 
 
 def _moments(core, Q: np.ndarray, derivative: int) -> np.ndarray:
-    u, inv = np.unique(Q, return_inverse=True)
+    """E phi^2 (or E phi'^2) at the variances Q, one value per distinct variance."""
+    return _indexed_moments(core, Distinct.of(Q), None, derivative)
+
+
+def _indexed_moments(core, D: Distinct, i: np.ndarray | None, derivative: int) -> np.ndarray:
+    """E phi^2 (or E phi'^2) at the variances D.values[i] (i None: D.index), one value per distinct variance."""
+    u, (inv,) = D.among(D.index if i is None else i)
     return (core.second_moment(u) if derivative == 0 else core.derivative_moment(u))[inv]
 
 
-def _closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, derivative, out, where) -> np.ndarray:
+def _closed_piecewise_linear(fa, fb, lf, lg, r, D, i1, i2, derivative, out, where) -> np.ndarray:
     """Entries with |r| < 1 by the closed form of `hermite.bivariate` (into ``out[where]``) where its rounding
     estimate is at most 1e-12 sqrt(E fa^2 E fb^2); returns the positions left to the other methods (|r| = 1,
     larger estimates)."""
     idx = np.nonzero(np.abs(r) < 1.0)[0]
     if idx.size == 0:
         return np.arange(r.size)
-    v, err = piecewise_linear_pair(lf, lg, r[idx], Q1[idx], Q2[idx])
-    scale = np.sqrt(_moments(fa, Q1[idx], derivative) * _moments(fb, Q2[idx], derivative))
+    v, err = piecewise_linear_pair(lf, lg, r[idx], D.values[i1[idx]], D.values[i2[idx]])
+    scale = np.sqrt(_indexed_moments(fa, D, i1[idx], derivative) * _indexed_moments(fb, D, i2[idx], derivative))
     ok = err <= 1e-12 * scale
     out[where[idx[ok]]] = v[ok]
     done = np.zeros(r.size, dtype=bool)

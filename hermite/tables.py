@@ -55,6 +55,8 @@ from functools import cache
 
 import numpy as np
 
+from hermite.distinct import Distinct
+
 __all__ = ["KernelTable", "build_table", "table_for", "tabulated_kernel", "TABLE_TOL", "CHECK_TOL", "TABLE_MIN"]
 
 TABLE_TOL = 1e-13  # accepted size of a panel's last Chebyshev coefficients, relative to sqrt(M1 M2)
@@ -339,33 +341,45 @@ def _tabulable(q: float) -> bool:
     return 0.0 < q < math.inf
 
 
-def tabulated_kernel(core, r: np.ndarray, Q1: np.ndarray, Q2: np.ndarray, derivative: int = 0) -> np.ndarray:
+def tabulated_kernel(core, r: np.ndarray, Q1: np.ndarray, Q2: np.ndarray, derivative: int = 0,
+                     distinct: Distinct | None = None) -> np.ndarray:
     """E[phi(u) phi(v)] on flat arrays: entries whose variance pair is shared by at least `TABLE_MIN` of them
     come from that pair's verified table, the others (and pairs without a table) from the accurate path
-    (`hermite.pairs.pair_kernel`: proven Mehler series, else two-dimensional quadrature)."""
+    (`hermite.pairs.pair_kernel`: proven Mehler series, else two-dimensional quadrature).
+
+    ``distinct``: the `hermite.distinct.Distinct` of np.concatenate([Q1, Q2]) where the caller has it (else
+    one sort finds it); the pairs are grouped through it by integer codes, without a sort of the pairs.
+    """
     from hermite.pairs import pair_kernel
 
     r = np.asarray(r, dtype=np.float64)
     M = r.size
     if M < TABLE_MIN:
-        return pair_kernel(core, core, r, Q1, Q2, derivative)
+        return pair_kernel(core, core, r, Q1, Q2, derivative, distinct=distinct)
     if Q1[0] == Q1[-1] and Q2[0] == Q2[-1] and np.all(Q1 == Q1[0]) and np.all(Q2 == Q2[0]):
         q1, q2 = float(Q1[0]), float(Q2[0])
         table = table_for(core, q1, q2, derivative) if _tabulable(q1) and _tabulable(q2) else None
         if table is None:
-            return pair_kernel(core, core, r, Q1, Q2, derivative)
+            return pair_kernel(core, core, r, Q1, Q2, derivative, distinct=distinct)
         return table(r)
-    lo, hi = np.minimum(Q1, Q2), np.maximum(Q1, Q2)
-    if np.unique(lo, return_counts=True)[1].max() < TABLE_MIN:
+    D = Distinct.of(np.concatenate([Q1, Q2])) if distinct is None else distinct
+    i1, i2 = D.index[:M], D.index[M:]
+    lo, hi = np.minimum(i1, i2), np.maximum(i1, i2)  # the values are sorted: the index orders them too
+    if np.bincount(lo).max() < TABLE_MIN:
         # no variance pair can be shared by TABLE_MIN entries (no norm: every input keeps its own variance);
-        # a one-dimensional count costs a fraction of the pairs' lexicographic sort
-        return pair_kernel(core, core, r, Q1, Q2, derivative)
-    pairs, inv, counts = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True, return_counts=True)
-    inv = inv.reshape(-1)
+        # a one-dimensional count costs a fraction of grouping the pairs
+        return pair_kernel(core, core, r, Q1, Q2, derivative, distinct=D)
+    U = D.values.size
+    code = lo * U + hi  # (lo, hi) -> one integer, in the lexicographic order of the variance pairs
+    if U * U <= 4 * M + 65536:  # few variances: count the codes directly
+        keys, inv, counts = None, code, np.bincount(code)
+    else:
+        keys, inv, counts = np.unique(code, return_inverse=True, return_counts=True)
     out = np.empty(M)
     rest = np.ones(M, dtype=bool)
     for g in np.nonzero(counts >= TABLE_MIN)[0]:
-        q1, q2 = float(pairs[g, 0]), float(pairs[g, 1])
+        c = int(g if keys is None else keys[g])
+        q1, q2 = float(D.values[c // U]), float(D.values[c % U])
         table = table_for(core, q1, q2, derivative) if _tabulable(q1) and _tabulable(q2) else None
         if table is None:
             continue
@@ -373,5 +387,6 @@ def tabulated_kernel(core, r: np.ndarray, Q1: np.ndarray, Q2: np.ndarray, deriva
         out[sel] = table(r[sel])
         rest &= ~sel
     if np.any(rest):
-        out[rest] = pair_kernel(core, core, r[rest], Q1[rest], Q2[rest], derivative)
+        out[rest] = pair_kernel(core, core, r[rest], Q1[rest], Q2[rest], derivative,
+                                distinct=Distinct(D.values, np.concatenate([i1[rest], i2[rest]])))
     return out

@@ -820,3 +820,26 @@ def test_recurrence_switches_to_compiled_after_an_import_worth_of_rows(monkeypat
     assert basis._NUMPY_ROWS[0] == 257
     monkeypatch.setattr(basis, "_NUMPY_ROWS", [basis._ROWS_BEFORE_COMPILING])
     assert basis._worth_compiling(out)
+
+
+def test_compiled_mehler_sum_is_the_numpy_one(monkeypatch):
+    """The compiled Horner loop gives the numpy chunks' values bit for bit (the same products and Horner steps in
+    the same order, no fused multiply-add), so the size at which `mehler_sum` switches changes no value."""
+    from hermite import basis
+
+    pytest.importorskip("numba")
+    horner = basis._numba_mehler()
+    assert horner is not None
+    rng = np.random.default_rng(7)
+    for K, N, V in ((0, 300, 3), (24, 2016, 64), (64, 500, 20), (256, 3000, 40)):
+        ca, cb = rng.standard_normal((V, K + 1)), rng.standard_normal((V, K + 1))
+        ia, ib = rng.integers(0, V, N), rng.integers(0, V, N)
+        r = rng.uniform(-1.0, 1.0, N)
+        compiled = np.empty(N)
+        horner(ca, cb, ia, ib, r, compiled)
+        with monkeypatch.context() as m:
+            m.setattr(basis, "_numba_mehler", lambda: None)
+            chunks = basis.mehler_sum(ca, cb, ia, ib, r, chunk=1000)
+        np.testing.assert_array_equal(compiled, chunks)
+        if N >= 2048:
+            np.testing.assert_array_equal(basis.mehler_sum(ca, cb, ia, ib, r), chunks)
