@@ -174,10 +174,10 @@ class Core:
         """E phi(sqrt(Q) z)^2 by quadrature of phi^2."""
         return quadrature.hermite_coefficients(self.squared(), 0, Q)[:, 0]
 
-    def numerical_kernel(self, r, Q1, Q2, derivative: int = 0) -> np.ndarray:
+    def numerical_kernel(self, r, Q1, Q2, derivative: int = 0, distinct=None) -> np.ndarray:
         """The kernel from a verified table where many entries share a variance pair (`hermite.tables`),
-        else entry by entry (`hermite.pairs.pair_kernel`)."""
-        return tables.tabulated_kernel(self, r, Q1, Q2, derivative)
+        else entry by entry (`hermite.pairs.pair_kernel`); ``distinct`` as in `kernel`."""
+        return tables.tabulated_kernel(self, r, Q1, Q2, derivative, distinct)
 
     def squared(self, fn=None) -> Core:
         """A core whose function is fn(x)^2 (default: phi's own), same kinks and features (for moments)."""
@@ -222,16 +222,21 @@ class Core:
             raise ValueError(f"activation {self.name!r} has no derivative: pass derivative= to hermite.activation")
         return quadrature.hermite_coefficients(self.squared(self.derivative), 0, Q)[:, 0]
 
-    def kernel(self, r, Q1, Q2, derivative: int = 0) -> np.ndarray:
+    def kernel(self, r, Q1, Q2, derivative: int = 0, distinct=None) -> np.ndarray:
         """E[phi(u) phi(v)] (derivative=1: E[phi'(u) phi'(v)]) on a flat array r, with Q1, Q2 flat arrays of its
-        size or scalars shared by every entry: closed form, else numerical."""
+        size or scalars shared by every entry: closed form, else numerical.
+
+        ``distinct``: optionally the `hermite.distinct.Distinct` of np.concatenate([Q1, Q2]), which a caller
+        that knows its variances (the engines: n variances for n (n - 1) / 2 entries) passes so that the
+        numerical path does not sort the entries' variances to find them; the values are the same either way.
+        """
         with np.errstate(divide="ignore"):
             out = self.closed_kernel(r, Q1, Q2, derivative)
         if out is not None:
             return np.broadcast_to(out, np.shape(r)) if np.shape(out) != np.shape(r) else out
         Q1 = np.broadcast_to(np.asarray(Q1, dtype=np.float64), np.shape(r))
         Q2 = np.broadcast_to(np.asarray(Q2, dtype=np.float64), np.shape(r))
-        return self.numerical_kernel(r, Q1, Q2, derivative)
+        return self.numerical_kernel(r, Q1, Q2, derivative, distinct)
 
     def function(self, derivative: int):
         """phi (derivative=0) or phi' (1) for quadrature; ValueError where phi' has delta masses or is unknown."""

@@ -1016,3 +1016,39 @@ def test_shared_variance_tabulated_kernels_take_half_the_gram(name, params, monk
     want = np.array([hermite.kernel(act, np.array([r]), 1.7, 1.7)[0] for r in R[:30]])
     np.testing.assert_allclose(K[iu[:30], ju[:30]], want, rtol=0, atol=1e-12 * hermite.second_moment(act, 1.7))
     np.testing.assert_array_equal(K, K.T)
+
+
+@pytest.mark.parametrize("name", ["tanh", "elu", "relu", "hardtanh"])
+def test_own_variances_gram_is_entry_by_entry(name):
+    """Without a norm every input keeps its own variance: the Gram of gaussian_moments is, bit for bit, the
+    kernel entry by entry (the engine hands the kernels its n distinct variances instead of letting them sort
+    the entries' ones), the second moments on the diagonal and for duplicated inputs, f(0) for a zero-variance
+    input, and exactly symmetric."""
+    from hermite.distinct import Distinct
+    from meanfield.layers.activation import gaussian_moments
+
+    act = hermite.activation(name)
+    rng = np.random.default_rng(5)
+    n = 40
+    X = rng.standard_normal((n, 2 * n)) * np.exp(0.6 * rng.standard_normal((n, 1)))
+    X[4] = X[9]  # a duplicated input
+    X[13] = 0.0  # a zero-variance input
+    G = X @ X.T / (2 * n)
+    K, m = gaussian_moments(act, G)
+    np.testing.assert_array_equal(K, K.T)
+    d = np.diag(G)
+    live = np.flatnonzero(d > 0)
+    iu, ju = np.triu_indices(n, 1)
+    keep = (d[iu] > 0) & (d[ju] > 0) & ~((G[iu, ju] == d[iu]) & (d[iu] == d[ju]))
+    a, b = iu[keep], ju[keep]
+    r = np.clip(G[a, b] / (np.sqrt(d[a]) * np.sqrt(d[b])), -1.0, 1.0)
+    plain = act.kernel_at(r, d[a], d[b], 0)
+    np.testing.assert_array_equal(K[a, b], plain)
+    D = Distinct.of(np.concatenate([d[a], d[b]]))
+    np.testing.assert_array_equal(act.kernel_at(r, d[a], d[b], 0, distinct=D), plain)
+    moments = act.second_moment_at(np.unique(d[live]))
+    np.testing.assert_array_equal(np.diag(K)[live], moments[np.searchsorted(np.unique(d[live]), d[live])])
+    assert K[4, 9] == K[4, 4] == K[9, 9]
+    f0 = float(act.fn(np.zeros(1))[0])
+    np.testing.assert_array_equal(K[13], f0 * m)
+    assert m[13] == f0

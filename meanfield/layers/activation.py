@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 import hermite
+from hermite.distinct import Distinct
 from hermite.integrability import divergence
 from meanfield.core.backends import Backend, host_apply, same_kind
 from meanfield.core.law import BatchNormOfGaussian, Gaussian, Sampled, monte_carlo
@@ -179,15 +180,15 @@ def _check_finite_second_moments(act: hermite.Activation, law) -> None:
 
 
 @lru_cache(maxsize=8)
-def _strict_triangles(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat (C-order) indices of the strict upper triangle of an n x n matrix and of its mirror image, kept:
-    a gather by np.take and a flat scatter cost a third of the row-and-column fancy indexing, and
-    np.triu_indices itself took 70 us a block at n = 256."""
+def _strict_triangles(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows i, columns j (i < j, row-major) of the strict upper triangle of an n x n matrix, and the flat (C-order)
+    indices of its entries and of their mirror images, kept: a gather by np.take and a flat scatter cost a third
+    of the row-and-column fancy indexing, and np.triu_indices itself took 70 us a block at n = 256."""
     iu, ju = np.triu_indices(n, 1)
     upper, lower = iu * n + ju, ju * n + iu
-    upper.setflags(write=False)
-    lower.setflags(write=False)
-    return upper, lower
+    for a in (iu, ju, upper, lower):
+        a.setflags(write=False)
+    return iu, ju, upper, lower
 
 
 def gaussian_moments(act: hermite.Activation, G: np.ndarray):
@@ -212,7 +213,7 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
         else:
             # a tabulated kernel costs more per entry than the gathers: the strict upper triangle only,
             # mirrored (each entry is computed exactly as on the whole matrix)
-            upper, lower = _strict_triangles(n)
+            _, _, upper, lower = _strict_triangles(n)
             r = np.divide(np.take(G, upper), q)
             np.clip(r, -1.0, 1.0, out=r)
             vals = act.kernel_at(r, q, q, 0)
@@ -228,22 +229,44 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
     live = d > 0
     K = np.zeros((n, n))
     m = np.zeros(n)
-    iu, ju = np.triu_indices(n)
-    both = live[iu] & live[ju]
-    if np.any(both):
-        a, b = iu[both], ju[both]
-        r = np.clip(G[a, b] / (np.sqrt(d[a]) * np.sqrt(d[b])), -1.0, 1.0)
-        # the diagonal and duplicated inputs (rho = 1, equal variances) are second moments, exactly: one
-        # value per distinct variance (a batched quadrature may round rows differently)
-        diag = (a == b) | ((G[a, b] == d[a]) & (d[a] == d[b]))
-        vals = np.empty(a.size)
-        uq, inv = np.unique(d[a[diag]], return_inverse=True)
-        vals[diag] = act.second_moment_at(uq)[inv]
-        off = ~diag
-        if np.any(off):
-            vals[off] = act.kernel_at(r[off], d[a[off]], d[b[off]], 0)
-        K[a, b] = vals
-        K[b, a] = vals
+    if np.any(live):
+        # the diagonal and duplicated inputs (rho = 1, equal variances) are second moments, exactly: one value
+        # per distinct variance (a batched quadrature may round rows differently)
+        uq, inv = np.unique(d[live], return_inverse=True)
+        moment = act.second_moment_at(uq)
+        which = np.zeros(n, dtype=np.intp)
+        which[live] = inv
+        iu, ju, upper, lower = _strict_triangles(n)
+        if not np.all(live):
+            both = live[iu] & live[ju]
+            iu, ju, upper, lower = iu[both], ju[both], upper[both], lower[both]
+        g = np.take(G, upper)
+        da, db = d[iu], d[ju]
+        dup = (g == da) & (da == db)
+        any_dup = bool(np.any(dup))
+        vals = g  # (no entries: nothing to write)
+        if any_dup:
+            vals = np.empty(g.size)
+            vals[dup] = moment[which[iu[dup]]]
+            off = ~dup
+            g, da, db, iu, ju = g[off], da[off], db[off], iu[off], ju[off]
+        if g.size:
+            r = np.sqrt(da)
+            r *= np.sqrt(db)
+            np.divide(g, r, out=r)
+            np.clip(r, -1.0, 1.0, out=r)
+            # the entries' variances are the n distinct ones found above: handed on, so that a numerical
+            # kernel does not sort them again (a closed kernel needs no variances' index)
+            variances = None if act.core.has_closed_kernel else Distinct(uq, np.concatenate([which[iu], which[ju]]))
+            kv = act.kernel_at(r, da, db, 0, distinct=variances)
+            if any_dup:
+                vals[off] = kv
+            else:
+                vals = kv
+        flat = K.reshape(-1)
+        flat[upper] = vals
+        flat[lower] = vals
+        K[np.flatnonzero(live), np.flatnonzero(live)] = moment[inv]
     if np.any(live):
         m[live] = act.mean_at(d[live], 0, fast=True)
     if np.any(~live):  # a zero-variance input: f(0) deterministically
@@ -253,7 +276,7 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
         K[dead, :] = f0 * m[None, :]
         K[:, dead] = m[:, None] * f0
         K[np.ix_(dead, dead)] = f0 * f0
-    return 0.5 * (K + K.T), m
+    return K, m  # exactly symmetric: every entry and its mirror image are written from one value
 
 
 # ---------------------------------------------------------------------------------------------------------
