@@ -93,6 +93,11 @@ def orthant_moments(h, k, r):
     estimate)."""
     h, k, r = np.broadcast_arrays(np.asarray(h, dtype=np.float64), np.asarray(k, dtype=np.float64),
                                   np.asarray(r, dtype=np.float64))
+    if h.size and np.all(h == -math.inf):  # a half plane (or the whole plane) for every entry
+        return _half_plane_moments(k, r)
+    if k.size and np.all(k == -math.inf):
+        L, LY, LX, LXY, size = _half_plane_moments(h, r)
+        return L, LX, LY, LXY, size
     pos = r >= 0
     one_m = np.where(pos, 1.0 - r, 1.0 + r)  # exact for |r| >= 1/2
     s = np.sqrt(one_m * np.where(pos, 1.0 + r, 1.0 - r))
@@ -121,27 +126,61 @@ def orthant_moments(h, k, r):
     return L, LX, LY, LXY, size
 
 
+def _half_plane_moments(k, r):
+    """`orthant_moments` at h = -inf: L = Phi-bar(k), L_X = r phi(k), L_Y = phi(k), L_XY = r L + r k phi(k)
+    (k = -inf: the whole plane, 1, 0, 0, r; k = +inf: the empty orthant), the general formulas with their
+    vanishing terms left out: the same values bit for bit, without Owen's T of a corner that is not there.
+    Terms of one-sided pieces (relu6: 5 of its 9 corner pairs) are all of this kind."""
+    kf = np.isfinite(k)
+    pk = _density(k)
+    L = np.where(kf, sc.ndtr(-k), np.where(k == -math.inf, 1.0, 0.0))
+    kpk = np.where(kf, k, 0.0) * pk
+    LX = r * pk
+    LY = pk
+    LXY = r * L + r * kpk
+    size = np.abs(L) + np.abs(kpk) + pk
+    return L, LX, LY, LXY, size
+
+
 def _orthant_probability(h, k, hf, kf, r, s, e1, e2):
-    """P(X > h, Y > k) = Phi2(-h, -k; r) by Owen's T function (h, k finite where hf, kf; else -inf)."""
+    """P(X > h, Y > k) = Phi2(-h, -k; r) by Owen's T function (h, k finite where hf, kf; else -inf).
+
+    Owen's T is evaluated only at the corners that need it: a corner at (0, 0) (the kink of relu6 or hardtanh'
+    at 0 against itself) is 1/4 + arcsin(r) / (2 pi), and half planes are one normal tail.
+    """
+    shape = h.shape
+    h, k, hf, kf, r, s, e1, e2 = (np.reshape(x, -1) for x in (h, k, hf, kf, r, s, e1, e2))
+    both_zero = (h == 0) & (k == 0)
+    need = hf & kf & ~both_zero
+    P = np.empty(h.shape)
+    if np.any(need):
+        sel = slice(None) if np.all(need) else need
+        P[sel] = _owen_probability(h[sel], k[sel], s[sel], e1[sel], e2[sel])
+    if np.any(both_zero):
+        P[both_zero] = 0.25 + np.arcsin(r[both_zero]) / (2.0 * math.pi)
+    # half planes and the whole plane
+    half = hf & ~kf
+    if np.any(half):
+        P[half] = sc.ndtr(-h[half])
+    half = ~hf & kf
+    if np.any(half):
+        P[half] = sc.ndtr(-k[half])
+    P[~hf & ~kf] = 1.0
+    return P.reshape(shape)
+
+
+def _owen_probability(h, k, s, e1, e2):
+    """Phi2(-h, -k; r) at finite corners not both 0, by Owen's T function."""
     # Owen (1956): Phi2(a, b; r) = (Phi(a) + Phi(b))/2 - T(a, (b - r a)/(a s)) - T(b, (a - r b)/(b s)) - beta,
     # beta = 1/2 if a b < 0 or (a b = 0 and a + b < 0), else 0; here a = -h, b = -k, so b - r a = -(k - r h).
     a, b = -h, -k
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ta = np.where(a != 0, (-e1) / (a * s), np.copysign(np.inf, -e1))
         tb = np.where(b != 0, (-e2) / (b * s), np.copysign(np.inf, -e2))
-    both_zero = (a == 0) & (b == 0)
-    ta = np.where(both_zero, 0.0, ta)
-    tb = np.where(both_zero, 0.0, tb)
     # from the signs, not the product a b (which underflows to 0 for tiny nonzero a, b)
     opposite = ((a < 0) & (b > 0)) | ((a > 0) & (b < 0))
     beta = np.where(opposite | (((a == 0) | (b == 0)) & (a + b < 0)), 0.5, 0.0)
-    P = 0.5 * (sc.ndtr(a) + sc.ndtr(b)) - sc.owens_t(a, ta) - sc.owens_t(b, tb) - beta
-    P = np.where(both_zero, 0.25 + np.arcsin(r) / (2.0 * math.pi), P)
-    # half planes and the whole plane
-    P = np.where(hf & ~kf, sc.ndtr(-h), P)
-    P = np.where(~hf & kf, sc.ndtr(-k), P)
-    P = np.where(~hf & ~kf, 1.0, P)
-    return P
+    return 0.5 * (sc.ndtr(a) + sc.ndtr(b)) - sc.owens_t(a, ta) - sc.owens_t(b, tb) - beta
 
 
 def piecewise_linear_pair(pieces_f: list, pieces_g: list, r, Q1, Q2) -> tuple[np.ndarray, np.ndarray]:
