@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from meanfield.core import blas
 from meanfield.core.law import Features, Law, Unknown
 from meanfield.core.progress import check_progress, tracking
 from meanfield.core.scale import materialize, renormalize, true_scale_problem, with_log_scale
@@ -53,7 +54,8 @@ class Propagation:
         an extreme scale, else the rule on the true law)."""
         out = None
         if isinstance(law, Features) and not self.exchangeable:
-            F = layer.on_features(law.F)
+            with blas.restored():  # explicit features of a wide prefix: large products
+                F = layer.on_features(law.F)
             if F is not None:
                 out = Features(F, _FIXED_PREFIX, law.mc_error)
         if out is None:
@@ -161,6 +163,12 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
     if not isinstance(net, Network):
         raise ValueError(f"propagate: net must be a meanfield.Network (or a list of layers), got "
                          f"{type(net).__name__}")
+    data = X if X is not None else K0
+    with blas.serial_for(np.shape(data)[0] if np.ndim(data) else 0):  # small batches: one BLAS thread
+        return _propagate(net, K0, X, exchangeable, detail, mc_samples, seed, progress, scale_free)
+
+
+def _propagate(net, K0, X, exchangeable, detail, mc_samples, seed, progress, scale_free) -> Trajectory:
     law = _input_law(K0, X)
     M = check_int("propagate", "mc_samples", mc_samples, lo=64)
     check_progress("propagate", progress)

@@ -1052,3 +1052,39 @@ def test_own_variances_gram_is_entry_by_entry(name):
     f0 = float(act.fn(np.zeros(1))[0])
     np.testing.assert_array_equal(K[13], f0 * m)
     assert m[13] == f0
+
+
+def test_small_batches_run_with_one_blas_thread():
+    """The mean-field engine holds BLAS at one thread for a small batch (its spinning workers took a core for
+    no gain: `meanfield.core.blas`), gives the threads back to Monte Carlo rules, and restores them after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from meanfield.core import blas
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+    if not any(i["user_api"] == "blas" for i in threadpoolctl.threadpool_info()):
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    before = blas_threads()
+    seen = {"kernel": set()}
+
+    def f(x):
+        seen["kernel"].add(blas_threads())
+        return np.tanh(x)
+
+    act = hermite.activation(f, name="tanh_spy")
+    K0 = np.array([[1.0, 0.3], [0.3, 0.8]])
+    seen["kernel"].clear()
+    meanfield.propagate(meanfield.mlp(1, act), K0)
+    assert seen["kernel"] == {1}
+    assert blas_threads() == before
+    # two activations in a row: the second is a Monte Carlo rule, its samples drawn with the threads restored
+    net = meanfield.Network([meanfield.Dense(), meanfield.Activation("tanh"), meanfield.Activation(act)])
+    seen["kernel"].clear()
+    meanfield.propagate(net, K0, mc_samples=256)
+    assert seen["kernel"] == {blas._controller()[1]}
+    assert blas_threads() == before
+    with blas.serial_for(blas.SERIAL_MAX + 1):  # a large batch keeps the threads
+        assert blas_threads() == before
+    with blas.serial_for(blas.SERIAL_MAX):
+        assert blas_threads() == 1

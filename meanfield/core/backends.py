@@ -7,7 +7,6 @@ arrays (`to_host`).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
@@ -16,6 +15,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from meanfield.core.blas import single_thread
 
 __all__ = ["Backend", "resolve_backend", "to_host", "host_apply", "same_kind", "default_memory", "cpu_count",
            "blas_single_thread", "stderr_tty", "is_float_dtype_like", "KNOWN_BACKENDS", "DTYPES", "OnDevice",
@@ -232,13 +233,8 @@ def cpu_count() -> int:
 
 
 def blas_single_thread():
-    """Cap BLAS at one thread while the seeds are spread over our own threads (threadpoolctl, if
-    installed)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    """Cap BLAS at one thread while the seeds are spread over our own threads (`meanfield.core.blas`)."""
+    return single_thread()
 
 
 def is_float_dtype_like(dtype) -> bool:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from meanfield.core import blas
 from meanfield.core.progress import current as current_progress
 
 __all__ = ["Law", "Gaussian", "BatchNormOfGaussian", "Features", "Sampled", "Unknown", "monte_carlo",
@@ -188,14 +189,15 @@ def monte_carlo(sampler: Callable, n: int, rng: np.random.Generator, M: int, pre
     S2 = np.zeros((n, n))
     S4 = np.zeros((n, n))
     done = 0
-    while done < M:
-        c = min(chunk, M - done)
-        X = sampler(rng, c)
-        S1 += X.sum(axis=0)
-        P = X.T @ X
-        S2 += P
-        S4 += (X * X).T @ (X * X)
-        done += c
+    with blas.restored():  # the samples' products are large: BLAS threads pay here
+        while done < M:
+            c = min(chunk, M - done)
+            X = sampler(rng, c)
+            S1 += X.sum(axis=0)
+            P = X.T @ X
+            S2 += P
+            S4 += (X * X).T @ (X * X)
+            done += c
     K = S2 / M
     m = S1 / M
     var = np.maximum(S4 / M - K * K, 0.0)
