@@ -128,12 +128,13 @@ def orthant_moments(h, k, r):
 
 def _half_plane_moments(k, r):
     """`orthant_moments` at h = -inf: L = Phi-bar(k), L_X = r phi(k), L_Y = phi(k), L_XY = r L + r k phi(k)
-    (k = -inf: the whole plane, 1, 0, 0, r; k = +inf: the empty orthant), the general formulas with their
-    vanishing terms left out: the same values bit for bit, without Owen's T of a corner that is not there.
-    Terms of one-sided pieces (relu6: 5 of its 9 corner pairs) are all of this kind."""
+    (k = +inf: the empty orthant; any other non-finite k, -inf or the NaN of 0/0 at a zero variance, the whole
+    plane, 1, 0, 0, r, as the general path takes it), the general formulas with their vanishing terms left
+    out: the same values bit for bit, without Owen's T of a corner that is not there. Terms of one-sided
+    pieces (relu6: 5 of its 9 corner pairs) are all of this kind."""
     kf = np.isfinite(k)
     pk = _density(k)
-    L = np.where(kf, sc.ndtr(-k), np.where(k == -math.inf, 1.0, 0.0))
+    L = np.where(kf, sc.ndtr(-k), np.where(k == math.inf, 0.0, 1.0))
     kpk = np.where(kf, k, 0.0) * pk
     LX = r * pk
     LY = pk

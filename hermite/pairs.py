@@ -68,31 +68,34 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0, distinct: Distinct | None = Non
     """
     r = np.asarray(r, dtype=np.float64)
     M = r.size
-    D = Distinct.of(np.concatenate([np.broadcast_to(Q1, (M,)), np.broadcast_to(Q2, (M,))])) \
-        if distinct is None else distinct
-    i1, i2 = D.index[:M], D.index[M:]
+    Q1 = np.broadcast_to(np.asarray(Q1, dtype=np.float64), (M,))
+    Q2 = np.broadcast_to(np.asarray(Q2, dtype=np.float64), (M,))
+    D = Distinct.of(np.concatenate([Q1, Q2])) if distinct is None else distinct
+    i1, i2 = D.index[:M], D.index[M:]  # for the per-variance work; each entry keeps its own Q1, Q2
     if fb is fa:
         # E[f(u) f(v)] is symmetric in (u, v): every route sees the larger variance first, so the kernel is
         # bitwise symmetric in (Q1, Q2), and the quadrature's inner integral runs over the smaller variance,
         # whose conditional deviation sqrt(Q2 (1 - r^2)) the Gauss-Hermite inner rules accept more often
-        # (the values are sorted: the larger variance has the larger index)
+        # (the distinct values are sorted: the larger variance has the larger index)
+        Q1, Q2 = np.maximum(Q1, Q2), np.minimum(Q1, Q2)
         i1, i2 = np.maximum(i1, i2), np.minimum(i1, i2)
-    Q1, Q2 = D.values[i1], D.values[i2]
     out = np.empty(M)
-    pending = np.arange(M)
+    live = ~(np.isnan(Q1) | np.isnan(Q2))
+    out[~live] = np.nan  # a NaN variance gives NaN, never a finite-looking value
     if fb is fa and (derivative == 0 or not fa.jumps):
         # u = v (rho = 1, one variance: a Gram's diagonal): the second moment, one value per variance
-        same = (r == 1.0) & (i1 == i2)
+        same = (r == 1.0) & (Q1 == Q2)
         if same.any():
             out[same] = _indexed_moments(fa, D, i1[same], derivative)
-            pending = np.nonzero(~same)[0]
+            live &= ~same
+    pending = np.nonzero(live)[0]
     lf, lg = fa.linear_pieces(derivative), fb.linear_pieces(derivative)
     closed = lf is not None and lg is not None
     if closed and 8 * D.count(D.index) > M:
         # few entries per variance (random triples): the series' per-variance coefficients cost more than
         # the closed form of every entry
-        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], D, i1[pending], i2[pending],
-                                                   derivative, out, pending)]
+        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending], D,
+                                                   i1[pending], i2[pending], derivative, out, pending)]
     smooth = all(not f.kinks and f.frequency == 0.0 for f in (fa, fb))
     for K in SERIES_K + ((1024,) if smooth else ()):
         if pending.size == 0:
@@ -117,8 +120,8 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0, distinct: Distinct | None = Non
             out[pending[sel]] = mehler_sum(ca, cb, ia[sel], ib[sel], rp[sel])
         pending = pending[~ok]
     if pending.size and closed:  # after the series where variances are shared: a Horner sum is cheaper still
-        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], D, i1[pending], i2[pending],
-                                                   derivative, out, pending)]
+        pending = pending[_closed_piecewise_linear(fa, fb, lf, lg, r[pending], Q1[pending], Q2[pending], D,
+                                                   i1[pending], i2[pending], derivative, out, pending)]
     if pending.size and fa.asymptote is not None and fb.asymptote is not None:
         # piecewise linear up to localized remainders (silu, softplus, tanh, ... at large variance)
         scale = np.sqrt(_indexed_moments(fa, D, i1[pending], derivative)
@@ -148,14 +151,14 @@ def _indexed_moments(core, D: Distinct, i: np.ndarray | None, derivative: int) -
     return (core.second_moment(u) if derivative == 0 else core.derivative_moment(u))[inv]
 
 
-def _closed_piecewise_linear(fa, fb, lf, lg, r, D, i1, i2, derivative, out, where) -> np.ndarray:
+def _closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, D, i1, i2, derivative, out, where) -> np.ndarray:
     """Entries with |r| < 1 by the closed form of `hermite.bivariate` (into ``out[where]``) where its rounding
     estimate is at most 1e-12 sqrt(E fa^2 E fb^2); returns the positions left to the other methods (|r| = 1,
     larger estimates)."""
     idx = np.nonzero(np.abs(r) < 1.0)[0]
     if idx.size == 0:
         return np.arange(r.size)
-    v, err = piecewise_linear_pair(lf, lg, r[idx], D.values[i1[idx]], D.values[i2[idx]])
+    v, err = piecewise_linear_pair(lf, lg, r[idx], Q1[idx], Q2[idx])
     scale = np.sqrt(_indexed_moments(fa, D, i1[idx], derivative) * _indexed_moments(fb, D, i2[idx], derivative))
     ok = err <= 1e-12 * scale
     out[where[idx[ok]]] = v[ok]

@@ -180,3 +180,19 @@ def test_tiny_and_overflowed_corners():
     assert abs(float(bivariate.orthant_moments(1e-162, 1e-162, 0.5)[0]) - quadrant) < 1e-15
     assert abs(float(bivariate.orthant_moments(1e-300, -1e-300, 0.5)[0]) - quadrant) < 1e-15
     assert all(float(x) == 0.0 for x in bivariate.orthant_moments(math.inf, 0.0, 0.5)[:4])
+
+
+def test_half_plane_corners_agree_with_the_general_path_at_a_nan_corner():
+    """A zero variance puts a break at 0/0 = NaN: the half-plane shortcut takes it as the general path does
+    (the whole plane), whatever else is in the batch; E[sign(u) sign(v)] stays in [-1, 1] (found in review:
+    the shortcut took a NaN corner as empty, and sign's kernel at a zero variance came out 2.0)."""
+    from hermite.bivariate import orthant_moments
+
+    with np.errstate(all="ignore"):
+        alone = orthant_moments(np.array([-np.inf]), np.array([np.nan]), 0.3)
+        batch = orthant_moments(np.array([-np.inf, 0.5]), np.array([np.nan, np.nan]), 0.3)
+        core = hermite.activation("sign").core
+        v = pair_kernel(core, core, np.array([0.3]), np.array([1.0]), np.array([0.0]))
+    for a, b in zip(alone, batch):
+        np.testing.assert_array_equal(a[0], b[0])
+    assert abs(v[0]) <= 1.0

@@ -39,3 +39,28 @@ def test_among_is_np_unique_of_the_subsets():
         np.testing.assert_array_equal(values, u)
         np.testing.assert_array_equal(np.concatenate([ia, ib]), inv.reshape(-1))
         assert D.count(D.index[:M][p]) == np.unique(a).size
+
+
+def test_a_nan_variance_gives_nan():
+    """pair_kernel finds the distinct variances by index, but each entry keeps its own variances: a NaN variance
+    gives NaN, never a finite-looking value (found in review: ordering by index had turned it into 0.0)."""
+    import hermite
+
+    h = hermite.activation("hardtanh")
+    with np.errstate(all="ignore"):
+        one_side = h.kernel_at(np.array([0.3]), np.array([1.0]), np.array([np.nan]), 1)
+        both = h.kernel_at(np.array([1.0]), np.array([np.nan]), np.array([np.nan]), 0)
+    assert np.isnan(one_side[0]) and np.isnan(both[0])
+
+
+def test_an_entry_does_not_depend_on_a_signed_zero_elsewhere_in_the_batch():
+    """Distinct keeps one of -0.0 and 0.0; the entries keep their own (found in review: a +0.0 variance became
+    -0.0 through another entry, and its hardtanh kernel NaN)."""
+    import hermite
+
+    h = hermite.activation("hardtanh")
+    r, q1, q2 = np.array([0.3, 0.99]), np.array([-0.0, 2.0]), np.array([1.0, 0.0])
+    with np.errstate(all="ignore"):
+        batch = h.kernel_at(r, q1, q2, 0)
+        alone = h.kernel_at(r[1:], q1[1:], q2[1:], 0)
+    np.testing.assert_array_equal(batch[1:], alone)
