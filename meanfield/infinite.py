@@ -54,7 +54,7 @@ class Propagation:
         an extreme scale, else the rule on the true law)."""
         out = None
         if isinstance(law, Features) and not self.exchangeable:
-            with blas.restored():  # explicit features of a wide prefix: large products
+            with blas.restored():  # explicit features: large products, the caller's BLAS threads
                 F = layer.on_features(law.F)
             if F is not None:
                 out = Features(F, _FIXED_PREFIX, law.mc_error)
@@ -84,7 +84,8 @@ def _input_law(K0, X) -> Law:
     if K0 is None and X is None:
         raise ValueError("propagate: give the input Gram K0 (n x n) or a data matrix X (n x d)")
     if X is not None:
-        return Features(check_data("propagate", X), _RAW_INPUT, symmetrize=False)  # K0 = X X^T / d as given
+        with blas.restored():  # K0 = X X^T / d as given, with the caller's BLAS threads (the same bits)
+            return Features(check_data("propagate", X), _RAW_INPUT, symmetrize=False)
     arr = np.asarray(K0)
     if arr.ndim == 2 and arr.shape[0] != arr.shape[1]:
         raise ValueError(f"propagate: K0 must be a square n x n Gram matrix, got shape {arr.shape}; pass a data "

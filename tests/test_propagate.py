@@ -1082,9 +1082,106 @@ def test_small_batches_run_with_one_blas_thread():
     net = meanfield.Network([meanfield.Dense(), meanfield.Activation("tanh"), meanfield.Activation(act)])
     seen["kernel"].clear()
     meanfield.propagate(net, K0, mc_samples=256)
-    assert seen["kernel"] == {blas._controller()[1]}
+    assert seen["kernel"] == {before}
     assert blas_threads() == before
     with blas.serial_for(blas.SERIAL_MAX + 1):  # a large batch keeps the threads
         assert blas_threads() == before
     with blas.serial_for(blas.SERIAL_MAX):
         assert blas_threads() == 1
+
+
+def _blas_thread_count():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    counts = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    if not counts:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    return max(counts)
+
+
+def _needs_two_blas_threads():
+    if _blas_thread_count() < 2:
+        pytest.skip("needs a BLAS with at least two threads")
+
+
+def test_values_do_not_depend_on_the_blas_cap(monkeypatch):
+    """The cap changes threads, not values: the input Gram of propagate(X=...) is X X^T / d as the caller forms it,
+    and exact BatchNorm's eigendecomposition runs with the caller's threads (found in review: both differed in
+    the last bits for 256 < n <= 512 with the cap)."""
+    _needs_two_blas_threads()
+    from meanfield.core import blas
+
+    X = np.random.default_rng(7).normal(size=(300, 30))
+    t = meanfield.propagate(meanfield.mlp(1, "relu"), X=X)
+    np.testing.assert_array_equal(t.gram[0], X @ X.T / X.shape[1])
+    K0 = X @ X.T / 30
+    K0 = 0.5 * (K0 + K0.T)
+    net = meanfield.Network([meanfield.Dense(), meanfield.BatchNorm(mode="exact"), meanfield.Activation("relu")])
+    capped = meanfield.propagate(net, K0).gram
+    monkeypatch.setattr(blas, "SERIAL_MAX", -1)
+    np.testing.assert_array_equal(capped, meanfield.propagate(net, K0).gram)
+
+
+def test_monte_carlo_keeps_a_callers_own_blas_cap():
+    """Monte Carlo rules get back the threads in force before propagate, a caller's own cap included."""
+    _needs_two_blas_threads()
+    import threadpoolctl
+
+    seen = set()
+
+    def f(x):
+        seen.add(_blas_thread_count())
+        return np.tanh(x)
+
+    act = hermite.activation(f, name="tanh_cap_spy")
+    net = meanfield.Network([meanfield.Dense(), meanfield.Activation("tanh"), meanfield.Activation(act)])
+    seen.clear()
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        meanfield.propagate(net, np.array([[1.0, 0.3], [0.3, 0.8]]), mc_samples=256)
+    assert seen == {1}
+
+
+def test_concurrent_propagates_give_the_blas_threads_back():
+    """Two propagate calls in Python threads, the first to start also the first to finish: BLAS ends with the
+    threads it had (found in review: the second call restored the first one's cap for the whole process)."""
+    import threading
+
+    import threadpoolctl
+
+    _needs_two_blas_threads()
+    before = _blas_thread_count()
+    K0 = np.array([[1.0, 0.3], [0.3, 0.8]])
+    armed, a_in, b_in, a_done = (threading.Event() for _ in range(4))
+
+    def fa(x):
+        if armed.is_set() and not a_in.is_set():
+            a_in.set()
+            b_in.wait(10)
+        return np.tanh(x)
+
+    def fb(x):
+        if armed.is_set() and not b_in.is_set():
+            b_in.set()
+            a_done.wait(10)
+        return np.tanh(x)
+
+    nets = {fn: meanfield.mlp(1, hermite.activation(fn, name=fn.__name__ + "_spy")) for fn in (fa, fb)}
+    armed.set()
+
+    def run(fn, done=None):
+        try:
+            meanfield.propagate(nets[fn], K0)
+        finally:
+            if done is not None:
+                done.set()
+
+    ta = threading.Thread(target=run, args=(fa, a_done))
+    ta.start()
+    a_in.wait(10)
+    tb = threading.Thread(target=run, args=(fb,))
+    tb.start()
+    ta.join(20)
+    tb.join(20)
+    after = _blas_thread_count()
+    if after != before:  # leave the process as found for later tests
+        threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    assert after == before

@@ -6,13 +6,21 @@ matrix products), where a second thread gains nothing (a 256 x 256 eigvalsh: 2.0
 two), and the spinning thread takes a core: on the development machine's two cores, ReLU + LN (n = 256, 200
 blocks) used 0.26 s of CPU for 0.15 s of wall time, and two such runs side by side took 0.72-0.79 s each
 instead of 0.15-0.22 s. `serial_for` holds BLAS at one thread for a mean-field run on a small batch;
-`restored` gives the threads back inside it where products are large (Monte Carlo samples, explicit
-features of a wide fixed prefix).
+`restored` gives the threads back inside it where products are large or give values that a thread count
+could change in the last bit (Monte Carlo samples, explicit features, exact BatchNorm's
+eigendecomposition).
+
+Values. A threaded BLAS product can round differently from a serial one, so a kernel's last bits already
+depended on the machine's core count: a 4-block softplus network on 24 inputs gives Grams that differ by
+up to 1.8e-15 (entries of order one to ten) between one BLAS thread and two. Under the cap the dual kernels
+of a small batch are computed with one thread, the same bits on every machine; a kernel evaluated outside
+`propagate` with threaded BLAS may differ from them in the last bits, far inside the 1e-12 contract.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from functools import cache
 
 __all__ = ["single_thread", "serial_for", "restored", "SERIAL_MAX"]
@@ -20,19 +28,28 @@ __all__ = ["single_thread", "serial_for", "restored", "SERIAL_MAX"]
 #: batches of at most this many inputs run the mean-field engine with one BLAS thread
 SERIAL_MAX = 512
 
+_LOCK = threading.Lock()
+# serial: `serial_for` regions open (several Python threads may run propagate), opened: `restored` regions
+# open inside them, saved: each library's thread count when the first serial region opened
+_STATE = {"serial": 0, "opened": 0, "saved": None}
+
 
 @cache
-def _controller():
-    """(threadpoolctl controller of the loaded BLAS libraries, their largest thread count now), or None."""
+def _libraries():
+    """The threadpoolctl controllers of the BLAS libraries loaded at the first call, or None."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    blas = ThreadpoolController().select(user_api="blas")
-    info = blas.info()
-    if not info:
-        return None
-    return blas, max(int(lib["num_threads"]) for lib in info)
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    return libs or None
+
+
+def _apply(libs) -> None:
+    """Set the thread counts the state asks for (under _LOCK): one inside a serial region, else the saved ones."""
+    one = _STATE["serial"] > 0 and _STATE["opened"] == 0
+    for lib, saved in zip(libs, _STATE["saved"]):
+        lib.set_num_threads(1 if one else saved)
 
 
 def single_thread():
@@ -44,14 +61,49 @@ def single_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+@contextlib.contextmanager
 def serial_for(n: int):
-    """One BLAS thread while the mean-field engine runs a batch of ``n`` <= `SERIAL_MAX` inputs (the libraries
-    seen at the first call: 11 us a run, where a fresh `single_thread` scans the loaded libraries, 0.3 ms)."""
-    c = _controller() if n <= SERIAL_MAX else None
-    return contextlib.nullcontext() if c is None else c[0].limit(limits=1)
+    """One BLAS thread while the mean-field engine runs a batch of ``n`` <= `SERIAL_MAX` inputs.
+
+    The thread counts in force when the first region opens (a caller's own cap included) are restored when
+    the last one closes, so concurrent runs in several Python threads leave BLAS as they found it. The
+    libraries are those seen at the first call (a few microseconds a run, where threadpoolctl's
+    `threadpool_limits` scans the loaded libraries each time, 0.3 ms).
+    """
+    libs = _libraries() if n <= SERIAL_MAX else None
+    if libs is None:
+        yield
+        return
+    with _LOCK:
+        if _STATE["serial"] == 0:
+            _STATE["saved"] = [lib.num_threads for lib in libs]
+        _STATE["serial"] += 1
+        _apply(libs)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _STATE["serial"] -= 1
+            _apply(libs)
+            if _STATE["serial"] == 0:
+                _STATE["saved"] = None
 
 
+@contextlib.contextmanager
 def restored():
-    """The BLAS threads that the libraries had when first seen, for large products inside `serial_for`."""
-    c = _controller()
-    return contextlib.nullcontext() if c is None else c[0].limit(limits=c[1])
+    """Inside a `serial_for` region, the thread counts in force before it, for products that are large or whose
+    values should not depend on the cap (Monte Carlo samples, explicit features, exact BatchNorm's
+    eigendecomposition); elsewhere nothing changes."""
+    libs = _libraries()
+    with _LOCK:
+        active = libs is not None and _STATE["serial"] > 0
+        if active:
+            _STATE["opened"] += 1
+            _apply(libs)
+    try:
+        yield
+    finally:
+        if active:
+            with _LOCK:
+                _STATE["opened"] -= 1
+                _apply(libs)

@@ -241,6 +241,7 @@ class BatchNormOfGaussian(Sampled):
         super().__init__(_bn_gaussian_moments(G), np.zeros(n), batchnorm_sampler(source.sampler(), n),
                          source.mc_error)
 
+    @blas.restored()  # eigendecomposition and products with the caller's BLAS threads: the same bits at any n
     def homogeneous_moments(self, act, degree: int, kernel: Callable, means: Callable):
         """E[f(y_a) f(y_b)] and E f(y_a) for f positively homogeneous of ``degree`` (0 or 1), exactly.
 
@@ -303,6 +304,7 @@ class BatchNormOfGaussian(Sampled):
         return K, m
 
 
+@blas.restored()  # eigendecomposition and products with the caller's BLAS threads: the same bits at any n
 def _bn_gaussian_moments(G: np.ndarray) -> np.ndarray:
     """E[y y^T], y = sqrt(n) P x / ||P x||, x ~ N(0, G): Yang et al.'s one-dimensional reduction."""
     n = G.shape[0]
