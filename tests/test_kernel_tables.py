@@ -201,3 +201,23 @@ def test_compiled_eight_chains_equal_numpy_with_and_without_lookup(name, q):
             big = T(r)
             small = np.concatenate([T(r[i:i + 1000].copy()) for i in range(0, r.size, 1000)])
             np.testing.assert_array_equal(big, small)
+
+
+def test_the_compiled_loop_is_loaded_from_numbas_disk_cache():
+    """The second process that evaluates a large table loads the compiled loop from numba's disk cache instead of
+    compiling it (it was compiled again, 1.7 s, in every process while `evaluate` captured `local` as a closure
+    variable, which numba cannot key across processes)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    code = ("import numpy as np, hermite\n"
+            "from hermite import tables\n"
+            "from hermite.compiled_tables import evaluate\n"
+            "t = tables.build_table(hermite.activation('tanh').core, 0.8, 0.8)\n"
+            "t(np.linspace(-1.0, 1.0, 2 * tables.NUMBA_MIN))\n"
+            "print(sum(evaluate.stats.cache_hits.values()), sum(evaluate.stats.cache_misses.values()))\n")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    hits, misses = (int(x) for x in runs[-1])
+    assert (hits, misses) == (1, 0), runs
