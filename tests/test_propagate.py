@@ -1141,47 +1141,42 @@ def test_monte_carlo_keeps_a_callers_own_blas_cap():
 
 
 def test_concurrent_propagates_give_the_blas_threads_back():
-    """Two propagate calls in Python threads, the first to start also the first to finish: BLAS ends with the
-    threads it had (found in review: the second call restored the first one's cap for the whole process)."""
+    """Two serial regions (two propagate calls) in Python threads, the first to open also the first to close: BLAS
+    ends with the threads it had (found in review: the second call restored the first one's cap for the whole
+    process); inside either region it runs with one thread."""
     import threading
 
     import threadpoolctl
 
+    from meanfield.core import blas
+
     _needs_two_blas_threads()
     before = _blas_thread_count()
-    K0 = np.array([[1.0, 0.3], [0.3, 0.8]])
-    armed, a_in, b_in, a_done = (threading.Event() for _ in range(4))
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    inside = []
 
-    def fa(x):
-        if armed.is_set() and not a_in.is_set():
+    def first():
+        with blas.serial_for(2):
             a_in.set()
-            b_in.wait(10)
-        return np.tanh(x)
+            b_in.wait(30)
+            inside.append(_blas_thread_count())
+        a_out.set()
 
-    def fb(x):
-        if armed.is_set() and not b_in.is_set():
+    def second():
+        a_in.wait(30)
+        with blas.serial_for(2):
             b_in.set()
-            a_done.wait(10)
-        return np.tanh(x)
+            a_out.wait(30)
+            inside.append(_blas_thread_count())
 
-    nets = {fn: meanfield.mlp(1, hermite.activation(fn, name=fn.__name__ + "_spy")) for fn in (fa, fb)}
-    armed.set()
-
-    def run(fn, done=None):
-        try:
-            meanfield.propagate(nets[fn], K0)
-        finally:
-            if done is not None:
-                done.set()
-
-    ta = threading.Thread(target=run, args=(fa, a_done))
-    ta.start()
-    a_in.wait(10)
-    tb = threading.Thread(target=run, args=(fb,))
-    tb.start()
-    ta.join(20)
-    tb.join(20)
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     after = _blas_thread_count()
     if after != before:  # leave the process as found for later tests
         threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    assert a_out.is_set() and b_in.is_set()
+    assert inside == [1, 1]
     assert after == before
