@@ -243,10 +243,9 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
         g = np.take(G, upper)
         da, db = d[iu], d[ju]
         dup = (g == da) & (da == db)
-        any_dup = bool(np.any(dup))
-        vals = g  # (no entries: nothing to write)
-        if any_dup:
-            vals = np.empty(g.size)
+        vals = np.empty(g.size)
+        off = slice(None)  # every entry takes the kernel, unless some are duplicates
+        if np.any(dup):
             vals[dup] = moment[which[iu[dup]]]
             off = ~dup
             g, da, db, iu, ju = g[off], da[off], db[off], iu[off], ju[off]
@@ -258,16 +257,12 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
             # the entries' variances are the n distinct ones found above: handed on, so that a numerical
             # kernel does not sort them again (a closed kernel needs no variances' index)
             variances = None if act.core.has_closed_kernel else Distinct(uq, np.concatenate([which[iu], which[ju]]))
-            kv = act.kernel_at(r, da, db, 0, distinct=variances)
-            if any_dup:
-                vals[off] = kv
-            else:
-                vals = kv
+            vals[off] = act.kernel_at(r, da, db, 0, distinct=variances)
         flat = K.reshape(-1)
         flat[upper] = vals
         flat[lower] = vals
-        K[np.flatnonzero(live), np.flatnonzero(live)] = moment[inv]
-    if np.any(live):
+        idx = np.flatnonzero(live)
+        K[idx, idx] = moment[inv]
         m[live] = act.mean_at(d[live], 0, fast=True)
     if np.any(~live):  # a zero-variance input: f(0) deterministically
         f0 = float(act.fn(np.zeros(1))[0])
