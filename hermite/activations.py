@@ -292,16 +292,12 @@ class Activation:
             return self.gamma * (c[:, 0] + self.beta)
         return self.gamma * (self.gain * c[:, 1] / np.sqrt(Q) + self.alpha)  # E phi'(u) = c_1 / sqrt(Q)
 
-    def kernel_at(self, r, q1, q2, derivative: int = 0, *, distinct=None) -> np.ndarray:
+    def kernel_at(self, r, q1, q2, derivative: int = 0) -> np.ndarray:
         """E[f(u) f(v)] (derivative=1: E[f'(u) f'(v)]) at correlation r and variances q1, q2.
 
         The engines pass a flat array r with q1, q2 flat arrays of its size or floats shared by every entry (a
         Gram whose variances are all equal: no per-entry variance arrays). Any other shapes (scalars, 0-d or
         n-d arrays) are broadcast together, evaluated flat and returned in the broadcast shape.
-
-        ``distinct`` (flat arrays only): the `hermite.distinct.Distinct` of np.concatenate([q1, q2]), which the
-        engines pass so that the numerical kernels need not sort the entries' variances to find the distinct
-        ones (a Gram without a norm has n of them for n (n - 1) / 2 entries). It changes no value.
         """
         r_arr = np.asarray(r, dtype=np.float64)
         flat = r_arr.ndim == 1 and all(
@@ -319,9 +315,7 @@ class Activation:
         self.check_single("kernel")
         g = self.gain
         if self.is_plain:
-            if g == 1.0:
-                return self.core.kernel(r, q1, q2, derivative, distinct)
-            return self.core.kernel(r, g * g * q1, g * g * q2, derivative)
+            return self.core.kernel(r, g * g * q1 if g != 1.0 else q1, g * g * q2 if g != 1.0 else q2, derivative)
         q1 = np.broadcast_to(np.asarray(q1, dtype=np.float64), np.shape(r))
         q2 = np.broadcast_to(np.asarray(q2, dtype=np.float64), np.shape(r))
         Q1, Q2 = g * g * q1, g * g * q2

@@ -254,10 +254,13 @@ def gaussian_moments(act: hermite.Activation, G: np.ndarray):
             r *= np.sqrt(db)
             np.divide(g, r, out=r)
             np.clip(r, -1.0, 1.0, out=r)
-            # the entries' variances are the n distinct ones found above: handed on, so that a numerical
-            # kernel does not sort them again (a closed kernel needs no variances' index)
-            variances = None if act.core.has_closed_kernel else Distinct(uq, np.concatenate([which[iu], which[ju]]))
-            vals[off] = act.kernel_at(r, da, db, 0, distinct=variances)
+            if act.is_plain and not act.core.has_closed_kernel:
+                # the entries' variances are the n distinct ones found above: handed to the core's numerical
+                # kernel (kernel_at's own path for this activation), so that it does not sort them again
+                variances = Distinct(uq, np.concatenate([which[iu], which[ju]]))
+                vals[off] = act.core.kernel(r, da, db, 0, variances)
+            else:
+                vals[off] = act.kernel_at(r, da, db, 0)
         flat = K.reshape(-1)
         flat[upper] = vals
         flat[lower] = vals
