@@ -124,11 +124,14 @@ def far_field(core, derivative: int):
     return float(core.asymptote[1]), _side(core, derivative).smoothing
 
 
-def asymptotic_pair(fa, fb, r, Q1, Q2, derivative: int, scale: np.ndarray, tol: float = 1e-13):
+def asymptotic_pair(fa, fb, r, Q1, Q2, derivative: int, scale: np.ndarray, tol: float = 1e-13,
+                    tensor: bool = True):
     """E[fa(u) fb(v)] (derivative=1: of the derivatives) by the decomposition of the module docstring, for the
     entries of the flat arrays r, Q1, Q2 where it applies: |r| < 1, both conditional deviations at least
     `MIN_DEVIATION`, and the closed part's rounding estimate at most ``tol`` times ``scale`` (sqrt(E fa^2
-    E fb^2)). Returns (values, mask of the entries computed)."""
+    E fb^2)). ``tensor=False``: the moment series only (for families whose general quadrature has a closed
+    inner smoothing, elu and selu: 4x faster than the tensor rules there). Returns (values, mask of the
+    entries computed)."""
     A, B = _side(fa, derivative), _side(fb, derivative)
     r = np.asarray(r, dtype=np.float64)
     Q1 = np.broadcast_to(np.asarray(Q1, dtype=np.float64), r.shape)
@@ -150,6 +153,9 @@ def asymptotic_pair(fa, fb, r, Q1, Q2, derivative: int, scale: np.ndarray, tol: 
                                        min(tol, MOMENT_TOL) * scale[idx])
         out[idx[fine]] = closed[fine] + rest[fine]
         idx, closed = idx[~fine], closed[~fine]
+    if not tensor:
+        ok[idx] = False
+        return out, ok
     step = max(1, _CHUNK // (A.x.size * B.x.size))
     for c in range(0, idx.size, step):
         i = idx[c:c + step]

@@ -176,6 +176,9 @@ def _elu(name, p):
     return params, dict(
         fn=lambda x: s * np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0))),
         expr=f"{s!r}*(max(x, 0) + {a!r}*(exp(min(x, 0)) - 1))", kinks=(0.0,), features=(0.0,), alpha=a, scale=s,
+        # s (x 1{x > 0} - a 1{x <= 0}) up to s a e^x 1{x <= 0}, below 4e-18 beyond x = -R; e^x is entire
+        asymptote=(((-math.inf, 0.0, (-a * s,)), (0.0, math.inf, (0.0, s))), 40.0 + math.log(max(1.0, abs(a * s))),
+                   1.0, math.pi),
         derivative=lambda x: s * np.where(x > 0, 1.0, a * np.exp(np.minimum(x, 0.0))),
         second_derivative=lambda x: s * np.where(x > 0, 0.0, a * np.exp(np.minimum(x, 0.0))),
         array_fn=lambda x, xp: s * xp.where(x > 0, x, a * xp.expm1(xp.minimum(x, 0.0))))

@@ -125,7 +125,10 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0, distinct: Distinct | None = Non
         # piecewise linear up to localized remainders (silu, softplus, tanh, ... at large variance)
         scale = np.sqrt(_indexed_moments(fa, D, i1[pending], derivative)
                         * _indexed_moments(fb, D, i2[pending], derivative))
-        vals, done = asymptotic_pair(fa, fb, r[pending], Q1[pending], Q2[pending], derivative, scale)
+        # where the general quadrature has a closed inner smoothing (elu, selu) it beats the tensor rules
+        inner_closed = fb.closed_smoothing(np.zeros(1), 1.0, derivative) is not None
+        vals, done = asymptotic_pair(fa, fb, r[pending], Q1[pending], Q2[pending], derivative, scale,
+                                     tensor=not inner_closed)
         out[pending[done]] = vals[done]
         pending = pending[~done]
     if pending.size:

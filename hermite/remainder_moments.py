@@ -111,10 +111,12 @@ def _series(x: np.ndarray, n: int, root: bool = False):
     1 - |x|/sqrt(n+1)); inf where that ratio is not below 1."""
     j = np.arange(1, n + 1, dtype=np.float64)
     div = np.sqrt(j) if root else j
-    f = np.empty((x.size, n))
-    f[:, 0] = 1.0
-    f[:, 1:] = x[:, None] / div[None, :-1]
-    c = np.cumprod(f, axis=1)
+    f = np.empty((n, x.size))  # terms along the first axis: the running product is one row operation a term
+    f[0] = 1.0
+    np.divide(x[None, :], div[:-1, None], out=f[1:])
+    for i in range(1, n):  # (np.cumprod along either axis is 3-4x slower here)
+        f[i] *= f[i - 1]
+    c = f.T
     ratio = np.abs(x) / (math.sqrt(n + 1.0) if root else n + 1.0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         tail = np.abs(c[:, -1]) * np.abs(x) / div[-1] / (1.0 - ratio)

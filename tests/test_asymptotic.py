@@ -18,7 +18,7 @@ from hermite.asymptotic import MIN_DEVIATION, asymptotic_pair
 from hermite.bivariate import linear_pieces
 from hermite.pairs import _moments
 
-FAMILIES = ["silu", "softplus", "mish", "gelu_tanh", "tanh", "sigmoid"]
+FAMILIES = ["silu", "softplus", "mish", "gelu_tanh", "tanh", "sigmoid", "elu", "selu"]
 TOL = 1e-13
 
 
@@ -67,7 +67,8 @@ def test_against_mpmath_where_the_general_quadrature_errs():
 
 
 @pytest.mark.parametrize("name,params", [(f, {}) for f in FAMILIES]
-                         + [("softplus", {"beta": b}) for b in (0.02, 0.5, 10.0, 30.0)])
+                         + [("softplus", {"beta": b}) for b in (0.02, 0.5, 10.0, 30.0)]
+                         + [("elu", {"alpha": a}) for a in (0.5, 3.0, -1.0)])
 @pytest.mark.parametrize("derivative", [0, 1])
 def test_declared_radius_bounds_the_remainder(name, params, derivative):
     """|f^(d)(x) - A^(d)(x)| <= 1e-16 for radius <= |x| <= 4 radius (up to the rounding of f(x) - x, a few ulps

@@ -19,7 +19,8 @@ from hermite.pairs import _moments
 from hermite.smoothing import piecewise_smoothing
 
 FAMILIES = [("silu", {}), ("softplus", {}), ("mish", {}), ("gelu_tanh", {}), ("tanh", {}), ("sigmoid", {}),
-            ("softplus", {"beta": 0.5}), ("softplus", {"beta": 10.0})]
+            ("softplus", {"beta": 0.5}), ("softplus", {"beta": 10.0}), ("elu", {}), ("selu", {}),
+            ("elu", {"alpha": 0.5})]
 
 
 def _entries(rng, n, core, lo=0.5, hi=4.0):
@@ -178,3 +179,21 @@ def test_shortest_mehler_orders_against_the_full_sums(name, monkeypatch):
     scale = np.sqrt(core.second_moment(q1) * core.second_moment(q2))
     assert np.max(np.abs(got - full) / scale) < 2 * pairs.TOL
     assert short >= n // 2
+
+
+def test_moment_series_only_where_the_inner_smoothing_is_closed():
+    """elu and selu (closed inner smoothing in the general quadrature, 4x faster than the tensor rules) take the
+    asymptotic path through the moment series only: the entries it returns are those the series admit, with
+    the values of the full path, and narrow deviations are left to the caller."""
+    core = hermite.activation("elu").core
+    rng = np.random.default_rng(4)
+    r, q1, q2, s = _entries(rng, 200, core, lo=1.0, hi=2.0)
+    scale = np.sqrt(_moments(core, q1, 0) * _moments(core, q2, 0))
+    full, ok_full = asy.asymptotic_pair(core, core, r, q1, q2, 0, scale)
+    only, ok_only = asy.asymptotic_pair(core, core, r, q1, q2, 0, scale, tensor=False)
+    side = asy._side(core, 0)
+    _, admitted = rm.remainder_moments(side.moments, side.moments, r, np.sqrt(q1), np.sqrt(q2), s,
+                                       asy.MOMENT_TOL * scale)
+    assert ok_full.all() and 0 < ok_only.sum() < r.size
+    assert np.array_equal(ok_only, admitted)
+    assert np.array_equal(only[ok_only], full[ok_only])
