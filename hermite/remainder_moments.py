@@ -61,7 +61,7 @@ __all__ = ["SideMoments", "side_moments", "remainder_moments"]
 
 #: (J, K): terms of each Gaussian factor's series, and of T3's series and each smoothing's Taylor series; an entry
 #: takes the first pair whose bound meets the tolerance (the short one suffices for sigma above ~30)
-TERMS = ((8, 12), (20, 28), (32, 48))
+TERMS = ((4, 6), (8, 12), (20, 28), (32, 48))
 J_TERMS, K_TERMS = TERMS[-1]
 _EPS = np.finfo(np.float64).eps
 _PHI = {-math.inf: 0.0, 0.0: 0.5, math.inf: 1.0}
@@ -154,15 +154,57 @@ def remainder_moments(A: SideMoments, B: SideMoments, r, a1, a2, s, allowed):
         todo = np.nonzero((A.L * A.L < 2.0 * (J + 1) * sig1 * sig1) & (B.L * B.L < 2.0 * (J + 1) * sig2 * sig2)
                           & (np.abs(r) * A.L * B.L < (K + 1) * sig1 * sig2)
                           & (np.abs(r) * np.maximum(A.L / sig1, B.L / sig2) < math.sqrt(K + 1)))[0]
-        for J, K in TERMS:
-            if todo.size == 0:
-                break
-            v, e = _remainder_moments(A, B, r[todo], a1[todo], a2[todo], s[todo], J, K)
-            ok = np.isfinite(v) & (e <= allowed[todo])
-            out[todo[ok]] = v[ok]
-            done[todo[ok]] = True
-            todo = todo[~ok]
+        # each entry starts at the first term counts whose truncation estimate (a cheap upper bound of the
+        # exact truncation bounds, without the rounding) meets half the allowance; it moves on where the
+        # exact bounds fail
+        start = np.full(todo.size, len(TERMS) - 1)
+        rest = np.arange(todo.size)
+        for i in range(len(TERMS) - 1):
+            e = todo[rest]
+            fits = _truncation_estimate(A, B, r[e], a1[e], a2[e], s[e], *TERMS[i]) <= 0.5 * allowed[e]
+            start[rest[fits]] = i
+            rest = rest[~fits]
+        carried = np.zeros(0, dtype=np.int64)
+        for i, (J, K) in enumerate(TERMS):
+            sel = np.concatenate([carried, todo[start == i]])
+            if sel.size == 0:
+                continue
+            v, e = _remainder_moments(A, B, r[sel], a1[sel], a2[sel], s[sel], J, K)
+            ok = np.isfinite(v) & (e <= allowed[sel])
+            out[sel[ok]] = v[ok]
+            done[sel[ok]] = True
+            carried = sel[~ok]
     return out, done
+
+
+def _truncation_estimate(A, B, r, a1, a2, s, J, K):
+    """An upper bound of the truncation terms of `_remainder_moments`' bound from scalars per entry (sum_(m<K)
+    |t|^m/sqrt(m!) <= sqrt(K) e^(t^2/2) by Cauchy-Schwarz, sum_k |C|^k/k! nu_k <= nu_0 e^|C|)."""
+    q1, q2 = a1 * a1, a2 * a2
+    sigma1, sigma2 = a1 * s, a2 * s
+    total = np.zeros(r.size)
+    for S, T, q, ss, st in ((A, B, q1, sigma1, sigma2), (B, A, q2, sigma2, sigma1)):
+        gamma = S.L * S.L / (2.0 * q)
+        t = np.abs(r) * S.L / ss
+        gtail = _tail(gamma, J, False)
+        ttail = _tail(t, K, True)
+        total += (T.n0 + st * T.n1) / np.sqrt(2.0 * math.pi * q) * (
+            S.nu[2 * J] * gtail * math.sqrt(K) * np.exp(0.5 * t * t) + S.nu[K] * ttail)
+    ta = A.nu[2 * J] * _tail(A.L * A.L / (2.0 * sigma1 * sigma1), J, False)
+    tb = B.nu[2 * J] * _tail(B.L * B.L / (2.0 * sigma2 * sigma2), J, False)
+    C = np.abs(r) * A.L * B.L / (sigma1 * sigma2)
+    total += (np.exp(C) * (ta * B.nu[0] + A.nu[0] * tb + ta * tb) + A.nu[K] * B.nu[K] * _tail(C, K, False)) / (
+        2.0 * math.pi * a1 * a2 * s)
+    return total
+
+
+def _tail(x: np.ndarray, n: int, root: bool) -> np.ndarray:
+    """sum_(j >= n) x^j/j! (root: x^j/sqrt(j!)) for x >= 0: at most the first term over 1 - x/(n+1) (or over
+    1 - x/sqrt(n+1)); inf where that ratio is not below 1."""
+    lg = math.lgamma(n + 1.0)
+    ratio = x / (math.sqrt(n + 1.0) if root else n + 1.0)
+    first = np.exp(n * np.log(x) - (0.5 * lg if root else lg))
+    return np.where(ratio < 1.0, first / (1.0 - ratio), np.inf)
 
 
 def _remainder_moments(A, B, r, a1, a2, s, J, K):

@@ -197,3 +197,22 @@ def test_moment_series_only_where_the_inner_smoothing_is_closed():
     assert ok_full.all() and 0 < ok_only.sum() < r.size
     assert np.array_equal(ok_only, admitted)
     assert np.array_equal(only[ok_only], full[ok_only])
+
+
+@pytest.mark.parametrize("name", ["silu", "elu", "tanh"])
+def test_truncation_estimate_bounds_the_truncation(name, monkeypatch):
+    """The cheap per-entry estimate that picks an entry's first term counts is at least the exact truncation
+    bound (the bound without its rounding part) at every term count."""
+    core = hermite.activation(name).core
+    side = asy._side(core, 0)
+    rng = np.random.default_rng(9)
+    r, q1, q2, s = _entries(rng, 300, core, lo=0.0, hi=3.0)
+    a1, a2 = np.sqrt(q1), np.sqrt(q2)
+    monkeypatch.setattr(rm, "_EPS", 0.0)
+    with np.errstate(all="ignore"):
+        for J, K in rm.TERMS:
+            est = rm._truncation_estimate(side.moments, side.moments, r, a1, a2, s, J, K)
+            _, exact = rm._remainder_moments(side.moments, side.moments, r, a1, a2, s, J, K)
+            finite = np.isfinite(exact)
+            assert finite.sum() > 50
+            assert np.all(est[finite] >= exact[finite] * (1 - 1e-12))
