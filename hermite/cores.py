@@ -23,6 +23,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -185,6 +186,11 @@ class Core:
         return Core(self.name + "^2", lambda x: f(x) ** 2, kinks=self.kinks, jumps=self.jumps,
                     features=self.features, frequency=self.frequency, parity=self.parity)
 
+    def derived(self) -> Core:
+        """A core whose function is phi' (phi's kinks become its jumps; parity flipped), for the coefficients of
+        phi' by quadrature where Stein's lemma on phi's would magnify their error (small q); one per core."""
+        return _derived(self)
+
     # --------------------------------------------------------------------------------------------
     # what the activations call: closed form where known, else numerical (memoized, read-only)
     def coefficients(self, K: int, Q: np.ndarray, fast: bool = False) -> np.ndarray:
@@ -252,6 +258,15 @@ class Core:
 
 # ------------------------------------------------------------------------------------------------
 # exact (sympy) coefficients of the families
+@lru_cache(maxsize=64)
+def _derived(core: Core) -> Core:
+    if core.derivative is None:
+        raise ValueError(f"activation {core.name!r} has no derivative: pass derivative= to hermite.activation")
+    return Core(core.name + "'", core.derivative, kinks=(), jumps=core.kinks + core.jumps, features=core.features,
+                frequency=core.frequency, parity=None if core.parity is None else -core.parity,
+                derivative=core.second_derivative)
+
+
 def _sp():
     import sympy as sp
 

@@ -52,6 +52,11 @@ def _series_parts(core, K: int, Q: np.ndarray, derivative: int):
         k = np.arange(1, K + 2)
         c = c1[:, 1:] * np.sqrt(k[None, :] / Q[:, None])  # d_k = sqrt((k+1)/q) c_{k+1} (Stein's lemma)
         m = core.derivative_moment(Q)
+        # the fast coefficients err up to ~3e-14 of ||c(q)||, which Stein's factor sqrt((k+1)/q) magnifies at
+        # small q (softplus' at q = 1e-3: 5e-12 of sqrt(E f'^2)): there, the derivative's own coefficients
+        loose = 3e-14 * np.sqrt(np.einsum("ij,ij->i", c1, c1) * (K + 2) / Q) > 1e-14 * np.sqrt(m)
+        if np.any(loose):
+            c[loose] = _derivative_coefficients(core, K, Q[loose])
     # the tail is known only up to the rounding of M and of sum c_k^2: never trust it below 1e-15 M
     t = np.maximum(m - np.einsum("ij,ij->i", c, c), 0.0) + 1e-15 * m
     return c, m, t
@@ -140,6 +145,16 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0, distinct: Distinct | None = Non
         out[pending] = quadrature.pair_expectation(f, g, fa, fb, r[pending], Q1[pending], Q2[pending], smoothing,
                                                    **extra)
     return out
+
+
+def _derivative_coefficients(core, K: int, Q: np.ndarray) -> np.ndarray:
+    """d_0..d_K(Q), the coefficients of phi', accurate relative to sqrt(E phi'^2): for a smooth core, those of
+    phi' itself (`Core.derived`; fast: its own tables in log q, verified relative to its own scale), else
+    Stein's lemma on the accurate (not the fast) coefficients of phi."""
+    if not core.kinks and not core.jumps and core.derivative is not None:
+        return core.derived().coefficients(K, Q, fast=True)
+    c1 = core.coefficients(K + 1, Q)
+    return c1[:, 1:] * np.sqrt(np.arange(1, K + 2)[None, :] / Q[:, None])
 
 
 def _shortest_sums(ca, cb, ta, tb, ia, ib, rp, scale, ok, K, out, pending) -> None:
