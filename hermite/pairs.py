@@ -32,6 +32,7 @@ from hermite.asymptotic import asymptotic_pair, far_field
 from hermite.basis import mehler_sum
 from hermite.bivariate import piecewise_linear_pair
 from hermite.distinct import Distinct
+from hermite.log_q_tables import TOL as TABLE_TOL
 
 __all__ = ["pair_kernel", "TOL", "SERIES_K"]
 
@@ -54,7 +55,7 @@ def _series_parts(core, K: int, Q: np.ndarray, derivative: int):
         m = core.derivative_moment(Q)
         # the fast coefficients err up to ~3e-14 of ||c(q)||, which Stein's factor sqrt((k+1)/q) magnifies at
         # small q (softplus' at q = 1e-3: 5e-12 of sqrt(E f'^2)): there, the derivative's own coefficients
-        loose = 3e-14 * np.sqrt(np.einsum("ij,ij->i", c1, c1) * (K + 2) / Q) > 1e-14 * np.sqrt(m)
+        loose = TABLE_TOL * np.sqrt(np.einsum("ij,ij->i", c1, c1) * (K + 2) / Q) > 1e-14 * np.sqrt(m)
         if np.any(loose):
             c[loose] = _derivative_coefficients(core, K, Q[loose])
     # the tail is known only up to the rounding of M and of sum c_k^2: never trust it below 1e-15 M

@@ -107,8 +107,7 @@ def side_moments(x: np.ndarray, wa: np.ndarray, linear: list, L: float) -> SideM
 
 def _series(x: np.ndarray, n: int, root: bool = False):
     """x^j/j! (root: x^j/sqrt(j!)) for j < n (entries x n), by cumulative products (x may be negative), and the
-    bound of the rest, sum_(j >= n) |x|^j/j! (or /sqrt(j!)): the first omitted term over 1 - |x|/(n+1) (or over
-    1 - |x|/sqrt(n+1)); inf where that ratio is not below 1."""
+    bound of the rest (`_tail` of |x|)."""
     j = np.arange(1, n + 1, dtype=np.float64)
     div = np.sqrt(j) if root else j
     f = np.empty((n, x.size))  # terms along the first axis: the running product is one row operation a term
@@ -116,11 +115,7 @@ def _series(x: np.ndarray, n: int, root: bool = False):
     np.divide(x[None, :], div[:-1, None], out=f[1:])
     for i in range(1, n):  # (np.cumprod along either axis is 3-4x slower here)
         f[i] *= f[i - 1]
-    c = f.T
-    ratio = np.abs(x) / (math.sqrt(n + 1.0) if root else n + 1.0)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        tail = np.abs(c[:, -1]) * np.abs(x) / div[-1] / (1.0 - ratio)
-    return c, np.where(ratio < 1.0, tail, np.inf)
+    return f.T, _tail(np.abs(x), n, root)
 
 
 def _mixed(S: SideMoments, T: SideMoments, q, r, sigma_s, sigma_t, J: int, K: int):
@@ -203,8 +198,9 @@ def _tail(x: np.ndarray, n: int, root: bool) -> np.ndarray:
     1 - x/sqrt(n+1)); inf where that ratio is not below 1."""
     lg = math.lgamma(n + 1.0)
     ratio = x / (math.sqrt(n + 1.0) if root else n + 1.0)
-    first = np.exp(n * np.log(x) - (0.5 * lg if root else lg))
-    return np.where(ratio < 1.0, first / (1.0 - ratio), np.inf)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        first = np.exp(n * np.log(x) - (0.5 * lg if root else lg))
+        return np.where(ratio < 1.0, first / (1.0 - ratio), np.inf)
 
 
 def _remainder_moments(A, B, r, a1, a2, s, J, K):
