@@ -1180,3 +1180,47 @@ def test_concurrent_propagates_give_the_blas_threads_back():
     assert a_out.is_set() and b_in.is_set()
     assert inside == [1, 1]
     assert after == before
+
+
+def test_blas_threads_come_back_while_the_thread_of_the_first_region_lives():
+    """The second region closes while the Python thread that opened the first one is still alive (found in
+    review: threadpoolctl >= 3.8 lets only the first live thread that set a pthreads OpenBLAS change it, so
+    the last region's restore from another thread was silently dropped and BLAS stayed at one thread)."""
+    import threading
+
+    import threadpoolctl
+
+    from meanfield.core import blas
+
+    _needs_two_blas_threads()
+    before = _blas_thread_count()
+    a_in, b_in, a_out, b_out = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def first():
+        with blas.serial_for(2):
+            a_in.set()
+            b_in.wait(30)
+        a_out.set()
+        b_out.wait(30)  # alive until the second region has closed
+
+    def second():
+        a_in.wait(30)
+        with blas.serial_for(2):
+            b_in.set()
+            a_out.wait(30)
+            seen["inside"] = _blas_thread_count()
+        seen["after"] = _blas_thread_count()
+        b_out.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = _blas_thread_count()
+    if after != before:
+        threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    assert a_out.is_set() and b_out.is_set()
+    assert seen == {"inside": 1, "after": before}
+    assert after == before

@@ -45,11 +45,29 @@ def _libraries():
     return libs or None
 
 
+def _set_num_threads(lib, n: int) -> None:
+    """Set a library's thread count from whichever Python thread runs this (under _LOCK).
+
+    threadpoolctl >= 3.8 lets only one live "controlling" Python thread change a pthreads OpenBLAS (the first to
+    call ``set_num_threads``); from any other thread the call silently does nothing. A `propagate` in a worker
+    thread that closed the last serial region while the thread that opened the first was still alive therefore
+    left BLAS at one thread for the whole process. The regions' bookkeeping is serialized by _LOCK, so the call
+    is made under a released control, which is released again after it (a caller's own `threadpool_limits`
+    then takes control as before).
+    """
+    release = getattr(type(lib), "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+    lib.set_num_threads(n)
+    if release is not None:
+        release(force=True)
+
+
 def _apply(libs) -> None:
     """Set the thread counts the state asks for (under _LOCK): one inside a serial region, else the saved ones."""
     one = _STATE["serial"] > 0 and _STATE["opened"] == 0
     for lib, saved in zip(libs, _STATE["saved"]):
-        lib.set_num_threads(1 if one else saved)
+        _set_num_threads(lib, 1 if one else saved)
 
 
 def single_thread():
