@@ -1140,13 +1140,28 @@ def test_monte_carlo_keeps_a_callers_own_blas_cap():
     assert seen == {1}
 
 
+def _blas_threads_after(before, *targets):
+    """Run the targets in Python threads; the BLAS thread count afterwards (the process is left as found)."""
+    import threading
+
+    import threadpoolctl
+
+    threads = [threading.Thread(target=target) for target in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = _blas_thread_count()
+    if after != before:  # leave the process as found for later tests
+        threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    return after
+
+
 def test_concurrent_propagates_give_the_blas_threads_back():
     """Two serial regions (two propagate calls) in Python threads, the first to open also the first to close: BLAS
     ends with the threads it had (found in review: the second call restored the first one's cap for the whole
     process); inside either region it runs with one thread."""
     import threading
-
-    import threadpoolctl
 
     from meanfield.core import blas
 
@@ -1169,14 +1184,7 @@ def test_concurrent_propagates_give_the_blas_threads_back():
             a_out.wait(30)
             inside.append(_blas_thread_count())
 
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    after = _blas_thread_count()
-    if after != before:  # leave the process as found for later tests
-        threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    after = _blas_threads_after(before, first, second)
     assert a_out.is_set() and b_in.is_set()
     assert inside == [1, 1]
     assert after == before
@@ -1187,8 +1195,6 @@ def test_blas_threads_come_back_while_the_thread_of_the_first_region_lives():
     review: threadpoolctl >= 3.8 lets only the first live thread that set a pthreads OpenBLAS change it, so
     the last region's restore from another thread was silently dropped and BLAS stayed at one thread)."""
     import threading
-
-    import threadpoolctl
 
     from meanfield.core import blas
 
@@ -1213,14 +1219,7 @@ def test_blas_threads_come_back_while_the_thread_of_the_first_region_lives():
         seen["after"] = _blas_thread_count()
         b_out.set()
 
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    after = _blas_thread_count()
-    if after != before:
-        threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    after = _blas_threads_after(before, first, second)
     assert a_out.is_set() and b_out.is_set()
     assert seen == {"inside": 1, "after": before}
     assert after == before
