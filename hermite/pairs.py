@@ -118,8 +118,8 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0, distinct: Distinct | None = Non
             ca, ma, ta = _series_parts(fa, K, ua, derivative)
             cb, mb, tb = _series_parts(fb, K, ub, derivative)
         rp = r[pending]
-        scale = np.sqrt(ma[ia] * mb[ib])
-        bound = np.abs(rp) ** (K + 1) * np.sqrt(ta[ia] * tb[ib])
+        scale = np.sqrt(ma[ia]) * np.sqrt(mb[ib])  # no overflow of the product at q ~ 1e154+
+        bound = np.abs(rp) ** (K + 1) * (np.sqrt(ta[ia]) * np.sqrt(tb[ib]))
         ok = bound <= TOL * scale
         if np.any(ok):
             _shortest_sums(ca, cb, ta, tb, ia, ib, rp, scale, ok, K, out, pending)
@@ -129,8 +129,8 @@ def pair_kernel(fa, fb, r, Q1, Q2, derivative=0, distinct: Distinct | None = Non
                                                    i1[pending], i2[pending], derivative, out, pending)]
     if pending.size and fa.asymptote is not None and fb.asymptote is not None:
         # piecewise linear up to localized remainders (silu, softplus, tanh, ... at large variance)
-        scale = np.sqrt(_indexed_moments(fa, D, i1[pending], derivative)
-                        * _indexed_moments(fb, D, i2[pending], derivative))
+        scale = (np.sqrt(_indexed_moments(fa, D, i1[pending], derivative))
+                 * np.sqrt(_indexed_moments(fb, D, i2[pending], derivative)))
         # where the general quadrature has a closed inner smoothing (elu, selu) it beats the tensor rules
         inner_closed = fb.closed_smoothing(np.zeros(1), 1.0, derivative) is not None
         vals, done = asymptotic_pair(fa, fb, r[pending], Q1[pending], Q2[pending], derivative, scale,
@@ -173,7 +173,7 @@ def _shortest_sums(ca, cb, ta, tb, ia, ib, rp, scale, ok, K, out, pending) -> No
     for k in orders:  # the largest first, so an entry ends at the shortest order that proves it
         Ta = ta + np.sum(a_sq[:, k + 1:], axis=1)
         Tb = Ta if cb is ca and tb is ta else tb + np.sum(b_sq[:, k + 1:], axis=1)
-        fine = np.abs(rp[sel]) ** (k + 1) * np.sqrt(Ta[ia[sel]] * Tb[ib[sel]]) <= TOL * scale[sel]
+        fine = np.abs(rp[sel]) ** (k + 1) * (np.sqrt(Ta[ia[sel]]) * np.sqrt(Tb[ib[sel]])) <= TOL * scale[sel]
         order[fine] = k
     for k in np.unique(order):
         e = sel[order == k]
@@ -199,7 +199,8 @@ def _closed_piecewise_linear(fa, fb, lf, lg, r, Q1, Q2, D, i1, i2, derivative, o
     if idx.size == 0:
         return np.arange(r.size)
     v, err = piecewise_linear_pair(lf, lg, r[idx], Q1[idx], Q2[idx])
-    scale = np.sqrt(_indexed_moments(fa, D, i1[idx], derivative) * _indexed_moments(fb, D, i2[idx], derivative))
+    scale = (np.sqrt(_indexed_moments(fa, D, i1[idx], derivative))
+             * np.sqrt(_indexed_moments(fb, D, i2[idx], derivative)))
     ok = err <= 1e-12 * scale
     out[where[idx[ok]]] = v[ok]
     done = np.zeros(r.size, dtype=bool)

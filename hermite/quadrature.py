@@ -248,7 +248,12 @@ def _smooth_gauss_hermite(f, K: int, Q: np.ndarray, out: np.ndarray) -> np.ndarr
             continue
         C1 = F1 @ H1
         C2 = F2 @ H2
-        scale = np.sqrt(np.sum(C2 * C2, axis=1)) + 1e-300
+        with np.errstate(over="ignore"):
+            scale = np.sqrt(np.sum(C2 * C2, axis=1)) + 1e-300
+        wide = ~np.isfinite(scale)  # q near the float64 limit: ||c|| without squaring it
+        if np.any(wide):
+            big = np.max(np.abs(C2[wide]), axis=1)
+            scale[wide] = big * np.sqrt(np.sum((C2[wide] / big[:, None]) ** 2, axis=1))
         ok = np.max(np.abs(C1 - C2), axis=1) <= 3e-14 * scale
         idx = np.arange(c0, c0 + s.size)[ok]
         out[idx] = C2[ok]
