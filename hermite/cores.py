@@ -444,6 +444,23 @@ def _orders(K, Q):
     return k, Q[:, None], 0.5 * sc.gammaln(k + 1.0)
 
 
+def _scaled_gram_terms(r, Q1, Q2, w1: float, w2: float):
+    """(m, D / m^2, c / m) for D = 1 + w1 Q1 + w1 Q2 + w2 Q1 Q2 (1 - r^2) and c = r sqrt(Q1 Q2), with m = max(1, Q1,
+    Q2): D is the determinant-like quantity of the Gaussian-integral closed forms, (1 + w Q1)(1 + w Q2) - w^2 c^2
+    (erf: w = 2, w1 = 2, w2 = 4; gelu and gaussian: w = 1), written as a sum of non-negative terms (the
+    difference cancelled to nothing as r -> 1 at large variances and then went negative: gelu's kernel was NaN at
+    q = 1e16) and scaled by m^2 so that no product overflows (erf's kernel was 0 at q >= 1e154)."""
+    r = np.asarray(r, dtype=np.float64)
+    Q1 = np.asarray(Q1, dtype=np.float64)
+    Q2 = np.asarray(Q2, dtype=np.float64)
+    m = np.maximum(1.0, np.maximum(Q1, Q2))
+    one_m_r2 = np.maximum((1.0 - r) * (1.0 + r), 0.0)
+    inv = 1.0 / m
+    D = inv * inv + w1 * (Q1 * inv) * inv + w1 * (Q2 * inv) * inv + w2 * (Q1 * inv) * (Q2 * inv) * one_m_r2
+    c = r * np.sqrt(Q1 * inv) * np.sqrt(Q2 * inv)
+    return m, D, c
+
+
 @dataclass(frozen=True, eq=False)
 class ErfCore(Core):
     """phi = erf(x) (Williams 1997): E[phi(u) phi(v)] = (2/pi) arcsin(2 c / sqrt((1 + 2 Q1)(1 + 2 Q2))),
@@ -470,10 +487,12 @@ class ErfCore(Core):
         return 2 / math.pi * np.arcsin(2 * Q / (1 + 2 * Q))
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        s12 = np.sqrt(Q1) * np.sqrt(Q2)
+        # arcsin(2c / sqrt((1 + 2 Q1)(1 + 2 Q2))) = arctan2(2c, sqrt(D)), D = (1 + 2 Q1)(1 + 2 Q2) - 4 c^2 > 0
+        # formed without cancellation (near rho = 1 the arcsin's argument lost its last digits to 1 - x^2)
+        m, D, c = _scaled_gram_terms(r, Q1, Q2, 2.0, 4.0)
         if derivative == 0:
-            return 2 / np.pi * np.arcsin(np.clip(2 * r * s12 / np.sqrt((1 + 2 * Q1) * (1 + 2 * Q2)), -1, 1))
-        return 4 / np.pi / np.sqrt((1 + 2 * Q1) * (1 + 2 * Q2) - 4 * r * r * Q1 * Q2)
+            return 2 / np.pi * np.arctan2(2.0 * c, np.sqrt(D))
+        return 4 / np.pi / (m * np.sqrt(D))
 
     def exact_coefficients(self, K, q):
         def term(sp, k, rk):
@@ -531,12 +550,19 @@ class SinCore(Core):
         return -0.5 * np.expm1(-2 * Q)
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        # exp(-(q1+q2)/2) sinh/cosh(c), written without overflow for large variances
+        # exp(-(q1+q2)/2) sinh/cosh(c) as exp(|c| - (q1+q2)/2) (1 -+ exp(-2|c|))/2: no overflow at large variances
+        # (|c| <= (q1+q2)/2), and sinh without the cancellation of e^c - e^-c at small c (it was 0 at q = 1e-17)
+        # |c| - (q1+q2)/2 = -((sqrt q1 - sqrt q2)^2/2 + sqrt(q1 q2) (1 - |r|)): no cancellation near |r| = 1 (as a
+        # difference it lost eps (q1+q2)/2 of the exponent: 4e-9 of the value at q = 1e8)
         odd = self.odd == (derivative == 0)
-        c = r * np.sqrt(Q1) * np.sqrt(Q2)
-        a = np.exp(-0.5 * (Q1 + Q2) + c)
-        b = np.exp(-0.5 * (Q1 + Q2) - c)
-        return 0.5 * (a - b) if odd else 0.5 * (a + b)
+        r = np.asarray(r, dtype=np.float64)
+        s1, s2 = np.sqrt(np.asarray(Q1, dtype=np.float64)), np.sqrt(np.asarray(Q2, dtype=np.float64))
+        c = r * s1 * s2
+        ac = np.abs(c)
+        a = np.exp(-(0.5 * (s1 - s2) ** 2 + s1 * s2 * (1.0 - np.abs(r))))
+        if odd:
+            return np.copysign(-0.5 * a * np.expm1(-2.0 * ac), c)
+        return 0.5 * a * (1.0 + np.exp(-2.0 * ac))
 
     def exact_coefficients(self, K, q):
         def term(sp, k, rk):
@@ -588,9 +614,9 @@ class GaussianCore(Core):
         return 1.0 / np.sqrt(1 + 2 * Q)
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        c = r * np.sqrt(Q1) * np.sqrt(Q2)
-        D = (1 + Q1) * (1 + Q2) - c * c
-        return 1 / np.sqrt(D) if derivative == 0 else c / D**1.5
+        m, D, c = _scaled_gram_terms(r, Q1, Q2, 1.0, 1.0)  # D = (1 + Q1)(1 + Q2) - c^2, over m^2, c over m
+        # c / D^(3/2) with D over m^2: c / (m D) / (m sqrt D), no intermediate under- or overflow
+        return 1 / (m * np.sqrt(D)) if derivative == 0 else c / (m * D) / (m * np.sqrt(D))
 
     def exact_coefficients(self, K, q):
         def term(sp, k, rk):
@@ -679,12 +705,20 @@ class GeluCore(Core):
     def closed_kernel(self, r, Q1, Q2, derivative):
         if derivative:
             return None
-        a, b = Q1, Q2
-        c = r * np.sqrt(a * b)
-        ap, bp = 1 + a, 1 + b
-        D = ap * bp - c * c
-        return (c / 4 + c * np.arcsin(np.clip(c / np.sqrt(ap * bp), -1, 1)) / (2 * np.pi)
-                + (a * b + c * c * (1 - a * b) / (ap * bp)) / (2 * np.pi * np.sqrt(D)))
+        # with D = (1+a)(1+b) - c^2 = 1 + a + b + ab (1 - r^2): arcsin(c / sqrt((1+a)(1+b))) = arctan2(c, sqrt(D)),
+        # and ab + c^2 (1 - ab)/((1+a)(1+b)) = ab N / ((1+a)(1+b)), N = 1 + a + b + r^2 + ab (1 - r^2): sums of
+        # non-negative terms (the differences cancelled at large variances near r = 1: 3e-11 at q = 1e12, NaN at
+        # 1e16), everything over powers of m = max(1, a, b) (no overflow at q > 1e154; sqrt(a) sqrt(b) for c, which
+        # was 0 at q < 1e-154)
+        m, D, cm = _scaled_gram_terms(r, Q1, Q2, 1.0, 1.0)
+        r = np.asarray(r, dtype=np.float64)
+        ah, bh = np.asarray(Q1, dtype=np.float64) / m, np.asarray(Q2, dtype=np.float64) / m
+        inv = 1.0 / m
+        N = (1.0 + r * r) * inv * inv + (ah + bh) * inv + ah * bh * np.maximum((1.0 - r) * (1.0 + r), 0.0)
+        P = (inv + ah) * (inv + bh)  # (1 + a)(1 + b) / m^2
+        c = r * np.sqrt(Q1) * np.sqrt(Q2)
+        return (c / 4 + c * np.arctan2(cm, np.sqrt(D)) / (2 * np.pi)
+                + m * (ah * bh) * N / (P * 2 * np.pi * np.sqrt(D)))
 
 
 # ------------------------------------------------------------------------------------------------

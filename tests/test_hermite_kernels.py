@@ -674,3 +674,48 @@ def test_kernel_at_accepts_scalars_and_any_shape(name):
 def test_kernel_at_names_shapes_that_do_not_broadcast():
     with pytest.raises(ValueError, match=r"r, q1 and q2 must broadcast together; got shapes \(3,\), \(2,\)"):
         hermite.activation("tanh").kernel_at(np.zeros(3), np.ones(2), 1.0)
+
+
+def _closed_reference(name, r, a, b, derivative):
+    """The textbook closed forms at 400 digits (enough for the cancellations at q = 1e300)."""
+    import mpmath as mp
+
+    with mp.workdps(400):
+        r, a, b = mp.mpf(r), mp.mpf(a), mp.mpf(b)
+        c = r * mp.sqrt(a) * mp.sqrt(b)
+        if name == "erf":
+            if derivative == 0:
+                return 2 / mp.pi * mp.asin(2 * c / mp.sqrt((1 + 2 * a) * (1 + 2 * b)))
+            return 4 / mp.pi / mp.sqrt((1 + 2 * a) * (1 + 2 * b) - 4 * c * c)
+        if name in ("sin", "cos"):
+            odd = (name == "sin") == (derivative == 0)
+            return mp.e ** (-(a + b) / 2) * (mp.sinh(c) if odd else mp.cosh(c))
+        if name == "gaussian":
+            D = (1 + a) * (1 + b) - c * c
+            return 1 / mp.sqrt(D) if derivative == 0 else c / D**1.5
+        ap, bp = 1 + a, 1 + b  # gelu
+        D = ap * bp - c * c
+        return (c / 4 + c * mp.asin(c / mp.sqrt(ap * bp)) / (2 * mp.pi)
+                + (a * b + c * c * (1 - a * b) / (ap * bp)) / (2 * mp.pi * mp.sqrt(D)))
+
+
+@pytest.mark.parametrize("name, derivative", [("erf", 0), ("erf", 1), ("sin", 0), ("sin", 1), ("cos", 0),
+                                              ("gaussian", 0), ("gaussian", 1), ("gelu", 0)])
+def test_closed_forms_at_every_scale(name, derivative):
+    """The closed kernels to 1e-15 of sqrt(E f(u)^2 E f(v)^2) (derivative=1: of f') from q = 1e-300 to 1e300, near
+    and at rho = +-1, without a RuntimeWarning (found in review: erf was 0 at q >= 1e154; gelu lost 3e-11 at q =
+    1e12 and was NaN at 1e16, and 0 at q < 1e-154; sin lost everything at q = 1e-17 and 4e-9 near rho = 1 at
+    q = 1e8; the gaussian's derivative overflowed at 1e300)."""
+    worst = 0.0
+    for q in (1e-300, 1e-17, 1e-4, 1.0, 1e8, 1e16, 1e300):
+        for ratio in (1.0, 1e-3):
+            for r in (0.3, -0.7, 0.999, 1 - 1e-15, 1.0, -1.0):
+                a, b = q, q * ratio
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", RuntimeWarning)
+                    got = float(hermite.kernel(name, r, a, b, derivative=derivative))
+                want = _closed_reference(name, r, a, b, derivative)
+                scale = (_closed_reference(name, 1, a, a, derivative) * _closed_reference(name, 1, b, b, derivative)
+                         ) ** 0.5
+                worst = max(worst, float(abs(got - want) / scale))
+    assert worst <= 1e-15
