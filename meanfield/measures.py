@@ -71,14 +71,26 @@ def _scalar_or_array(x: np.ndarray) -> float | np.ndarray:
     return x[()] if x.ndim == 0 else x
 
 
+def _check_rcond(rcond) -> float | None:
+    """rcond in [0, 1) or None: at 1 and above every eigenvalue (every pair) would count as 0 (collinear)."""
+    rc = check_tol(rcond, "rcond", allow_none=True)
+    if rc is not None and not rc < 1.0:
+        raise ValueError(f"rcond={rcond!r} must be a relative threshold in [0, 1) (at 1 and above every eigenvalue "
+                         "counts as 0); default None: 16 n eps")
+    return rc
+
+
 def _normalized_spectrum(K, name: str, rcond: float | None, measure: str) -> np.ndarray:
     """Eigenvalues divided by the largest one, with those at or below ``rcond`` set to exactly 0."""
     sym, lam = check_gram_eig(K, name, 1e-10, 1e-12, True)
     n = sym.shape[-1]
-    rc = check_tol(rcond, "rcond", allow_none=True)
+    rc = _check_rcond(rcond)
     if rc is None:
         rc = default_rcond(n)
     lmax = lam[..., -1]
+    if not np.all(np.isfinite(lmax)):  # eigenvalues beyond the float64 range (K ~ 1e308): the spectrum of K / 2^e
+        lam = np.linalg.eigvalsh(sym / np.ldexp(1.0, np.frexp(np.abs(sym).max(axis=(-2, -1)))[1] - 1)[..., None, None])
+        lmax = lam[..., -1]
     bad = ~(lmax > 0)
     if bad.any():
         k = int(np.argmax(bad))
@@ -216,7 +228,14 @@ def correlations(K) -> np.ndarray:
     s = d.max(axis=-1)
     Kn = K / s[..., None, None]
     dn = d / s[..., None]
-    rho = Kn / np.sqrt(dn[..., :, None] * dn[..., None, :])
+    prod = dn[..., :, None] * dn[..., None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = Kn / np.sqrt(prod)
+    tiny = prod < 1e-290  # variances 1e290 apart: the product (or dn itself) underflowed
+    if np.any(tiny):
+        sd = np.sqrt(d)  # <= 1.4e154: the product of two does not overflow
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(tiny, K / (sd[..., :, None] * sd[..., None, :]), rho)
     rho = np.clip(rho, -1.0, 1.0)
     rho[..., np.arange(n), np.arange(n)] = 1.0
     return rho
@@ -279,7 +298,7 @@ def potential(K, *, rcond: float | None = None) -> float | np.ndarray:
     ValueError
         For invalid K (see `check_gram`), or if a sample has zero variance (K_aa <= 0).
     """
-    rc = check_tol(rcond, "rcond", allow_none=True)
+    rc = _check_rcond(rcond)
     rc = default_rcond(2) if rc is None else rc
     r = np.abs(correlations(K))
     n = r.shape[-1]

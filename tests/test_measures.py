@@ -423,3 +423,34 @@ def test_zero_variance_sample_rejected_by_potential():
 def test_mean_correlation_needs_two_samples():
     with pytest.raises(ValueError, match="n >= 2"):
         M.mean_correlation(np.eye(1))
+
+
+def test_measures_at_the_ends_of_the_float64_range():
+    """Scale-invariant measures stay exact near the float64 limits, without warnings (found in review: potential
+    was NaN or inf for variances 1e200 and 1e-200 and for 1e308 K, isometry raised LinAlgError at 1e308 I)."""
+    import warnings
+
+    from meanfield import measures as M
+
+    K = np.array([[1.0, 0.5], [0.5, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert M.potential(np.diag([1e200, 1e-200])) == 0.0
+        assert M.potential(np.array([[1e200, 0.1], [0.1, 1e-200]])) == pytest.approx(0.1 / 0.9, rel=1e-15)
+        assert M.potential(np.diag([1.0, 1e-300, 1.0])) == 0.0
+        for c in (1e308, 1e-300, 1e-320):
+            assert M.potential(c * K) == pytest.approx(1.0, rel=1e-14)
+            assert M.isometry(c * K) == pytest.approx(M.isometry(K), rel=1e-14)
+            assert M.isometry_gap(c * K) == pytest.approx(M.isometry_gap(K), rel=1e-14)
+            assert M.isometry(c * np.eye(3)) == 1.0
+        assert M.isometry(1.7e308 * np.ones((4, 4))) == 0.0  # singular, eigenvalue 6.8e308 beyond float64
+
+
+@pytest.mark.parametrize("rcond", [1.0, 2.0, np.inf])
+def test_rcond_of_one_or_more_is_refused(rcond):
+    """At rcond >= 1 every eigenvalue counts as 0 and the isometry was 0/0 = NaN."""
+    from meanfield import measures as M
+
+    for f in (M.isometry, M.isometry_gap, M.potential):
+        with pytest.raises(ValueError, match="rcond"):
+            f(np.eye(3), rcond=rcond)

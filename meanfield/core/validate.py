@@ -254,6 +254,16 @@ def check_finite(arr: np.ndarray, name: str) -> None:
         )
 
 
+def _scaled_eigvalsh(sym: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of the symmetric stack ``sym`` from sym / 2^e, 2^e ~ ``scale`` (its largest absolute
+    entry per matrix), times 2^e (inf where an eigenvalue exceeds the float64 range)."""
+    e = np.frexp(np.where(scale > 0, scale, 1.0))[1] - 1  # scale / 2^e in [1, 2): 2^e never overflows
+    p = np.ldexp(1.0, e)
+    lam = np.linalg.eigvalsh(sym / p[..., None, None])
+    with np.errstate(over="ignore"):
+        return lam * p[..., None]
+
+
 def check_gram_eig(K, name: str, psd_tol: float, sym_tol: float, allow_stack: bool) -> tuple[np.ndarray, np.ndarray]:
     """`check_gram` that also returns the ascending eigenvalues (..., n) it computed."""
     psd_tol = check_tol(psd_tol, "psd_tol")
@@ -288,11 +298,14 @@ def check_gram_eig(K, name: str, psd_tol: float, sym_tol: float, allow_stack: bo
             f"({rel.flat[k]:.3g} relative to its largest entry {scale.flat[k]:.3g}); valid: at most "
             f"{sym_tol:g} relative"
         )
-    sym = 0.5 * (arr + At)  # exactly symmetric: IEEE addition commutes
+    # exactly symmetric (IEEE addition commutes); halves first where K + K^T would overflow
+    sym = 0.5 * (arr + At) if not np.any(scale > 1e307) else 0.5 * arr + 0.5 * At
 
     # positive semi-definite up to round-off, relative to the scale of each matrix (any scale: K and c K
-    # are accepted or refused together)
-    lam = np.linalg.eigvalsh(sym)
+    # are accepted or refused together). The eigenvalues are those of K over a power of two near its largest
+    # entry, times that power: the same bits as unscaled wherever nothing under- or overflows, and no
+    # LinAlgError or NaN at scales near the float64 limits (1e308 I, 1e-300 I)
+    lam = _scaled_eigvalsh(sym, scale)
     lmin, lmax = lam[..., 0], lam[..., -1]
     scale = np.maximum(np.abs(lmin), np.abs(lmax))
     floor = -psd_tol * scale
