@@ -381,7 +381,12 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
     seqs = root.spawn(seeds)
     gram = np.empty((seeds, net.depth + 1, n, n))
     means = np.empty((seeds, net.depth + 1, n))
-    gram[:, 0] = Xh @ Xh.T / d0
+    with np.errstate(over="ignore"):
+        G0 = Xh @ Xh.T / d0
+    if not np.all(np.isfinite(G0)):
+        raise ValueError(f"simulate: the input Gram X X^T / d overflows float64 (largest |X| = "
+                         f"{float(np.max(np.abs(Xh))):.3g}); rescale X (the correlations do not depend on the scale)")
+    gram[:, 0] = G0
     means[:, 0] = Xh.mean(axis=1)
     gnorm = np.empty((seeds, net.depth + 1)) if grad else None
     ggram = np.empty((seeds, net.depth + 1, n, n)) if grad_gram else None
@@ -399,6 +404,10 @@ def simulate(net: Network, X, width: int | Sequence[int] = 512, seeds: int = 32,
                 sinks["grad_gram"] = _Sink(be, ggram, lo, hi)
             _run_chunk(blocks, Xh, be, streams, n, grad, sinks, progress=bar)
 
+    if not np.all(np.isfinite(gram)):  # features beyond the dtype's range: say so, never return NaN or inf
+        block = int(np.argwhere(~np.isfinite(gram).all(axis=(0, 2, 3)))[0][0])
+        raise ValueError(f"simulate: the Gram after block {block} is not finite in {dtype_name} (largest |X| = "
+                         f"{float(np.max(np.abs(Xh))):.3g}): the features overflow; rescale X (or use float64)")
     info = {
         "width": width if isinstance(width, (int, np.integer)) else list(widths),
         "widths": out_widths,

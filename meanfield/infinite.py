@@ -84,8 +84,11 @@ def _input_law(K0, X) -> Law:
     if K0 is None and X is None:
         raise ValueError("propagate: give the input Gram K0 (n x n) or a data matrix X (n x d)")
     if X is not None:
-        with blas.restored():  # K0 = X X^T / d as given, with the caller's BLAS threads (the same bits)
-            return Features(check_data("propagate", X), _RAW_INPUT, symmetrize=False)
+        # K0 = X X^T / d as given, with the caller's BLAS threads (the same bits); an overflow is refused below
+        with blas.restored(), np.errstate(over="ignore"):
+            law = Features(check_data("propagate", X), _RAW_INPUT, symmetrize=False)
+        _check_input_scale(law.K, "the input Gram X X^T / d")
+        return law
     arr = np.asarray(K0)
     if arr.ndim == 2 and arr.shape[0] != arr.shape[1]:
         raise ValueError(f"propagate: K0 must be a square n x n Gram matrix, got shape {arr.shape}; pass a data "
@@ -94,7 +97,22 @@ def _input_law(K0, X) -> Law:
         K = check_gram(K0, name="K0", allow_stack=False)
     except ValueError as exc:
         raise ValueError(f"{exc} (a data matrix must be passed as propagate(net, X=X))") from None
+    _check_input_scale(K, "K0")
     return Unknown(K, np.zeros(K.shape[0]), _RAW_INPUT)
+
+
+def _check_input_scale(K: np.ndarray, what: str) -> None:
+    """ValueError where the input Gram overflows float64 or has a nonzero variance below its normal range
+    (subnormal: its relative precision is lost), instead of a misleading overflow at block 1."""
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"propagate: {what} overflows float64 (entries beyond 1.8e308); rescale the inputs (the "
+                         "correlations do not depend on the scale)")
+    d = np.abs(np.diag(K))
+    low = (d > 0) & (d < np.finfo(np.float64).tiny)
+    if np.any(low):
+        raise ValueError(f"propagate: {what} has variance {float(d[low].min()):.3g} at input {int(np.argmax(low))}, "
+                         f"below float64's normal range (2.2e-308), where its relative precision is lost; rescale "
+                         "the inputs (the correlations do not depend on the scale)")
 
 
 def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, detail: bool = False,
@@ -133,7 +151,8 @@ def propagate(net: Network, K0=None, *, X=None, exchangeable: bool = False, deta
         scale in ``traj.info["log_scale"]`` (L_l = 0 unless the mean variance left [1e-64, 1e64]). The engine
         always carries the scale this way (`meanfield.core.scale`), so correlations and every scale-invariant
         measure are exact at any depth; without ``scale_free`` a block whose true variance is not a normal
-        float64 number raises a ValueError naming the block.
+        float64 number raises a ValueError naming the block. An input Gram that overflows float64 or has a
+        subnormal variance is refused (rescale the inputs: the correlations do not depend on the scale).
     width : int or sequence of ints, optional
         Finite width W: ``gram`` becomes the mean of the empirical Gram to first order in 1/W and ``gram_cov``
         the covariance of its entries, to first order plus the second-order terms that compound with depth

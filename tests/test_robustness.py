@@ -379,3 +379,35 @@ def test_divergent_second_moment_raises_in_the_engine():
         meanfield.propagate(meanfield.mlp(1, "exp(x**2)", sigma_w=1.0), np.eye(2))
     t = meanfield.propagate(meanfield.mlp(1, "exp(x**2)", sigma_w=0.3), np.eye(2))  # E exp(2 u^2) < inf for q < 1/4
     assert np.all(np.isfinite(t.gram))
+
+
+def test_inputs_beyond_the_float64_range_are_refused_by_name():
+    """An input Gram that overflows float64 or has a subnormal variance raises a ValueError saying so (found in
+    review: simulate returned an all-NaN Gram for X ~ 1e155, and propagate blamed "the Gram after block 1" for
+    an input that overflowed or underflowed)."""
+    import meanfield
+
+    X = np.array([[1.0, 0.3], [0.0, 1.0]])
+    K = np.array([[1.0, 0.5], [0.5, 1.0]])
+    with pytest.raises(ValueError, match="input Gram X X\\^T / d overflows"):
+        meanfield.simulate(meanfield.mlp(2, "relu"), 1e155 * X, width=16, seeds=1)
+    with pytest.raises(ValueError, match="input Gram X X\\^T / d overflows"):
+        meanfield.propagate(meanfield.mlp(2, "relu"), X=1e155 * X)
+    for scale_free in (False, True):
+        with pytest.raises(ValueError, match="K0 has variance 1e-310 .* below float64's normal range"):
+            meanfield.propagate(meanfield.mlp(2, "relu"), 1e-310 * K, scale_free=scale_free)
+    # just inside the range: finite, the right correlations
+    t = meanfield.propagate(meanfield.mlp(1, "identity", sigma_b=0.0), X=1e150 * X)
+    np.testing.assert_allclose(t.gram[-1] / t.gram[-1][0, 0], (X @ X.T) / (X @ X.T)[0, 0], rtol=1e-15)
+
+
+def test_simulate_refuses_features_that_overflow():
+    """Features beyond float32's range give a ValueError naming the block, never an inf or NaN Gram."""
+    import warnings
+
+    import meanfield
+
+    X = np.array([[1.0, 0.3], [0.0, 1.0]]) * 10.0
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="Gram after block 2 is not finite in float32"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # exp's own overflow warning comes first
+        meanfield.simulate(meanfield.mlp(2, "exp"), X, width=16, seeds=1, dtype="float32")
