@@ -444,21 +444,18 @@ def _orders(K, Q):
     return k, Q[:, None], 0.5 * sc.gammaln(k + 1.0)
 
 
-def _scaled_gram_terms(r, Q1, Q2, w1: float, w2: float):
-    """(m, D / m^2, c / m) for D = 1 + w1 Q1 + w1 Q2 + w2 Q1 Q2 (1 - r^2) and c = r sqrt(Q1 Q2), with m = max(1, Q1,
-    Q2): D is the determinant-like quantity of the Gaussian-integral closed forms, (1 + w Q1)(1 + w Q2) - w^2 c^2
-    (erf: w = 2, w1 = 2, w2 = 4; gelu and gaussian: w = 1), written as a sum of non-negative terms (the
-    difference cancelled to nothing as r -> 1 at large variances and then went negative: gelu's kernel was NaN at
-    q = 1e16) and scaled by m^2 so that no product overflows (erf's kernel was 0 at q >= 1e154)."""
+def _sqrt_det(r, Q1, Q2, w: float):
+    """(sqrt(D), c) with D = (1 + w Q1)(1 + w Q2) - w^2 c^2 = 1 + w Q1 + w Q2 + w^2 Q1 Q2 (1 - r^2) and c = r sqrt(Q1)
+    sqrt(Q2): the determinant-like quantity of the Gaussian-integral closed forms (erf: w = 2; gelu and gaussian:
+    w = 1) as nested hypot of the square roots of its non-negative terms. As a difference it cancelled to
+    nothing near r = 1 at large variances and went negative (gelu's kernel was NaN at q = 1e16), and its products
+    overflowed (erf's kernel was 0 at q >= 1e154); hypot neither cancels nor over- or underflows, whatever the
+    two variances (1e-300 against 1e300 included)."""
     r = np.asarray(r, dtype=np.float64)
-    Q1 = np.asarray(Q1, dtype=np.float64)
-    Q2 = np.asarray(Q2, dtype=np.float64)
-    m = np.maximum(1.0, np.maximum(Q1, Q2))
-    one_m_r2 = np.maximum((1.0 - r) * (1.0 + r), 0.0)
-    inv = 1.0 / m
-    D = inv * inv + w1 * (Q1 * inv) * inv + w1 * (Q2 * inv) * inv + w2 * (Q1 * inv) * (Q2 * inv) * one_m_r2
-    c = r * np.sqrt(Q1 * inv) * np.sqrt(Q2 * inv)
-    return m, D, c
+    s1, s2 = np.sqrt(np.asarray(Q1, dtype=np.float64)), np.sqrt(np.asarray(Q2, dtype=np.float64))
+    s = np.sqrt(np.maximum((1.0 - r) * (1.0 + r), 0.0))
+    rw = math.sqrt(w)
+    return np.hypot(np.hypot(np.hypot(1.0, rw * s1), rw * s2), w * s1 * s2 * s), r * s1 * s2
 
 
 @dataclass(frozen=True, eq=False)
@@ -489,10 +486,10 @@ class ErfCore(Core):
     def closed_kernel(self, r, Q1, Q2, derivative):
         # arcsin(2c / sqrt((1 + 2 Q1)(1 + 2 Q2))) = arctan2(2c, sqrt(D)), D = (1 + 2 Q1)(1 + 2 Q2) - 4 c^2 > 0
         # formed without cancellation (near rho = 1 the arcsin's argument lost its last digits to 1 - x^2)
-        m, D, c = _scaled_gram_terms(r, Q1, Q2, 2.0, 4.0)
+        sqrt_d, c = _sqrt_det(r, Q1, Q2, 2.0)
         if derivative == 0:
-            return 2 / np.pi * np.arctan2(2.0 * c, np.sqrt(D))
-        return 4 / np.pi / (m * np.sqrt(D))
+            return 2 / np.pi * np.arctan2(2.0 * c, sqrt_d)
+        return 4 / np.pi / sqrt_d
 
     def exact_coefficients(self, K, q):
         def term(sp, k, rk):
@@ -614,9 +611,9 @@ class GaussianCore(Core):
         return 1.0 / np.sqrt(1 + 2 * Q)
 
     def closed_kernel(self, r, Q1, Q2, derivative):
-        m, D, c = _scaled_gram_terms(r, Q1, Q2, 1.0, 1.0)  # D = (1 + Q1)(1 + Q2) - c^2, over m^2, c over m
-        # c / D^(3/2) with D over m^2: c / (m D) / (m sqrt D), no intermediate under- or overflow
-        return 1 / (m * np.sqrt(D)) if derivative == 0 else c / (m * D) / (m * np.sqrt(D))
+        sqrt_d, c = _sqrt_det(r, Q1, Q2, 1.0)  # D = (1 + Q1)(1 + Q2) - c^2
+        # c / D^(3/2) as three divisions: no intermediate overflow
+        return 1 / sqrt_d if derivative == 0 else c / sqrt_d / sqrt_d / sqrt_d
 
     def exact_coefficients(self, K, q):
         def term(sp, k, rk):
@@ -705,20 +702,14 @@ class GeluCore(Core):
     def closed_kernel(self, r, Q1, Q2, derivative):
         if derivative:
             return None
-        # with D = (1+a)(1+b) - c^2 = 1 + a + b + ab (1 - r^2): arcsin(c / sqrt((1+a)(1+b))) = arctan2(c, sqrt(D)),
-        # and ab + c^2 (1 - ab)/((1+a)(1+b)) = ab N / ((1+a)(1+b)), N = 1 + a + b + r^2 + ab (1 - r^2): sums of
-        # non-negative terms (the differences cancelled at large variances near r = 1: 3e-11 at q = 1e12, NaN at
-        # 1e16), everything over powers of m = max(1, a, b) (no overflow at q > 1e154; sqrt(a) sqrt(b) for c, which
-        # was 0 at q < 1e-154)
-        m, D, cm = _scaled_gram_terms(r, Q1, Q2, 1.0, 1.0)
+        # with D = (1+a)(1+b) - c^2 (`_sqrt_det`): arcsin(c / sqrt((1+a)(1+b))) = arctan2(c, sqrt(D)), and
+        # ab + c^2 (1 - ab)/((1+a)(1+b)) = a/(1+a) b/(1+b) (D + r^2): no difference cancels (it lost 3e-11 at
+        # q = 1e12 and was NaN at 1e16) and nothing over- or underflows (sqrt(ab) was 0 at q < 1e-154)
+        sqrt_d, c = _sqrt_det(r, Q1, Q2, 1.0)
         r = np.asarray(r, dtype=np.float64)
-        ah, bh = np.asarray(Q1, dtype=np.float64) / m, np.asarray(Q2, dtype=np.float64) / m
-        inv = 1.0 / m
-        N = (1.0 + r * r) * inv * inv + (ah + bh) * inv + ah * bh * np.maximum((1.0 - r) * (1.0 + r), 0.0)
-        P = (inv + ah) * (inv + bh)  # (1 + a)(1 + b) / m^2
-        c = r * np.sqrt(Q1) * np.sqrt(Q2)
-        return (c / 4 + c * np.arctan2(cm, np.sqrt(D)) / (2 * np.pi)
-                + m * (ah * bh) * N / (P * 2 * np.pi * np.sqrt(D)))
+        a, b = np.asarray(Q1, dtype=np.float64), np.asarray(Q2, dtype=np.float64)
+        return (c / 4 + c * np.arctan2(c, sqrt_d) / (2 * np.pi)
+                + (a / (1 + a)) * (b / (1 + b)) * (sqrt_d + r * r / sqrt_d) / (2 * np.pi))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -677,10 +677,10 @@ def test_kernel_at_names_shapes_that_do_not_broadcast():
 
 
 def _closed_reference(name, r, a, b, derivative):
-    """The textbook closed forms at 400 digits (enough for the cancellations at q = 1e300)."""
+    """The textbook closed forms at 700 digits (enough for the cancellations between 1e-300 and 1e300)."""
     import mpmath as mp
 
-    with mp.workdps(400):
+    with mp.workdps(700):
         r, a, b = mp.mpf(r), mp.mpf(a), mp.mpf(b)
         c = r * mp.sqrt(a) * mp.sqrt(b)
         if name == "erf":
@@ -702,20 +702,20 @@ def _closed_reference(name, r, a, b, derivative):
 @pytest.mark.parametrize("name, derivative", [("erf", 0), ("erf", 1), ("sin", 0), ("sin", 1), ("cos", 0),
                                               ("gaussian", 0), ("gaussian", 1), ("gelu", 0)])
 def test_closed_forms_at_every_scale(name, derivative):
-    """The closed kernels to 1e-15 of sqrt(E f(u)^2 E f(v)^2) (derivative=1: of f') from q = 1e-300 to 1e300, near
-    and at rho = +-1, without a RuntimeWarning (found in review: erf was 0 at q >= 1e154; gelu lost 3e-11 at q =
-    1e12 and was NaN at 1e16, and 0 at q < 1e-154; sin lost everything at q = 1e-17 and 4e-9 near rho = 1 at
-    q = 1e8; the gaussian's derivative overflowed at 1e300)."""
+    """The closed kernels to 1e-15 of sqrt(E f(u)^2 E f(v)^2) (derivative=1: of f') from q = 1e-300 to 1e300 (also
+    mixed: 1e-300 against 1e300), near and at rho = +-1, without a RuntimeWarning (found in review: erf was 0 at
+    q >= 1e154; gelu lost 3e-11 at q = 1e12 and was NaN at 1e16, and 0 at q < 1e-154; sin lost everything at
+    q = 1e-17 and 4e-9 near rho = 1 at q = 1e8; the gaussian's derivative overflowed at 1e300)."""
     worst = 0.0
-    for q in (1e-300, 1e-17, 1e-4, 1.0, 1e8, 1e16, 1e300):
-        for ratio in (1.0, 1e-3):
-            for r in (0.3, -0.7, 0.999, 1 - 1e-15, 1.0, -1.0):
-                a, b = q, q * ratio
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", RuntimeWarning)
-                    got = float(hermite.kernel(name, r, a, b, derivative=derivative))
-                want = _closed_reference(name, r, a, b, derivative)
-                scale = (_closed_reference(name, 1, a, a, derivative) * _closed_reference(name, 1, b, b, derivative)
-                         ) ** 0.5
-                worst = max(worst, float(abs(got - want) / scale))
+    pairs = [(q, q * ratio) for q in (1e-300, 1e-17, 1e-4, 1.0, 1e8, 1e16, 1e300) for ratio in (1.0, 1e-3)]
+    pairs += [(1e-300, 1e300), (1e-20, 1e300), (0.3, 1e300)]  # (found in review: gelu was inf or NaN here)
+    for a, b in pairs:
+        for r in (0.3, -0.7, 0.999, 1 - 1e-15, 1.0, -1.0):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                got = float(hermite.kernel(name, r, a, b, derivative=derivative))
+            want = _closed_reference(name, r, a, b, derivative)
+            scale = (_closed_reference(name, 1, a, a, derivative) * _closed_reference(name, 1, b, b, derivative)
+                     ) ** 0.5
+            worst = max(worst, float(abs(got - want) / scale))
     assert worst <= 1e-15
