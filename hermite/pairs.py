@@ -50,12 +50,11 @@ def _series_parts(core, K: int, Q: np.ndarray, derivative: int):
         m = core.second_moment(Q)
     else:
         c1 = core.coefficients(K + 1, Q, fast=True)
-        k = np.arange(1, K + 2)
-        c = c1[:, 1:] * np.sqrt(k[None, :] / Q[:, None])  # d_k = sqrt((k+1)/q) c_{k+1} (Stein's lemma)
+        c = _stein(c1, Q)
         m = core.derivative_moment(Q)
         # the fast coefficients err up to ~3e-14 of ||c(q)||, which Stein's factor sqrt((k+1)/q) magnifies at
         # small q (softplus' at q = 1e-3: 5e-12 of sqrt(E f'^2)): there, the derivative's own coefficients
-        loose = TABLE_TOL * np.sqrt(np.einsum("ij,ij->i", c1, c1) * (K + 2) / Q) > 1e-14 * np.sqrt(m)
+        loose = TABLE_TOL * np.sqrt(np.einsum("ij,ij->i", c1, c1) * (K + 2)) / np.sqrt(Q) > 1e-14 * np.sqrt(m)
         if np.any(loose):
             c[loose] = _derivative_coefficients(core, K, Q[loose])
     # the tail is known only up to the rounding of M and of sum c_k^2: never trust it below 1e-15 M
@@ -154,8 +153,19 @@ def _derivative_coefficients(core, K: int, Q: np.ndarray) -> np.ndarray:
     Stein's lemma on the accurate (not the fast) coefficients of phi."""
     if not core.kinks and not core.jumps and core.derivative is not None:
         return core.derived().coefficients(K, Q, fast=True)
-    c1 = core.coefficients(K + 1, Q)
-    return c1[:, 1:] * np.sqrt(np.arange(1, K + 2)[None, :] / Q[:, None])
+    return _stein(core.coefficients(K + 1, Q), Q)
+
+
+def _stein(c1: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """The coefficients of phi' from those of phi (c_0..c_(K+1) per row): d_k = sqrt((k+1)/q) c_(k+1) (Stein's
+    lemma); below q ~ 1e-290, where (k+1)/q overflows, with the square roots apart (d_k was NaN at q = 5e-324)."""
+    k = np.arange(1, c1.shape[1])
+    with np.errstate(over="ignore", invalid="ignore"):  # the rows below are replaced
+        c = c1[:, 1:] * np.sqrt(k[None, :] / Q[:, None])
+    tiny = Q < 1e-290
+    if np.any(tiny):
+        c[tiny] = c1[tiny, 1:] / np.sqrt(Q[tiny])[:, None] * np.sqrt(k)[None, :]
+    return c
 
 
 def _shortest_sums(ca, cb, ta, tb, ia, ib, rp, scale, ok, K, out, pending) -> None:

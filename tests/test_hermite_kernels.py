@@ -719,3 +719,17 @@ def test_closed_forms_at_every_scale(name, derivative):
                      ) ** 0.5
             worst = max(worst, float(abs(got - want) / scale))
     assert worst <= 1e-15
+
+
+@pytest.mark.parametrize("name", ["silu", "elu", "selu", "mish", "gelu_tanh", "gelu", "softplus", "tanh", "sigmoid"])
+def test_derivative_kernels_at_the_smallest_variances(name):
+    """At q = 5e-324 (subnormal) the derivative kernels equal their values at q = 1e-300 (both are the q -> 0
+    limit to far below 1e-15), without NaN or warnings (found in review: Stein's factor sqrt((k+1)/q) overflowed
+    and silu's derivative kernel was NaN at q1 = 5e-324)."""
+    r = np.array([-0.6, 0.3, 0.9, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for q2 in (5e-324, 1e-250, 1e-16):
+            got = hermite.kernel(name, r, 5e-324, q2, derivative=1)
+            want = hermite.kernel(name, r, 1e-300, q2, derivative=1)
+            np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
