@@ -40,7 +40,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from meanfield.core.validate import as_real_array, check_finite, check_gram, check_gram_eig, check_tol, where
+from meanfield.core.validate import (
+    as_real_array,
+    check_finite,
+    check_gram,
+    check_gram_eig,
+    check_tol,
+    scaled_eigvalsh,
+    where,
+)
 
 __all__ = [
     "am_gm_ratio",
@@ -89,7 +97,7 @@ def _normalized_spectrum(K, name: str, rcond: float | None, measure: str) -> np.
         rc = default_rcond(n)
     lmax = lam[..., -1]
     if not np.all(np.isfinite(lmax)):  # eigenvalues beyond the float64 range (K ~ 1e308): the spectrum of K / 2^e
-        lam = np.linalg.eigvalsh(sym / np.ldexp(1.0, np.frexp(np.abs(sym).max(axis=(-2, -1)))[1] - 1)[..., None, None])
+        lam = scaled_eigvalsh(sym, np.abs(sym).max(axis=(-2, -1)), rescale=False)
         lmax = lam[..., -1]
     bad = ~(lmax > 0)
     if bad.any():

@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_array", "check_real_array", "check_data",
            "check_samples", "check_gram", "check_gram_eig", "check_tol", "check_seed", "check_widths", "where",
-           "as_real_array", "check_finite"]
+           "as_real_array", "check_finite", "scaled_eigvalsh"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -254,12 +254,15 @@ def check_finite(arr: np.ndarray, name: str) -> None:
         )
 
 
-def _scaled_eigvalsh(sym: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def scaled_eigvalsh(sym: np.ndarray, scale: np.ndarray, rescale: bool = True) -> np.ndarray:
     """Ascending eigenvalues of the symmetric stack ``sym`` from sym / 2^e, 2^e ~ ``scale`` (its largest absolute
-    entry per matrix), times 2^e (inf where an eigenvalue exceeds the float64 range)."""
+    entry per matrix), times 2^e (inf where an eigenvalue exceeds the float64 range); ``rescale=False``: those of
+    sym / 2^e (for scale-invariant uses)."""
     e = np.frexp(np.where(scale > 0, scale, 1.0))[1] - 1  # scale / 2^e in [1, 2): 2^e never overflows
     p = np.ldexp(1.0, e)
     lam = np.linalg.eigvalsh(sym / p[..., None, None])
+    if not rescale:
+        return lam
     with np.errstate(over="ignore"):
         return lam * p[..., None]
 
@@ -305,7 +308,7 @@ def check_gram_eig(K, name: str, psd_tol: float, sym_tol: float, allow_stack: bo
     # are accepted or refused together). The eigenvalues are those of K over a power of two near its largest
     # entry, times that power: the same bits as unscaled wherever nothing under- or overflows, and no
     # LinAlgError or NaN at scales near the float64 limits (1e308 I, 1e-300 I)
-    lam = _scaled_eigvalsh(sym, scale)
+    lam = scaled_eigvalsh(sym, scale)
     lmin, lmax = lam[..., 0], lam[..., -1]
     scale = np.maximum(np.abs(lmin), np.abs(lmax))
     floor = -psd_tol * scale
