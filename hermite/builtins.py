@@ -133,8 +133,8 @@ def _gelu_tanh(name, p):
     check_no_params(name, p)
     k, c = math.sqrt(2 / math.pi), 0.044715
 
-    # tanh(k (x + c x^3)) is +-1 exactly for |x| >= 9, so the cubic is formed at x clipped to [-20, 20]: the same
-    # bits everywhere, and no overflow of x^3 at |x| > 1e102 (variances beyond 1e200)
+    # tanh(k (x + c x^3)) is +-1 exactly for |x| >= 9, so the cubic is formed at x clipped to [-20, 20] (and f''
+    # at clipped x): the same bits everywhere, and no overflow of x^3 at |x| > 1e102 (variances beyond 1e200)
     def gt(x):
         xc = np.clip(x, -20.0, 20.0)
         return 0.5 * x * (1.0 + np.tanh(k * (xc + c * xc**3)))
@@ -145,6 +145,7 @@ def _gelu_tanh(name, p):
         return 0.5 * (1.0 + t) + 0.5 * xc * (1.0 - t * t) * k * (1.0 + 3 * c * xc * xc)
 
     def d2gt(x):  # u = k (x + c x^3): f'' = (1 - t^2) u' + x ((1 - t^2) u'' - 2 t (1 - t^2) u'^2) / 2
+        x = np.clip(x, -20.0, 20.0)  # every term carries 1 - t^2, exactly 0 beyond |x| = 9
         t = np.tanh(k * (x + c * x**3))
         s = 1.0 - t * t
         u1 = k * (1.0 + 3 * c * x * x)

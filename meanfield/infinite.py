@@ -110,7 +110,8 @@ def _check_input_scale(K: np.ndarray, what: str) -> None:
     d = np.abs(np.diag(K))
     low = (d > 0) & (d < np.finfo(np.float64).tiny)
     if np.any(low):
-        raise ValueError(f"propagate: {what} has variance {float(d[low].min()):.3g} at input {int(np.argmax(low))}, "
+        a = int(np.argmin(np.where(low, d, np.inf)))
+        raise ValueError(f"propagate: {what} has variance {float(d[a]):.3g} at input {a}, "
                          f"below float64's normal range (2.2e-308), where its relative precision is lost; rescale "
                          "the inputs (the correlations do not depend on the scale)")
 
